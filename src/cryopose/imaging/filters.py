@@ -1,0 +1,84 @@
+"""Masks, filters and normalisation of images and volumes (pixels, box centre at N//2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cryopose.imaging.fourier import rfft2_frequencies, rfftn_frequencies
+
+__all__ = [
+    "radial_distance",
+    "soft_circular_mask",
+    "soft_spherical_mask",
+    "lowpass_filter",
+    "normalise_background",
+    "lowpass_volume",
+]
+
+
+def radial_distance(size: int, ndim: int = 2, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Distance (px) of each pixel/voxel from the box centre N//2, shape (N,)*ndim."""
+    ax = torch.arange(size, device=device, dtype=dtype) - size // 2
+    grids = torch.meshgrid(*([ax] * ndim), indexing="ij")
+    return torch.sqrt(sum(g**2 for g in grids))
+
+
+def _soft_edge(r: torch.Tensor, radius: float, edge_width: float) -> torch.Tensor:
+    if edge_width <= 0:
+        return (r <= radius).to(r.dtype)
+    t = ((r - radius) / edge_width).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(math.pi * t))
+
+
+def soft_circular_mask(size: int, radius: float, edge_width: float = 3.0, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Circular mask (N, N): 1 inside ``radius`` px, raised-cosine edge ``edge_width`` px wide."""
+    return _soft_edge(radial_distance(size, 2, device, dtype), radius, edge_width)
+
+
+def soft_spherical_mask(size: int, radius: float, edge_width: float = 3.0, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Spherical mask (N, N, N): 1 inside ``radius`` px, raised-cosine edge."""
+    return _soft_edge(radial_distance(size, 3, device, dtype), radius, edge_width)
+
+
+def _lowpass_profile(freq: torch.Tensor, cutoff: float, edge_width: float) -> torch.Tensor:
+    """Raised-cosine low-pass on |k| (cycles/Å): 1 below cutoff - edge/2, 0 above cutoff + edge/2."""
+    if edge_width <= 0:
+        return (freq <= cutoff).to(freq.dtype)
+    t = ((freq - (cutoff - edge_width / 2)) / edge_width).clamp(0, 1)
+    return 0.5 * (1 + torch.cos(math.pi * t))
+
+
+def lowpass_filter(
+    spectra: torch.Tensor, resolution: float, pixel_size: float, edge_width: float | None = None
+) -> torch.Tensor:
+    """Low-pass half-transform image spectra (..., N, N//2+1) to ``resolution`` Å.
+
+    The raised-cosine edge is ``edge_width`` cycles/Å wide (default 2 Fourier pixels).
+    """
+    size = spectra.shape[-2]
+    ky, kx = rfft2_frequencies(size, pixel_size, device=spectra.device, dtype=torch.float32)
+    edge = 2.0 / (size * pixel_size) if edge_width is None else edge_width
+    return spectra * _lowpass_profile(torch.sqrt(kx**2 + ky**2), 1.0 / resolution, edge)
+
+
+def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float) -> torch.Tensor:
+    """Low-pass a real volume (N, N, N) to ``resolution`` Å with a 2-pixel raised-cosine edge."""
+    n = volume.shape[-1]
+    kz, ky, kx = rfftn_frequencies(n, pixel_size, device=volume.device, dtype=torch.float32)
+    prof = _lowpass_profile(torch.sqrt(kx**2 + ky**2 + kz**2), 1.0 / resolution, 2.0 / (n * pixel_size))
+    spec = torch.fft.rfftn(volume, dim=(-3, -2, -1)) * prof
+    return torch.fft.irfftn(spec, s=volume.shape[-3:], dim=(-3, -2, -1))
+
+
+def normalise_background(images: torch.Tensor, radius: float | None = None) -> torch.Tensor:
+    """Normalise images (B, N, N) so the background (outside a circle of ``radius`` px,
+    default N/2 - 1... RELION's default is the circle of the particle) has mean 0, std 1."""
+    size = images.shape[-1]
+    radius = size / 2 * 0.9 if radius is None else radius
+    outside = radial_distance(size, 2, images.device, images.dtype) > radius
+    bg = images[..., outside]
+    mean = bg.mean(dim=-1)
+    std = bg.std(dim=-1).clamp_min(1e-12)
+    return (images - mean[..., None, None]) / std[..., None, None]

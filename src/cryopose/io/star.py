@@ -1,0 +1,312 @@
+"""RELION STAR files (3.0, 3.1+, 5) <-> ``ParticleSet``.
+
+Reading merges the optics group's columns into every particle row and converts pre-3.1
+origins (rlnOriginX/Y, pixels) to rlnOriginXAngst/YAngst (Angstrom). Writing splits them
+again (3.1) or merges everything into one ``data_`` block (3.0, origins in pixels).
+Unknown columns and other data blocks are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryopose.errors import UserError
+from cryopose.particles import OPTICS_COLUMNS, ORIGIN_ANGST_COLUMNS, ORIGIN_PX_COLUMNS, ParticleSet
+
+__all__ = ["read_star", "write_star"]
+
+# Columns that are text even when every value looks like a number ("000001", "1").
+_STRING_COLUMNS = {
+    "rlnImageName",
+    "rlnImageOriginalName",
+    "rlnMicrographName",
+    "rlnMicrographMovieName",
+    "rlnMicrographMetadata",
+    "rlnOpticsGroupName",
+    "rlnMtfFileName",
+    "rlnCtfImage",
+    "rlnReconstructImageName",
+    "rlnSymmetryGroup",
+    "rlnOddZernike",
+    "rlnEvenZernike",
+    "rlnGroupName",
+    "rlnTomoName",
+    "rlnTomoParticleName",
+}
+
+_PARTICLE_BLOCK_NAMES = ("particles", "", "images")
+
+
+def _format_floats(df: pd.DataFrame) -> pd.DataFrame:
+    """Float columns as text: RELION's "%.6f" where that is exact, else 12 significant digits.
+
+    Values read from RELION files (6 decimals) come back byte-identical; computed values
+    (angles from matrices) keep ~1e-12 relative precision. A decimal point is always kept
+    so that float columns read back as floats.
+    """
+    out = df.copy()
+    for col in out.columns:
+        values = out[col]
+        if values.dtype.kind != "f":
+            continue
+        arr = values.to_numpy(dtype=np.float64)
+        text = np.char.mod("%.6f", arr)
+        with np.errstate(invalid="ignore"):
+            exact = text.astype(np.float64) == arr
+        exact |= ~np.isfinite(arr)
+        if not exact.all():
+            long = np.char.mod("%.12g", arr)
+            plain = (np.char.find(long, ".") < 0) & (np.char.find(long, "e") < 0)
+            long = np.where(plain, np.char.add(long, ".0"), long)
+            text = np.where(exact, text, long)
+        out[col] = text.astype(object)
+    return out
+
+
+def _header_columns(path: Path) -> set[str]:
+    names = set()
+    with open(path, "r", errors="replace") as fh:
+        for line in fh:
+            s = line.strip()
+            if s.startswith("_"):
+                names.add(s.split()[0][1:])
+    return names
+
+
+def _string_columns(path: Path) -> list[str]:
+    return sorted(c for c in _header_columns(path) if c in _STRING_COLUMNS or c.endswith("Name"))
+
+
+def _pick_particle_block(blocks: dict[str, Any], path: Path) -> str:
+    frames = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    for name in _PARTICLE_BLOCK_NAMES:
+        if name in frames:
+            return name
+    with_images = [k for k, v in frames.items() if "rlnImageName" in v.columns and k != "optics"]
+    if with_images:
+        return with_images[0]
+    if len(frames) == 1 and "optics" not in frames:
+        return next(iter(frames))
+    raise UserError(
+        f"{path} has no particle block (data_particles, data_ or data_images); "
+        "give a RELION particle star file"
+    )
+
+
+def _merge_optics(particles: pd.DataFrame, optics: pd.DataFrame, path: Path) -> pd.DataFrame:
+    if "rlnOpticsGroup" not in optics.columns:
+        raise UserError(f"{path}: the data_optics block has no rlnOpticsGroup column; the file is not valid RELION 3.1")
+    if "rlnOpticsGroup" not in particles.columns:
+        if len(optics) == 1:
+            particles = particles.assign(rlnOpticsGroup=optics["rlnOpticsGroup"].iloc[0])
+        else:
+            raise UserError(f"{path}: particles have no rlnOpticsGroup but there are {len(optics)} optics groups")
+    unknown = set(particles["rlnOpticsGroup"].unique()) - set(optics["rlnOpticsGroup"].unique())
+    if unknown:
+        raise UserError(f"{path}: particles refer to optics groups {sorted(unknown)} that data_optics does not define")
+    extra = [c for c in optics.columns if c != "rlnOpticsGroup" and c not in particles.columns]
+    merged = particles.merge(optics[["rlnOpticsGroup", *extra]], on="rlnOpticsGroup", how="left", sort=False)
+    merged.index = particles.index
+    return merged
+
+
+def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet:
+    """Read a RELION particle STAR file (3.0, 3.1+, 5) into a ``ParticleSet``.
+
+    apix (A/px) is used only when the file has no pixel size of its own; it is stored as
+    rlnImagePixelSize (in the optics table when there is one).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"star file {path} does not exist; check the path")
+    try:
+        blocks = starfile.read(path, always_dict=True, parse_as_string=_string_columns(path))
+    except Exception as exc:  # starfile/pandas raise many kinds
+        raise UserError(f"could not parse {path} as a STAR file ({type(exc).__name__}: {exc}); is it a RELION .star?") from None
+    if not blocks:
+        raise UserError(f"{path} has no data blocks; is it a RELION .star file?")
+    blocks = dict(blocks)
+    particle_name = _pick_particle_block(blocks, path)
+    particles = blocks.pop(particle_name).reset_index(drop=True)
+    optics = blocks.pop("optics", None) if particle_name != "optics" else None
+    if optics is not None and not isinstance(optics, pd.DataFrame):
+        optics = pd.DataFrame([optics])
+    if optics is not None:
+        optics = optics.reset_index(drop=True)
+        table = _merge_optics(particles, optics, path)
+    else:
+        table = particles.copy()
+
+    pset = ParticleSet(
+        table=table, optics=optics, extra_blocks=blocks, source_dir=path.resolve().parent, source_file=path.resolve()
+    )
+    if apix is not None and pset._pixel_size_or_none() is None:
+        pset = _set_pixel_size(pset, float(apix))
+
+    # Pre-3.1 origins (px) -> Angstrom, visible in the table; RELION 3.1 ignores rlnOriginX/Y.
+    cols = pset.table.columns
+    if all(c in cols for c in ORIGIN_PX_COLUMNS):
+        table = pset.table.copy()
+        if not all(c in cols for c in ORIGIN_ANGST_COLUMNS):
+            apix_arr = pset._pixel_size_or_none()
+            if apix_arr is None:
+                raise UserError(
+                    f"{path} has origins in pixels (rlnOriginX/Y) but no pixel size (rlnImagePixelSize); pass --apix"
+                )
+            position = table.columns.get_loc(ORIGIN_PX_COLUMNS[0])
+            ox = table[ORIGIN_PX_COLUMNS[0]].to_numpy(np.float64) * apix_arr
+            oy = table[ORIGIN_PX_COLUMNS[1]].to_numpy(np.float64) * apix_arr
+            table.insert(position, ORIGIN_ANGST_COLUMNS[0], ox)
+            table.insert(position + 1, ORIGIN_ANGST_COLUMNS[1], oy)
+        table = table.drop(columns=list(ORIGIN_PX_COLUMNS))
+        pset = replace(pset, table=table)
+    return pset
+
+
+def _set_pixel_size(pset: ParticleSet, apix: float) -> ParticleSet:
+    table = pset.table.copy()
+    table["rlnImagePixelSize"] = apix
+    optics = pset.optics
+    if optics is not None:
+        optics = optics.copy()
+        optics["rlnImagePixelSize"] = apix
+    return replace(pset, table=table, optics=optics)
+
+
+# --------------------------------------------------------------------------- writing
+def _constant_within(table: pd.DataFrame, column: str, groups: pd.Series) -> bool:
+    return bool((table.groupby(groups, sort=False)[column].nunique(dropna=False) <= 1).all())
+
+
+def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(optics, particles) blocks for RELION 3.1 from a set's merged table."""
+    table = pset.table.copy()
+    # RELION 3.0 pixel size columns become rlnImagePixelSize.
+    if "rlnImagePixelSize" not in table.columns:
+        apix = pset._pixel_size_or_none()
+        if apix is not None:
+            table["rlnImagePixelSize"] = apix
+    table = table.drop(columns=[c for c in ("rlnMagnification", "rlnDetectorPixelSize", "rlnPixelSize") if c in table.columns])
+    if "rlnImageDimensionality" not in table.columns and ("rlnImageSize" in table.columns or pset.optics is None):
+        table["rlnImageDimensionality"] = 2
+
+    if pset.optics is not None and "rlnOpticsGroup" in table.columns:
+        base = pset.optics.copy()
+        candidates = [c for c in dict.fromkeys([*base.columns, *OPTICS_COLUMNS]) if c != "rlnOpticsGroup" and c in table.columns]
+        groups = table["rlnOpticsGroup"]
+        movable = [c for c in candidates if _constant_within(table, c, groups)]
+        # Refresh optics values from the table for the groups that have particles.
+        firsts = table.groupby("rlnOpticsGroup", sort=False)[movable].first() if movable else None
+        for col in movable:
+            mapped = base["rlnOpticsGroup"].map(firsts[col])
+            if col not in base.columns:
+                base[col] = mapped
+                continue
+            original = base[col]
+            merged = mapped.where(mapped.notna(), original)
+            if original.dtype.kind in "iu" and merged.notna().all():
+                merged = merged.astype(original.dtype)
+            elif original.dtype == object:
+                merged = merged.astype(object)
+            base[col] = merged
+        # Columns that vary within a group stay per particle and leave the optics table.
+        base = base.drop(columns=[c for c in candidates if c not in movable and c in base.columns])
+        particles = table.drop(columns=movable)
+        return base, particles
+
+    # No optics table (RELION 3.0 or cryoSPARC): one group per distinct optics setting.
+    candidates = [c for c in OPTICS_COLUMNS if c in table.columns]
+    if "rlnOpticsGroup" in table.columns and all(
+        _constant_within(table, c, table["rlnOpticsGroup"]) for c in candidates
+    ):
+        group_ids = table["rlnOpticsGroup"].to_numpy()
+    elif candidates:
+        keys = table[candidates].astype(str).agg("\x1f".join, axis=1)
+        codes, _ = pd.factorize(keys, sort=False)
+        group_ids = codes + 1
+    else:
+        group_ids = np.ones(len(table), dtype=np.int64)
+    table["rlnOpticsGroup"] = group_ids
+    firsts = table.groupby("rlnOpticsGroup", sort=False)[candidates].first().reset_index()
+    if "rlnOpticsGroupName" not in firsts.columns:
+        firsts.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in firsts["rlnOpticsGroup"]])
+    particles = table.drop(columns=candidates)
+    return firsts, particles
+
+
+def _to_30(pset: ParticleSet) -> pd.DataFrame:
+    table = pset.table.copy()
+    if all(c in table.columns for c in ORIGIN_ANGST_COLUMNS):
+        apix = pset.pixel_size  # UserError "... pass --apix" when unknown: 3.0 origins are in pixels
+        position = table.columns.get_loc(ORIGIN_ANGST_COLUMNS[0])
+        ox = table[ORIGIN_ANGST_COLUMNS[0]].to_numpy(np.float64) / apix
+        oy = table[ORIGIN_ANGST_COLUMNS[1]].to_numpy(np.float64) / apix
+        table = table.drop(columns=[*ORIGIN_ANGST_COLUMNS, *[c for c in ORIGIN_PX_COLUMNS if c in table.columns]])
+        table.insert(position, ORIGIN_PX_COLUMNS[0], ox)
+        table.insert(position + 1, ORIGIN_PX_COLUMNS[1], oy)
+    apix = pset._pixel_size_or_none()
+    if apix is not None and not ("rlnMagnification" in table.columns and "rlnDetectorPixelSize" in table.columns):
+        # RELION 3.0: pixel size (A) = rlnDetectorPixelSize (um) * 1e4 / rlnMagnification.
+        table["rlnMagnification"] = 10000.0
+        table["rlnDetectorPixelSize"] = apix
+    # Optics-only bookkeeping has no meaning in a 3.0 file.
+    return table.drop(
+        columns=[c for c in ("rlnOpticsGroup", "rlnOpticsGroupName", "rlnImagePixelSize") if c in table.columns]
+    )
+
+
+def _block_text(name: str, block: Any, version_line: str) -> str:
+    if isinstance(block, pd.DataFrame):
+        block = _format_floats(block)
+    text = starfile.to_string({name: block}, sep=" ")
+    # drop starfile's own "created by" header; keep RELION's version comment instead
+    body = text.split("\n", 1)[1].lstrip("\n")
+    return f"\n{version_line}\n\n{body}"
+
+
+def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "3.1") -> None:
+    """Write a ``ParticleSet`` as a RELION STAR file.
+
+    version "3.1" (also read by RELION 4 and 5): data_optics + data_particles, then the
+    extra blocks. version "3.0": one data_ block with optics merged in, origins in pixels
+    (rlnOriginX/Y) and the pixel size as rlnMagnification=10000, rlnDetectorPixelSize=apix.
+    The file is written to a temporary name and renamed into place; the source star file
+    itself is never overwritten.
+    """
+    path = Path(path)
+    if version not in ("3.0", "3.1"):
+        raise UserError(f"unknown STAR version {version!r}; use 3.0 or 3.1")
+    if particles.source_file is not None and path.exists():
+        if path.resolve() == Path(particles.source_file).resolve():
+            raise UserError(f"refusing to overwrite the input file {path}; choose another output name")
+    if version == "3.1":
+        optics, table = _split_optics(particles)
+        blocks: list[tuple[str, Any]] = [("optics", optics), ("particles", table)]
+        version_line = "# version 30001"
+    else:
+        blocks = [("", _to_30(particles))]
+        version_line = "# version 30000"
+    blocks += list(particles.extra_blocks.items())
+    text = "".join(_block_text(name, block, version_line) for name, block in blocks)
+    _write_text_atomic(path, text)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -40,18 +40,15 @@ def plot_fsc_curves(
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.05)
-    ax.set_title(title)
+    ax.set_title(title, pad=28)
     top = max(float(np.max(f)) for _, f, _ in curves) if curves else 0.5
-
-    def to_res(x):
-        with np.errstate(divide="ignore"):
-            return np.where(x > 0, 1.0 / np.maximum(x, 1e-9), np.inf)
-
-    sec = ax.secondary_xaxis("top", functions=(to_res, to_res))
-    sec.set_xlabel("resolution (Å)")
-    ticks = np.array([t for t in (50, 30, 20, 15, 10, 8, 6, 5, 4, 3, 2.5, 2) if 1 / t <= top])
-    sec.set_xticks(ticks)
     ax.set_xlim(0, top)
+    ticks = [t for t in (50, 30, 20, 15, 12, 10, 8, 6, 5, 4, 3, 2.5, 2) if 1 / t <= top * 1.001]
+    top_axis = ax.twiny()
+    top_axis.set_xlim(ax.get_xlim())
+    top_axis.set_xticks([1 / t for t in ticks])
+    top_axis.set_xticklabels([f"{t:g}" for t in ticks], fontsize=8)
+    top_axis.set_xlabel("resolution (Å)")
     ax.legend(frameon=False, fontsize=9)
     ax.grid(alpha=0.2)
     save_figure(fig, path)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cryopose.cli.common import device_option, resolve_device
 from cryopose.errors import UserError
 
 
@@ -18,9 +19,18 @@ from cryopose.errors import UserError
     help="STAR version to write (3.1 is also read by RELION 4 and 5).",
 )
 @click.option("--image-size", type=int, default=None, help="Box size (px) to record when IN has none.")
-def command(source: Path, target: Path, apix: float | None, version: str, image_size: int | None) -> None:
-    """Convert particle metadata IN (.star or .cs) to a RELION STAR file OUT."""
+@device_option
+def command(source: Path, target: Path, apix: float | None, version: str, image_size: int | None, device: str) -> None:
+    """Convert particle metadata IN (.star or .cs) to a RELION STAR file OUT.
+
+    Unknown columns and extra data blocks are kept. --device is accepted for uniformity
+    (conversion does no numerical work).
+
+    Example: cryopose convert cryosparc_P1_J2_particles.cs particles.star --apix 1.06
+    """
     from cryopose.io import read_particles, write_star
+
+    resolve_device(device)
 
     if target.suffix.lower() != ".star":
         raise UserError(f"output {target} must be a .star file; cryopose writes RELION STAR only")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cryopose.cli.common import device_option, ensure_out_dir, resolve_device
+from cryopose.cli.common import device_option, ensure_out_dir, resolve_device, write_json_atomic
 from cryopose.errors import UserError
 from cryopose.geometry.grids import asymmetric_unit_mask
 from cryopose.geometry.rotations import viewing_direction
@@ -134,8 +135,20 @@ def command(map_path, n, out, snr, ctf, defocus, max_shift, apix, box, sym, seed
     fv = fourier_volume(vol.to(dev))
     mask_radius = None if particle_diameter is None else particle_diameter / 2 / pixel_size
     shifts_px = shifts_a / pixel_size
-    with StackWriter(out / "particles.mrcs", n, (size, size), pixel_size) as writer:
-        for chunk, start in enumerate(tqdm(range(0, n, CHUNK), desc="simulate", unit="chunk", leave=False)):
+    progress_file = out / ".simulate_progress.json"
+    signature = {"map": str(Path(map_path).resolve()), "n": n, "seed": seed, "snr": repr(snr), "ctf": ctf,
+                 "defocus": list(defocus), "max_shift": max_shift, "apix": pixel_size, "box": size, "sym": sym,
+                 "from_star": str(from_star), "mask": repr(mask_radius)}
+    with StackWriter(out / "particles.mrcs", n, (size, size), pixel_size, resumable=True) as writer:
+        done = 0
+        if writer.resumed and progress_file.exists():
+            state = json.loads(progress_file.read_text())
+            if state.get("signature") == signature:
+                done = int(state["done_chunks"])
+                click.echo(f"Resuming: {min(done * CHUNK, n)} of {n} particles already simulated")
+        n_chunks = -(-n // CHUNK)
+        for chunk in tqdm(range(done, n_chunks), desc="simulate", unit="chunk", leave=False, initial=done, total=n_chunks):
+            start = chunk * CHUNK
             sl = slice(start, min(start + CHUNK, n))
             c = None if ctf_params is None else ctf_params[sl].to(dev)
             if c is not None:
@@ -144,6 +157,8 @@ def command(map_path, n, out, snr, ctf, defocus, max_shift, apix, box, sym, seed
             noise_gen = torch.Generator().manual_seed(seed * 1_000_003 + chunk + 1)
             images = add_noise(images, snr, noise_gen, mask_radius)
             writer.write(start, images.cpu().numpy())
+            write_json_atomic(progress_file, {"signature": signature, "done_chunks": chunk + 1})
+    progress_file.unlink(missing_ok=True)
     names = [f"{i + 1:06d}@particles.mrcs" for i in range(n)]
     ctf_dict = None
     if ctf_params is not None:

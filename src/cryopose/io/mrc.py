@@ -278,15 +278,36 @@ class StackWriter:
 
     >>> with StackWriter(path, n, (ny, nx), pixel_size) as w:
     ...     w.write(0, images)
+
+    With ``resumable=True`` the partial stack has a fixed name (``.NAME.partial`` beside
+    the target) and is kept when the writer is interrupted; a new writer with the same
+    shape reopens it (``resumed`` is then True) so finished images need not be redone.
     """
 
-    def __init__(self, path: str | os.PathLike, n: int, shape: tuple[int, int], pixel_size: float) -> None:
+    def __init__(
+        self, path: str | os.PathLike, n: int, shape: tuple[int, int], pixel_size: float, resumable: bool = False
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _tmp_name(self.path)
         self.n = int(n)
-        self._mrc = mrcfile.new_mmap(self._tmp, shape=(self.n, *shape), mrc_mode=2, overwrite=True)
-        self._mrc.set_image_stack()
+        self.resumable = resumable
+        self.resumed = False
+        if resumable:
+            self._tmp = self.path.with_name(f".{self.path.name}.partial")
+            if self._tmp.exists():
+                try:
+                    mrc = mrcfile.mmap(self._tmp, mode="r+")
+                    if mrc.data.shape == (self.n, *shape):
+                        self._mrc, self.resumed = mrc, True
+                    else:
+                        mrc.close()
+                except ValueError:
+                    pass
+        else:
+            self._tmp = _tmp_name(self.path)
+        if not self.resumed:
+            self._mrc = mrcfile.new_mmap(self._tmp, shape=(self.n, *shape), mrc_mode=2, overwrite=True)
+            self._mrc.set_image_stack()
         self._mrc.voxel_size = float(pixel_size)
         self._closed = False
 
@@ -323,5 +344,9 @@ class StackWriter:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is None:
             self.close()
+        elif self.resumable:
+            self._mrc.flush()
+            self._mrc.close()
+            self._closed = True
         else:
             self.abort()

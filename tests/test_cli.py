@@ -228,3 +228,20 @@ def test_reconstruct_resumes_from_checkpoint(small_sim, tmp_path, capsys, monkey
     a = mrcfile.read(tmp_path / "a" / "map.mrc")
     b = mrcfile.read(tmp_path / "b" / "map.mrc")
     assert np.allclose(a, b, atol=1e-5 * np.abs(b).max())
+
+
+def test_simulate_sym_draws_in_asymmetric_unit(tmp_path, capsys):
+    import torch
+
+    from cryopose.geometry.grids import asymmetric_unit_mask
+    from cryopose.geometry.rotations import viewing_direction
+
+    code, _, _ = run(["simulate", "--map", BUNDLED, "--n", "60", "--sym", "D2", "--snr", "inf", "--no-ctf", "--out", tmp_path], capsys)
+    assert code == 0
+    dirs = viewing_direction(torch.from_numpy(read_star(tmp_path / "particles.star").rotations))
+    assert asymmetric_unit_mask(dirs, "D2").all()
+    assert not asymmetric_unit_mask(dirs, "C1").logical_not().any()
+    # without --sym the same seed puts most directions outside the D2 unit
+    code, _, _ = run(["simulate", "--map", BUNDLED, "--n", "60", "--snr", "inf", "--no-ctf", "--out", tmp_path / "c1"], capsys)
+    dirs_c1 = viewing_direction(torch.from_numpy(read_star(tmp_path / "c1" / "particles.star").rotations))
+    assert asymmetric_unit_mask(dirs_c1, "D2").float().mean() < 0.5

@@ -1,0 +1,793 @@
+"""Align 3-D maps to a reference and carry particle poses along (``cryopose align-maps``).
+
+Conventions
+-----------
+Volumes are indexed (z, y, x) with the box centre at index N//2; coordinates are (x, y, z)
+about that centre, in pixels or, for the public transform, in Angstrom. A transform (M, t)
+acts on a map V as
+
+    V'(y) = V(M y + t)                                   (y, t in Angstrom about the centres)
+
+M is orthogonal; det M = -1 means the hand was flipped. We write an improper M as
+M = R J with R a rotation and J = diag(1, 1, -1) (z -> -z about the box centre); the
+"angle" of a transform is the rotation angle of R = M J (of M itself when proper), and
+``max_angle`` bounds that angle on both hands.
+
+Hand flip of a map alone is V'(x, y, z) = V(x, y, -z): new[z] = old[2 (N//2) - z]; for an
+even box the plane z = 0 has no partner and is set to zero (never wrapped).
+
+Poses (verified numerically in the tests with projections): if particles were imaged from
+V with pose A (projection samples V(A^T x)) and origin o, the same images come from
+V'(y) = V(M y + t) with
+
+    A' = A M                 (det M = +1)
+    A' = J A M               (det M = -1; J A M is a proper rotation)
+    o' = o - (A t)_xy        (both cases; o and t in the same unit)
+
+Symmetry: if the reference is symmetric, Vref(S y) = Vref(y), and (M, t) aligns V with it,
+V(M y + t) = Vref(y), then V(M S y + t) = Vref(S y) = Vref(y): (M S, t) is as right, i.e.
+the reference's symmetry multiplies M on the RIGHT and leaves t alone (what
+``geometry.distances.rotation_distance(a, b, sym)`` minimises over). For a moving map that
+is itself symmetric about its own box centre, V(S x) = V(x), the equivalent answers are
+(S M, S t) instead.
+
+Method
+------
+Both maps are masked (optional), low-passed, and brought onto the reference grid. A global
+search runs on a small Fourier-cropped box: an SO(3) grid (within ``max_angle``; both
+hands when asked), for each rotation the best translation at once from a 3-D FFT
+cross-correlation restricted to ``max_shift``. The best few candidates are refined on the
+small box, and the best one again on a box whose Nyquist matches the low-pass, by L-BFGS
+on the rotation (a rotation vector) and the shift, maximising the mask-weighted Pearson
+correlation of the trilinearly resampled map with the reference. Shift and angle are
+parameterised so that they can never exceed their bounds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cryopose.imaging.filters import lowpass_volume, soft_spherical_mask
+from cryopose.imaging.resample import fourier_resize_volume
+
+__all__ = [
+    "J",
+    "MapAlignment",
+    "transform_volume",
+    "apply_transform",
+    "resample_to_grid",
+    "hand_flip",
+    "transform_poses",
+    "align_map",
+    "masked_correlation",
+    "rotation_grid",
+    "transform_angle_deg",
+]
+
+J = np.diag([1.0, 1.0, -1.0])
+
+
+# --------------------------------------------------------------------------- helpers
+def _t(x, device=None, dtype=torch.float32) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device if device is not None else x.device, dtype=dtype)
+    return torch.as_tensor(np.asarray(x), device=device, dtype=dtype)
+
+
+def _jmat(device=None, dtype=torch.float32) -> torch.Tensor:
+    return torch.diag(torch.tensor([1.0, 1.0, -1.0], device=device, dtype=dtype))
+
+
+def _skew(w: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros_like(w[..., 0])
+    return torch.stack(
+        [z, -w[..., 2], w[..., 1], w[..., 2], z, -w[..., 0], -w[..., 1], w[..., 0], z], dim=-1
+    ).reshape(*w.shape[:-1], 3, 3)
+
+
+def _expm(w: torch.Tensor) -> torch.Tensor:
+    """Rotation vector(s) -> rotation matrices (differentiable, finite at 0)."""
+    return torch.linalg.matrix_exp(_skew(w))
+
+
+def _logm(r: np.ndarray) -> np.ndarray:
+    """Rotation matrix -> rotation vector (float64 numpy), angle in [0, pi]."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_matrix(np.asarray(r, dtype=np.float64)).as_rotvec()
+
+
+def _angle(r: np.ndarray) -> float:
+    c = (np.trace(r) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def transform_angle_deg(matrix: np.ndarray) -> float:
+    """Rotation angle (deg) of a transform M: of M if proper, of M J if improper."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if np.linalg.det(m) < 0:
+        m = m @ J
+    return _angle(m)
+
+
+# --------------------------------------------------------------------------- resampling
+def transform_volume(
+    volume: torch.Tensor,
+    matrices: torch.Tensor,
+    shifts_px: torch.Tensor | None = None,
+    out_size: int | None = None,
+    oversample: int = 1,
+) -> torch.Tensor:
+    """Trilinear resampling out[y] = V(L y + s) of a cubic volume (N, N, N).
+
+    matrices: (3, 3) or (B, 3, 3) linear maps L (any, e.g. a scaled rotation); shifts_px:
+    (3,) or (B, 3) in input pixels (x, y, z); y runs over an ``out_size`` box (default N)
+    in output pixels about its centre. Returns (out, out, out) or (B, out, out, out);
+    samples outside the input box are zero. ``oversample`` > 1 first Fourier-pads the
+    volume by that factor, which makes the interpolation nearly exact (costs memory).
+    Differentiable in ``matrices`` and ``shifts_px``.
+    """
+    n = volume.shape[-1]
+    out = n if out_size is None else int(out_size)
+    single = matrices.dim() == 2
+    mats = matrices.reshape(-1, 3, 3).to(volume.dtype)
+    b = mats.shape[0]
+    if shifts_px is None:
+        shifts = torch.zeros(b, 3, device=volume.device, dtype=volume.dtype)
+    else:
+        shifts = shifts_px.reshape(-1, 3).to(volume.dtype).expand(b, 3)
+    src = volume
+    k = int(oversample)
+    if k > 1:
+        src = fourier_resize_volume(volume, k * n)
+    nin = src.shape[-1]
+    # output normalised u in [-1, 1] -> y = a_o u + b_o (px); input index = k (L y + s) + c_in
+    a_o = (out - 1) / 2.0
+    b_o = (out - 1) / 2.0 - out // 2
+    alpha = 2.0 / (nin - 1)
+    beta = (nin // 2) * alpha - 1.0
+    lin = (alpha * k * a_o) * mats
+    off = alpha * k * (mats.sum(dim=-1) * b_o + shifts) + beta
+    theta = torch.cat([lin, off[..., None]], dim=-1)
+    grid = F.affine_grid(theta, [b, 1, out, out, out], align_corners=True)
+    res = F.grid_sample(
+        src[None, None].expand(b, 1, nin, nin, nin),
+        grid,
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    )[:, 0]
+    return res[0] if single else res
+
+
+def apply_transform(
+    volume,
+    matrix,
+    shift_A,
+    pixel_size: float,
+    out_size: int | None = None,
+    out_pixel_size: float | None = None,
+    oversample: int = 2,
+    device=None,
+) -> torch.Tensor:
+    """The aligned map V'(y) = V(M y + t) (y, t in Angstrom about the box centres).
+
+    volume: (N, N, N) with ``pixel_size`` Angstrom; the result lies on a grid of
+    ``out_size`` voxels of ``out_pixel_size`` Angstrom (default: the input grid).
+    Works for proper and improper (hand-flipped) M. Returns a float32 tensor.
+    """
+    vol = _t(volume, device)
+    dev = vol.device
+    n = vol.shape[-1]
+    out = n if out_size is None else int(out_size)
+    apo = pixel_size if out_pixel_size is None else float(out_pixel_size)
+    m = _t(matrix, dev) * (apo / pixel_size)
+    s = _t(shift_A, dev) / pixel_size
+    if oversample > 1 and n * oversample > 512:
+        oversample = 1  # keep memory in check for very large boxes
+    if apo > pixel_size * 1.0001:
+        # coarser output grid: remove what it cannot hold before interpolating
+        vol = lowpass_volume(vol, 2.0 * apo, pixel_size)
+    return transform_volume(vol, m, s, out, oversample=oversample)
+
+
+def resample_to_grid(volume, pixel_size: float, out_size: int, out_pixel_size: float, device=None) -> torch.Tensor:
+    """A map on another grid (box ``out_size``, ``out_pixel_size`` Angstrom), same centre."""
+    return apply_transform(volume, np.eye(3), np.zeros(3), pixel_size, out_size, out_pixel_size, device=device)
+
+
+def hand_flip(volume) -> torch.Tensor:
+    """z -> -z about the box centre: new[z] = old[2 (N//2) - z]; zero where out of range."""
+    vol = _t(volume)
+    n = vol.shape[-3]
+    c = n // 2
+    out = torch.zeros_like(vol)
+    z = torch.arange(n)
+    src = 2 * c - z
+    ok = (src >= 0) & (src < n)
+    out[..., z[ok], :, :] = vol[..., src[ok], :, :]
+    return out
+
+
+# --------------------------------------------------------------------------- poses
+def transform_poses(rotations, shifts, matrix, shift) -> tuple[np.ndarray, np.ndarray]:
+    """Poses that give the same particle images from V'(y) = V(M y + t) as (A, o) from V.
+
+    rotations (n, 3, 3) RELION matrices A; shifts (n, 2) origins o (x, y); matrix M (3, 3);
+    shift t (3,) in the same unit as the origins. Returns (A', o'):
+    A' = A M (proper M) or J A M (improper M), o' = o - (A t)_xy.
+    """
+    a = np.asarray(rotations, dtype=np.float64)
+    o = np.asarray(shifts, dtype=np.float64)
+    m = np.asarray(matrix, dtype=np.float64)
+    t = np.asarray(shift, dtype=np.float64).reshape(3)
+    new_a = a @ m
+    if np.linalg.det(m) < 0:
+        new_a = J @ new_a
+    at = a @ t
+    return new_a, o - at[:, :2]
+
+
+# --------------------------------------------------------------------------- scoring
+def masked_correlation(volumes: torch.Tensor, reference: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted Pearson correlation of each of ``volumes`` (B, ...) with ``reference``."""
+    w = weights / weights.sum()
+    dims = tuple(range(1, volumes.dim()))
+    r = reference - (w * reference).sum()
+    rn = torch.sqrt((w * r * r).sum())
+    mv = (volumes * w).sum(dim=dims, keepdim=True)
+    v = volumes - mv
+    num = (w * v * r).sum(dim=dims)
+    den = torch.sqrt((w * v * v).sum(dim=dims)).clamp_min(1e-20) * rn.clamp_min(1e-20)
+    return num / den
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class MapAlignment:
+    """A transform V'(y) = V(M y + t) that aligns a map with the reference.
+
+    rotation: M (3, 3), det -1 when ``hand_flipped``; shift_A: t (x, y, z) in Angstrom;
+    score: masked Pearson correlation (at the refinement resolution); angle_deg: rotation
+    angle of M (of M J when flipped); pixel_size: the reference's, for ``shift_px``.
+    """
+
+    rotation: np.ndarray
+    shift_A: np.ndarray
+    hand_flipped: bool
+    score: float
+    pixel_size: float
+    angle_deg: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def shift_px(self) -> np.ndarray:
+        return self.shift_A / self.pixel_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rotation": [[float(v) for v in row] for row in self.rotation],
+            "shift_A": [float(v) for v in self.shift_A],
+            "hand_flipped": bool(self.hand_flipped),
+            "score": float(self.score),
+            "angle_deg": float(self.angle_deg),
+        }
+
+
+# --------------------------------------------------------------------------- search
+def rotation_grid(step_deg: float, max_angle_deg: float = 180.0) -> np.ndarray:
+    """Rotations (m, 3, 3) covering SO(3) at about ``step_deg``, those within ``max_angle_deg``
+    of the identity (the identity is always included)."""
+    from cryopose.geometry.grids import sample_rotations
+
+    rots = sample_rotations(step_deg, "C1", dtype=torch.float64).numpy()
+    if max_angle_deg < 180.0:
+        ang = np.degrees(np.arccos(np.clip((np.trace(rots, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+        rots = rots[ang <= max_angle_deg]
+    return np.concatenate([np.eye(3)[None], rots], axis=0)
+
+
+def _even(n: float) -> int:
+    return max(8, int(2 * round(n / 2)))
+
+
+@dataclass
+class _Level:
+    size: int
+    apix: float
+    ref: torch.Tensor
+    moving: torch.Tensor
+    weights: torch.Tensor
+
+
+def _make_level(ref: torch.Tensor, mov: torch.Tensor, wts: torch.Tensor, size: int, apix: float, resolution: float) -> _Level:
+    n = ref.shape[-1]
+    if size < n:
+        ref_s = fourier_resize_volume(ref, size)
+        mov_s = fourier_resize_volume(mov, size)
+        w_s = fourier_resize_volume(wts, size).clamp(0, 1)
+    else:
+        size, ref_s, mov_s, w_s = n, ref, mov, wts
+    ap = apix * n / size
+    res = max(resolution, 2.0 * ap * 1.05)
+    ref_s = lowpass_volume(ref_s, res, ap)
+    mov_s = lowpass_volume(mov_s, res, ap)
+    return _Level(size, ap, ref_s, mov_s, w_s)
+
+
+def _global_search(
+    lv: _Level,
+    rotations: np.ndarray,
+    hands: list[bool],
+    max_shift_px: float,
+    batch: int,
+) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """(score, M, t_px at this level) for every grid rotation and hand, best shift each."""
+    dev = lv.ref.device
+    n = lv.size
+    ref = (lv.ref - (lv.weights * lv.ref).sum() / lv.weights.sum()) * lv.weights
+    ref_f = torch.fft.rfftn(ref, dim=(-3, -2, -1)).conj()
+    rnorm = torch.sqrt((ref * ref).sum())
+    ax = torch.arange(n, device=dev)
+    ax = torch.where(ax >= (n + 1) // 2, ax - n, ax).to(torch.float32)
+    sz, sy, sx = torch.meshgrid(ax, ax, ax, indexing="ij")
+    allowed = (sx**2 + sy**2 + sz**2) <= max_shift_px**2 + 1e-6
+    scores, shifts, all_mats = [], [], []
+    jm = J
+    for hand in hands:
+        mats_np = rotations @ jm if hand else rotations
+        mats = torch.as_tensor(mats_np, dtype=torch.float32, device=dev)
+        for start in range(0, mats.shape[0], batch):
+            mb = mats[start : start + batch]
+            vols = transform_volume(lv.moving, mb)
+            vols = vols - vols.mean(dim=(-3, -2, -1), keepdim=True)
+            vnorm = torch.sqrt((vols * vols).sum(dim=(-3, -2, -1))).clamp_min(1e-20)
+            cc = torch.fft.irfftn(torch.fft.rfftn(vols, dim=(-3, -2, -1)) * ref_f, s=(n, n, n), dim=(-3, -2, -1))
+            cc = torch.where(allowed, cc, torch.full_like(cc, -1e30))
+            best, idx = cc.reshape(cc.shape[0], -1).max(dim=1)
+            score = best / (vnorm * rnorm.clamp_min(1e-20))
+            s = torch.stack([sx.reshape(-1)[idx], sy.reshape(-1)[idx], sz.reshape(-1)[idx]], dim=-1)
+            # v(y + s) = V(M y + M s): t = M s
+            t = torch.einsum("bij,bj->bi", mb, s)
+            scores.append(score.double().cpu().numpy())
+            shifts.append(t.double().cpu().numpy())
+        all_mats.append(mats_np)
+    sc = np.concatenate(scores)
+    mt = np.concatenate(all_mats)
+    sh = np.concatenate(shifts)
+    return [(float(sc[i]), mt[i], sh[i]) for i in range(sc.shape[0])]
+
+
+def _pick_candidates(results, count: int, min_sep_deg: float, hands: list[bool]) -> list:
+    order = sorted(results, key=lambda r: -r[0])
+    picked: list = []
+    per_hand = max(1, count // len(hands))
+    for hand in hands:
+        mine = []
+        for r in order:
+            if (np.linalg.det(r[1]) < 0) != hand:
+                continue
+            if all(_angle(r[1] @ p[1].T) > min_sep_deg for p in mine):
+                mine.append(r)
+            if len(mine) >= per_hand:
+                break
+        picked.extend(mine)
+    return sorted(picked, key=lambda r: -r[0])
+
+
+def _refine(
+    lv: _Level,
+    matrix: np.ndarray,
+    shift_px: np.ndarray,
+    max_shift_px: float,
+    max_angle_deg: float,
+    iterations: int = 60,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """L-BFGS on rotation and shift; returns (score, M, t_px at this level)."""
+    dev = lv.ref.device
+    dt = torch.float32
+    improper = np.linalg.det(matrix) < 0
+    jt = _jmat(dev, dt)
+    r0 = matrix @ J if improper else np.asarray(matrix, dtype=np.float64)
+    radius = max(lv.size / 4.0, 1.0)  # rotation vector scaled so 1 unit ~ 1 px at radius N/4
+    bounded_angle = max_angle_deg < 180.0
+    amax = math.radians(max_angle_deg)
+    if bounded_angle:
+        w0 = _logm(r0)
+        r = min(np.linalg.norm(w0) / amax, 0.999) if amax > 0 else 0.0
+        nrm = np.linalg.norm(w0)
+        v0 = (w0 / nrm) * r / math.sqrt(1 - r * r) if nrm > 1e-12 else np.zeros(3)
+        rot_p = torch.tensor(v0, dtype=dt, device=dev, requires_grad=True)
+    else:
+        rot_p = torch.zeros(3, dtype=dt, device=dev, requires_grad=True)
+    r0_t = torch.as_tensor(r0, dtype=dt, device=dev)
+    smax = max(float(max_shift_px), 1e-6)
+    t0 = np.asarray(shift_px, dtype=np.float64)
+    rs = min(np.linalg.norm(t0) / smax, 0.999)
+    tn = np.linalg.norm(t0)
+    u0 = (t0 / tn) * rs / math.sqrt(1 - rs * rs) if tn > 1e-12 else np.zeros(3)
+    sh_p = torch.tensor(u0, dtype=dt, device=dev, requires_grad=True)
+
+    def build():
+        if bounded_angle:
+            w = amax * rot_p / torch.sqrt(1 + (rot_p * rot_p).sum())
+            rot = _expm(w)
+        else:
+            rot = _expm(rot_p / radius) @ r0_t
+        m = rot @ jt if improper else rot
+        t = smax * sh_p / torch.sqrt(1 + (sh_p * sh_p).sum())
+        return m, t
+
+    def objective():
+        m, t = build()
+        vol = transform_volume(lv.moving, m[None], t[None])
+        return -masked_correlation(vol, lv.ref, lv.weights)[0]
+
+    opt = torch.optim.LBFGS(
+        [rot_p, sh_p], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20,
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    if bounded_angle and amax == 0:
+        rot_p.requires_grad_(False)
+        opt = torch.optim.LBFGS([sh_p], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-9, tolerance_change=1e-12)
+    opt.step(closure)
+    with torch.no_grad():
+        loss = objective()
+        m, t = build()
+    m_np = m.double().cpu().numpy()
+    # re-orthonormalise (float32 drift)
+    u, _, vt = np.linalg.svd(m_np)
+    m_np = u @ vt
+    return -float(loss), m_np, t.double().cpu().numpy()
+
+
+def align_map(
+    reference,
+    moving,
+    pixel_size: float,
+    moving_pixel_size: float | None = None,
+    ref_mask=None,
+    moving_mask=None,
+    apply_mask: bool = True,
+    lowpass: float | None = None,
+    max_shift: float | None = None,
+    max_angle: float = 180.0,
+    check_hands: bool = True,
+    device: str | torch.device = "cpu",
+    global_box: int = 24,
+    global_step_deg: float = 15.0,
+    candidates: int = 6,
+    refine_box_max: int = 80,
+    fine_margin: float = 0.01,
+    batch: int = 256,
+    log: Callable[[str], None] | None = None,
+) -> MapAlignment:
+    """Find (M, t) such that the moving map V'(y) = V(M y + t) matches the reference.
+
+    reference (N, N, N) with ``pixel_size`` Angstrom; moving (N', N', N') with
+    ``moving_pixel_size`` (default ``pixel_size``), resampled onto the reference grid;
+    masks (optional) on the grid of their map; ``apply_mask`` multiplies each map by its
+    mask before alignment (and scores within the reference mask; without masks a soft
+    sphere of 0.45 N is used). ``lowpass`` (Angstrom, default max(8, 3 apix)) is applied
+    after masking. ``max_shift`` (Angstrom, default a quarter of the box) bounds |t|;
+    ``max_angle`` (deg) bounds the rotation angle; ``check_hands`` also tries z-flipped.
+    """
+    dev = torch.device(device)
+    clock = {"start": time.perf_counter()}
+    ref = _t(reference, dev)
+    n = ref.shape[-1]
+    if ref.shape != (n, n, n):
+        raise ValueError(f"reference must be cubic, got {tuple(ref.shape)}")
+    apix = float(pixel_size)
+    mapix = apix if moving_pixel_size is None else float(moving_pixel_size)
+    mov = _t(moving, dev)
+    if mov.shape[-1] != n or abs(mapix - apix) > 1e-6 * apix:
+        mov = resample_to_grid(mov, mapix, n, apix, device=dev)
+        if moving_mask is not None:
+            moving_mask = resample_to_grid(moving_mask, mapix, n, apix, device=dev).clamp(0, 1)
+    rmask = None if ref_mask is None else _t(ref_mask, dev)
+    mmask = None if moving_mask is None else _t(moving_mask, dev)
+    if apply_mask:
+        if rmask is not None:
+            ref = ref * rmask
+        if mmask is not None:
+            mov = mov * mmask
+    if apply_mask and rmask is not None:
+        weights = rmask.clamp(0, 1)
+    else:
+        weights = soft_spherical_mask(n, 0.45 * n - 3, 3.0, device=dev)
+    resolution = float(lowpass) if lowpass else max(8.0, 3.0 * apix)
+    max_shift_A = float(max_shift) if max_shift is not None else 0.25 * n * apix
+    if max_shift_A < 0 or max_angle < 0:
+        raise ValueError("max_shift and max_angle must be >= 0")
+    max_angle = min(float(max_angle), 180.0)
+    hands = [False, True] if check_hands else [False]
+
+    # ---- global search on a small box
+    gsize = min(_even(global_box), n)
+    glv = _make_level(ref, mov, weights, gsize, apix, resolution)
+    step = min(global_step_deg, max(max_angle / 2.0, 2.0))
+    grid = rotation_grid(step, max_angle)
+    gshift = max_shift_A / glv.apix
+    results = _global_search(glv, grid, hands, gshift, batch)
+    clock["global"] = time.perf_counter()
+    picked = _pick_candidates(results, candidates * len(hands) // (2 if check_hands else 1), 2 * step, hands)
+    if log:
+        log(f"global search: {len(results)} orientations on a {gsize}^3 box at {step:g} deg; "
+            f"best score {picked[0][0]:.4f}")
+
+    # ---- refine candidates on the small box
+    refined = []
+    for score, m, t in picked:
+        t = t * min(1.0, 0.999 * gshift / max(np.linalg.norm(t), 1e-12))
+        refined.append(_refine(glv, m, t, gshift, max_angle, iterations=30))
+    refined.sort(key=lambda r: -r[0])
+    clock["coarse"] = time.perf_counter()
+
+    # ---- refine the best at the low-pass resolution
+    fapix = max(apix, resolution / 3.0)
+    fsize = min(n, _even(n * apix / fapix), refine_box_max)
+    flv = _make_level(ref, mov, weights, fsize, apix, resolution)
+    fshift = max_shift_A / flv.apix
+    finals = []
+    close = [r for r in refined if r[0] >= refined[0][0] - fine_margin][:2]
+    for score, m, t in close:
+        t_f = t * glv.apix / flv.apix
+        t_f = t_f * min(1.0, 0.999 * fshift / max(np.linalg.norm(t_f), 1e-12))
+        finals.append(_refine(flv, m, t_f, fshift, max_angle, iterations=25))
+    finals.sort(key=lambda r: -r[0])
+    score, m, t = finals[0]
+    clock["fine"] = time.perf_counter()
+    shift_A = t * flv.apix
+    # guarantee the bounds exactly (float32 rounding)
+    norm = np.linalg.norm(shift_A)
+    if norm > max_shift_A:
+        shift_A = shift_A * (max_shift_A / norm)
+    timings = {
+        "global_s": clock["global"] - clock["start"],
+        "coarse_refine_s": clock["coarse"] - clock["global"],
+        "fine_refine_s": clock["fine"] - clock["coarse"],
+        "total_s": clock["fine"] - clock["start"],
+        "n_global_orientations": float(len(results)),
+        "refine_box": float(fsize),
+    }
+    flipped = bool(np.linalg.det(m) < 0)
+    res = MapAlignment(m, shift_A, flipped, float(score), apix, transform_angle_deg(m), timings)
+    if log:
+        log(f"refined on a {fsize}^3 box: score {score:.4f}, angle {res.angle_deg:.2f} deg, "
+            f"shift {np.linalg.norm(shift_A):.2f} A, hand flipped: {flipped}")
+    return res
+
+
+# --------------------------------------------------------------------------- the job
+def _map_name(path) -> str:
+    from pathlib import Path
+
+    name = Path(path).name
+    for ext in (".mrcs", ".mrc", ".map", ".ccp4"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(path).stem
+
+
+def _unit(vol: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    w = weights / weights.sum()
+    m = (w * vol).sum()
+    sd = torch.sqrt((w * (vol - m) ** 2).sum()).clamp_min(1e-20)
+    return (vol - m) / sd
+
+
+def plot_difference(path, reference: torch.Tensor, aligned: torch.Tensor, pixel_size: float, lowpass: float, title: str) -> None:
+    """Central slices (xy, xz, yz) of low-passed reference minus low-passed aligned map,
+    each normalised to zero mean and unit s.d. within a sphere of 0.45 N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = reference.shape[-1]
+    w = soft_spherical_mask(n, 0.45 * n - 3, 3.0, device=reference.device)
+    a = _unit(lowpass_volume(reference.float(), lowpass, pixel_size), w)
+    b = _unit(lowpass_volume(aligned.float(), lowpass, pixel_size), w)
+    d = (a - b).cpu().numpy()
+    c = n // 2
+    slices = [("z = centre (xy)", d[c]), ("y = centre (xz)", d[:, c, :]), ("x = centre (yz)", d[:, :, c])]
+    lim = max(float(np.abs(d).max()), 1e-6)
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    for ax, (label, img) in zip(axes, slices):
+        im = ax.imshow(img, cmap="bwr", vmin=-lim, vmax=lim, origin="lower")
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes, shrink=0.8, label="reference - aligned (s.d.)")
+    fig.suptitle(f"{title}: difference after low-pass to {lowpass:.1f} A", fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_fsc(path, curves: list[tuple[str, Any]]) -> None:
+    """Between-map FSC of each aligned map against the reference (FSCResult each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, res in curves:
+        ax.plot(res.frequency.numpy(), res.fsc.numpy(), label=f"{name} ({res.resolution_0143:.1f} A)")
+    ax.axhline(0.143, color="grey", lw=0.8, ls="--")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("spatial frequency (1/A)")
+    ax.set_ylabel("FSC vs reference")
+    ax.set_ylim(-0.1, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title("Between-map FSC (not a gold-standard FSC)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _format_matrix(m: np.ndarray) -> str:
+    return "\n".join("    [" + "  ".join(f"{v:+.6f}" for v in row) + "]" for row in m)
+
+
+def run_align_maps(
+    reference,
+    maps: list,
+    out_dir,
+    ref_mask=None,
+    masks: list | None = None,
+    apply_mask: bool = True,
+    lowpass: float | None = None,
+    max_shift: float | None = None,
+    max_angle: float = 180.0,
+    check_hands: bool = True,
+    particles: list | None = None,
+    groups: list[list] | None = None,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] | None = print,
+    **search_options,
+) -> list[dict[str, Any]]:
+    """The ``cryopose align-maps`` job on files; returns the entries of transforms.json.
+
+    reference, maps, masks (one for all or one per map), ref_mask and particles (one STAR
+    per map, or None) are paths; ``groups`` are lists of paths whose first member is
+    aligned (it is added to ``maps`` when absent) and whose other members get the same
+    transform. Writes into ``out_dir``: aligned_<name>.mrc (maps, group members, masks),
+    particles_<name>.star, transforms.json, difference_<name>.png, fsc.png, align_maps.log.
+    """
+    from pathlib import Path
+
+    from cryopose.errors import UserError
+    from cryopose.io.mrc import read_map, write_map
+    from cryopose.io.star import read_star, write_star
+    from cryopose.reconstruct.fsc import fourier_shell_correlation
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    maps = [Path(m) for m in maps]
+    groups = [[Path(g) for g in grp] for grp in (groups or [])]
+    masks = [Path(m) for m in (masks or [])]
+    particles = [Path(p) for p in (particles or [])]
+    if particles and len(particles) != len(maps):
+        raise UserError(f"{len(particles)} --particles for {len(maps)} maps; give one STAR file per MAP, in order")
+    if masks and len(masks) not in (1, len(maps)):
+        raise UserError(f"{len(masks)} --mask for {len(maps)} maps; give one mask for all maps or one per MAP")
+    positional = list(maps)
+    results: dict[Path, MapAlignment] = {}
+    followers: dict[Path, list[Path]] = {}
+    member_of: dict[Path, Path] = {}
+    for grp in groups:
+        if len(grp) < 2:
+            raise UserError("a --group needs at least two maps: the one to align, then those that follow it")
+        lead = grp[0]
+        if lead not in maps:
+            maps.append(lead)
+        followers.setdefault(lead, []).extend(grp[1:])
+        for g in grp[1:]:
+            if g in member_of or g in followers:
+                raise UserError(f"{g} is in more than one --group; a map can follow only one")
+            member_of[g] = lead
+    aligned_maps = [m for m in maps if m not in member_of]
+    names = [_map_name(p) for p in aligned_maps + list(member_of)] + [_map_name(p) for p in set(masks)]
+    if len(set(names)) != len(names):
+        raise UserError("two input maps or masks have the same file name; rename them so outputs do not collide")
+    lines: list[str] = []
+
+    def say(msg: str) -> None:
+        lines.append(msg)
+        if log:
+            log(msg)
+
+    ref, apix = read_map(reference)
+    if ref.ndim != 3 or len(set(ref.shape)) != 1:
+        raise UserError(f"reference {reference} is not a cubic 3-D map; crop or pad it to a cube")
+    ref_t = torch.as_tensor(ref, device=device)
+    n = ref.shape[-1]
+    rmask = None
+    if ref_mask is not None:
+        rm, rmapix = read_map(ref_mask)
+        rmask = torch.as_tensor(rm, device=device)
+        if rm.shape != ref.shape or abs(rmapix - apix) > 1e-3 * apix:
+            rmask = resample_to_grid(rmask, rmapix, n, apix, device=device).clamp(0, 1)
+    resolution = float(lowpass) if lowpass else max(8.0, 3.0 * apix)
+    say(f"reference {reference}: {n}^3 voxels, {apix:.4f} A/px; low-pass {resolution:.2f} A; "
+        f"max shift {max_shift if max_shift is not None else 0.25 * n * apix:.1f} A; max angle {max_angle:g} deg; "
+        f"check hands {check_hands}; apply mask {apply_mask}")
+    entries: list[dict[str, Any]] = []
+    curves = []
+    for i, path in enumerate(maps):
+        if path in member_of:
+            continue
+        vol, mapix = read_map(path)
+        if vol.ndim != 3 or len(set(vol.shape)) != 1:
+            raise UserError(f"{path} is not a cubic 3-D map; crop or pad it to a cube")
+        mask_path = None
+        if masks:
+            mask_path = masks[0] if len(masks) == 1 else (masks[i] if i < len(masks) else None)
+        mmask, mmask_apix = (None, None)
+        if mask_path is not None:
+            mm, mmask_apix = read_map(mask_path)
+            mmask = torch.as_tensor(mm, device=device)
+            if mm.shape != vol.shape or abs(mmask_apix - mapix) > 1e-3 * mapix:
+                mmask = resample_to_grid(mmask, mmask_apix, vol.shape[-1], mapix, device=device).clamp(0, 1)
+        say(f"aligning {path} ({vol.shape[-1]}^3, {mapix:.4f} A/px)")
+        res = align_map(
+            ref_t, vol, apix, mapix, ref_mask=rmask, moving_mask=mmask, apply_mask=apply_mask,
+            lowpass=resolution, max_shift=max_shift, max_angle=max_angle, check_hands=check_hands,
+            device=device, log=say, **search_options,
+        )
+        say(f"{_map_name(path)}: rotation M (aligned map V'(y) = V(M y + t)), det {np.linalg.det(res.rotation):+.0f}:\n"
+            f"{_format_matrix(res.rotation)}\n    t = [{', '.join(f'{v:+.3f}' for v in res.shift_A)}] A; "
+            f"hand flipped: {res.hand_flipped}; angle {res.angle_deg:.3f} deg; score {res.score:.4f}")
+        members = [(path, vol, mapix)] + [(g, *read_map(g)) for g in followers.get(path, [])]
+        for mpath, mvol, mv_apix in members:
+            aligned = apply_transform(mvol, res.rotation, res.shift_A, mv_apix, n, apix, device=device)
+            name = _map_name(mpath)
+            write_map(out / f"aligned_{name}.mrc", aligned.cpu().numpy().astype(np.float32), apix)
+            fsc = fourier_shell_correlation(ref_t.float(), aligned.float(), apix)
+            curves.append((name, fsc))
+            plot_difference(out / f"difference_{name}.png", ref_t, aligned, apix, resolution, name)
+            entry = {"map": str(mpath), **res.to_dict(), "fsc_resolution_0143": float(fsc.resolution_0143)}
+            if mpath != path:
+                entry["follows"] = str(path)
+                entry["score"] = None
+            entries.append(entry)
+        if mask_path is not None:
+            amask = apply_transform(mmask, res.rotation, res.shift_A, mapix, n, apix, oversample=1, device=device)
+            write_map(out / f"aligned_{_map_name(mask_path)}.mrc", amask.clamp(0, 1).cpu().numpy().astype(np.float32), apix)
+        results[path] = res
+    for i, star in enumerate(particles):
+        path = positional[i]
+        res = results[member_of.get(path, path)]
+        ps = read_star(star)
+        rots = ps.rotations
+        if rots is None:
+            raise UserError(f"{star} has no angles (rlnAngleRot/Tilt/Psi); it needs poses to update")
+        new_rot, new_sh = transform_poses(rots, ps.shifts_angstrom, res.rotation, res.shift_A)
+        write_star(ps.with_poses(rotations=new_rot, shifts_angstrom=new_sh), out / f"particles_{_map_name(path)}.star")
+        say(f"updated the poses of {len(ps)} particles from {star} (following {_map_name(path)})")
+    plot_fsc(out / "fsc.png", curves)
+    import json
+    import os
+
+    tmp = out / ".transforms.json.tmp"
+    tmp.write_text(json.dumps(entries, indent=2) + "\n")
+    os.replace(tmp, out / "transforms.json")
+    (out / "align_maps.log").write_text("\n".join(lines) + "\n")
+    return entries

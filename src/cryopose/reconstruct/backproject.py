@@ -23,6 +23,7 @@ from cryopose.imaging.shifts import shift_rfft2
 __all__ = ["FourierAccumulator", "insert_slices", "insert_images", "finalise_reconstruction", "WEIGHT_FLOOR"]
 
 WEIGHT_FLOOR = 1e-3
+SPLAT_POINTS = 1 << 15  # samples splatted per call
 
 
 @dataclass
@@ -98,7 +99,11 @@ def insert_slices(
     half_line[:, 0] = ky >= 0  # kx == 0 column: keep ky >= 0 only
     keep = (inside & half_line)[None].expand(spectra.shape[0], -1, -1)
     pts = coords[keep] * pad + acc.padded_size // 2
-    _splat(acc, pts, spectra[keep], weights[keep])
+    values, w = spectra[keep], weights[keep]
+    # bounded pieces keep the (8, P, 3) temporaries cache-friendly
+    for lo in range(0, pts.shape[0], SPLAT_POINTS):
+        hi = lo + SPLAT_POINTS
+        _splat(acc, pts[lo:hi], values[lo:hi], w[lo:hi])
 
 
 def insert_images(

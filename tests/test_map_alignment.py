@@ -15,11 +15,11 @@ from cryopose.align.map_alignment import (
     align_map,
     apply_transform,
     hand_flip,
-    run_align_maps,
     transform_angle_deg,
     transform_poses,
     transform_volume,
 )
+from cryopose.cli.align_maps import run_align_maps
 from cryopose.geometry.distances import rotation_distance
 from cryopose.imaging.filters import lowpass_volume
 from cryopose.imaging.projection import fourier_volume

@@ -31,8 +31,6 @@ __all__ = [
 def reconstruct_from_images(images, rotations, shifts_px, ctf, pixel_size, symmetry=None, padding=2, batch_size=256):
     """Map (N, N, N) from in-memory images (B, N, N), poses (B, 3, 3), origins (B, 2) px
     and CTF (or None); a convenience over :class:`FourierAccumulator` for small sets."""
-    import torch
-
     n = images.shape[-1]
     acc = FourierAccumulator.zeros(n, padding, device=images.device)
     for start in range(0, images.shape[0], batch_size):

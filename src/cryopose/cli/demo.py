@@ -165,7 +165,10 @@ def validation_section(out: Path, true_map: Path, device: str, seed: int) -> tup
     from cryopose.io.star import read_star
 
     val = ensure_out_dir(out / "validation")
-    kinds = make_mixed_set(out / "simulated", val, 600, 150, 150, seed)["kinds"]
+    n_sim = len(read_star(out / "simulated" / "particles.star"))
+    n_bad = min(900, n_sim) // 6
+    n_good = 4 * n_bad
+    kinds = make_mixed_set(out / "simulated", val, n_good, n_bad, n_bad, seed)["kinds"]
     common = ["--device", device]
     run_command("validate", ["--map", str(true_map), "--particles", str(val / "mixed.star"), "--out", str(val), *common])
     curves, res = [], {}
@@ -183,8 +186,8 @@ def validation_section(out: Path, true_map: Path, device: str, seed: int) -> tup
     lines = [
         "## Alignment quality (Vargas et al. 2017)",
         "",
-        f"A mixed set: 600 good particles, 150 pure-noise images, 150 true particles with random poses "
-        f"(true fraction of good: {600 / 900:.2f}). `cryopose validate` found Q = {vsum['Q']:.2f} "
+        f"A mixed set: {n_good} good particles, {n_bad} pure-noise images, {n_bad} true particles with random poses "
+        f"(true fraction of good: {n_good / len(kinds):.2f}). `cryopose validate` found Q = {vsum['Q']:.2f} "
         f"(precision passed by {vsum['precision_fraction']:.2f}, accuracy by {vsum['accuracy_fraction']:.2f}).",
         f"Kept after pruning: good {kept['good']:.0%}, noise {kept['noise']:.0%}, wrong poses {kept['wrong_pose']:.0%}.",
         "",
@@ -196,7 +199,7 @@ def validation_section(out: Path, true_map: Path, device: str, seed: int) -> tup
         "![all vs pruned](validation_fsc.png)",
         "",
     ]
-    values = {"validation_Q": vsum["Q"], "validation_true_good_fraction": 600 / 900,
+    values = {"validation_Q": vsum["Q"], "validation_true_good_fraction": n_good / len(kinds),
               "validation_kept": kept,
               "validation_resolution_05_all": res["all"]["resolution_05"],
               "validation_resolution_05_pruned": res["pruned"]["resolution_05"]}

@@ -22,6 +22,7 @@ from cryopose.align.map_alignment import (
 )
 from cryopose.errors import UserError
 from cryopose.imaging.filters import lowpass_volume, soft_spherical_mask
+from cryopose.io.plots import plot_fsc_curves, save_figure
 
 
 def _existing(paths, what: str) -> None:
@@ -128,30 +129,7 @@ def plot_difference(path, reference: torch.Tensor, aligned: torch.Tensor, pixel_
         ax.set_yticks([])
     fig.colorbar(im, ax=axes, shrink=0.8, label="reference - aligned (s.d.)")
     fig.suptitle(f"{title}: difference after low-pass to {lowpass:.1f} A", fontsize=10)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_fsc(path, curves: list[tuple[str, Any]]) -> None:
-    """Between-map FSC of each aligned map against the reference (FSCResult each)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, res in curves:
-        ax.plot(res.frequency.numpy(), res.fsc.numpy(), label=f"{name} ({res.resolution_0143:.1f} A)")
-    ax.axhline(0.143, color="grey", lw=0.8, ls="--")
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("spatial frequency (1/A)")
-    ax.set_ylabel("FSC vs reference")
-    ax.set_ylim(-0.1, 1.02)
-    ax.legend(fontsize=8)
-    ax.set_title("Between-map FSC (not a gold-standard FSC)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def _format_matrix(m: np.ndarray) -> str:
@@ -294,7 +272,11 @@ def run_align_maps(
         new_rot, new_sh = transform_poses(rots, ps.shifts_angstrom, res.rotation, res.shift_A)
         write_star(ps.with_poses(rotations=new_rot, shifts_angstrom=new_sh), out / f"particles_{_map_name(path)}.star")
         say(f"updated the poses of {len(ps)} particles from {star} (following {_map_name(path)})")
-    plot_fsc(out / "fsc.png", curves)
+    plot_fsc_curves(
+        [(f"{name} ({res.resolution_0143:.1f} A)", res.frequency.numpy(), res.fsc.numpy()) for name, res in curves],
+        out / "fsc.png",
+        title="Between-map FSC against the reference (not gold-standard)",
+    )
     import json
     import os
 

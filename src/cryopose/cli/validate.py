@@ -14,7 +14,7 @@ def _write_outputs(out: Path, particles, cols: dict, summary: dict, opts) -> Non
     import numpy as np
 
     from cryopose.io.star import write_star
-    from cryopose.validate.plots import soft_validation_figure
+    from cryopose.io.validation_plots import soft_validation_figure
 
     scored = particles.with_columns(**cols)
     write_star(scored, out / "particles.star")

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from cryopose.io.plots import save_figure
+
 __all__ = ["soft_validation_figure"]
 
 
@@ -58,5 +60,4 @@ def soft_validation_figure(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

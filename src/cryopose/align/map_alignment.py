@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cryopose.geometry.rotations import matrix_to_axis_angle, rotation_angle
 from cryopose.imaging.filters import lowpass_volume, soft_spherical_mask
 from cryopose.imaging.resample import fourier_resize_volume
 
@@ -97,16 +98,9 @@ def _expm(w: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_exp(_skew(w))
 
 
-def _logm(r: np.ndarray) -> np.ndarray:
-    """Rotation matrix -> rotation vector (float64 numpy), angle in [0, pi]."""
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_matrix(np.asarray(r, dtype=np.float64)).as_rotvec()
-
-
 def _angle(r: np.ndarray) -> float:
-    c = (np.trace(r) - 1.0) / 2.0
-    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+    """Rotation angle (deg) of a proper rotation matrix (numpy)."""
+    return math.degrees(float(rotation_angle(torch.as_tensor(np.asarray(r, dtype=np.float64)))))
 
 
 def transform_angle_deg(matrix: np.ndarray) -> float:
@@ -400,7 +394,7 @@ def _refine(
     bounded_angle = max_angle_deg < 180.0
     amax = math.radians(max_angle_deg)
     if bounded_angle:
-        w0 = _logm(r0)
+        w0 = matrix_to_axis_angle(torch.as_tensor(r0)).numpy()
         r = min(np.linalg.norm(w0) / amax, 0.999) if amax > 0 else 0.0
         nrm = np.linalg.norm(w0)
         v0 = (w0 / nrm) * r / math.sqrt(1 - r * r) if nrm > 1e-12 else np.zeros(3)

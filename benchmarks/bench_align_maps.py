@@ -21,14 +21,12 @@ Writes benchmarks/results/align_maps.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, write_results
 from scipy.spatial.transform import Rotation
 
 from cryopose.align.map_alignment import J, align_map, apply_transform, rotation_grid, transform_volume
@@ -38,7 +36,6 @@ from cryopose.io.mrc import read_map
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"
-OUT = ROOT / "benchmarks" / "results" / "align_maps.json"
 FINAL_STEP_DEG = 0.5
 LOWPASS = 12.0
 
@@ -130,10 +127,7 @@ def main() -> None:
     result = {
         "benchmark": "align-maps",
         "device": str(dev),
-        "cpu_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.platform(),
-        "torch": torch.__version__,
+        "machine": machine(),
         "lowpass_A": LOWPASS,
         "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else
         "no GPU was lent to this session; GPU figures not measured",
@@ -146,8 +140,7 @@ def main() -> None:
         "summary": summary,
         "runs": rows,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_results("align_maps", result)
     print(f"\n{'size':>5} {'wall s':>8} {'err deg':>8} {'err px':>7} {'hands':>6} {'brute/rot s':>12} {'brute s (extrap.)':>18} {'ratio':>10}")
     for s in summary:
         print(f"{s['size']:>5} {s['wall_s_mean']:>8.1f} {s['angle_error_deg_max']:>8.3f} {s['shift_error_px_max']:>7.3f} "
@@ -155,7 +148,7 @@ def main() -> None:
               f"{s['ratio_brute_force_over_ours']:>10.3g}")
     print(result["brute_force_note"])
     print(f"GPU: {result['gpu']}")
-    print(f"wrote {OUT}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,12 @@ engine computes; and the agreement of its top-xi lists with brute force on a few
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, write_results
 
 from cryopose.align.projection_matching import MatchSettings, brute_force_match, build_gallery, correlation_counts, match_images
 from cryopose.imaging.projection import fourier_volume
@@ -76,7 +74,7 @@ def main() -> None:
     score_ratio = float((fast.scores / brute.scores).mean())
 
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "gpu": "none lent in this session" if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
@@ -89,10 +87,9 @@ def main() -> None:
         "brute_force": {"particles": k, "seconds": brute_s, "top1_agreement": top1, "top_xi_overlap": overlap, "mean_score_ratio_engine_over_brute": score_ratio},
         "Q_on_benchmark_set": summary["Q"],
     }
-    out = ROOT / "benchmarks" / "results" / "validate.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("validate", result)
     rows = [
-        ("machine", f"{result['machine']['processor']} ({result['machine']['cpu_count']} cores)"),
+        ("machine", f"{result['machine']['cpu']} ({result['machine']['cpu_count']} cores)"),
         ("device / threads", f"{result['device']} / {result['threads']}"),
         ("GPU", result["gpu"]),
         ("validate particles/s", f"{result['validate_particles_per_second']:.1f}"),

@@ -177,9 +177,9 @@ def test_inputs_never_modified(small_sim, tmp_path, capsys):
 
 def test_simulate_resumes_after_interruption(small_sim, tmp_path, capsys, monkeypatch):
     """An interrupted simulate keeps finished chunks and the rerun gives the same bytes."""
-    import cryopose.cli.simulate as sim
+    import cryopose.jobs.simulate as sim
 
-    monkeypatch.setattr(sim, "CHUNK", 16)
+    monkeypatch.setattr(sim, "BLOCK", 16)
     calls = {"n": 0}
     original = sim.add_noise
 
@@ -196,15 +196,15 @@ def test_simulate_resumes_after_interruption(small_sim, tmp_path, capsys, monkey
     assert not (tmp_path / "particles.mrcs").exists()
     assert (tmp_path / ".particles.mrcs.partial").exists()
     monkeypatch.setattr(sim, "add_noise", original)
-    code, out, _ = run(args, capsys)
-    assert code == 0 and "Resuming: 32 of 40" in out
+    code, _, err = run(args, capsys)
+    assert code == 0 and "resuming: 32 of 40" in err
     reference = tmp_path / "fresh"
     run([*args[:-1], reference], capsys)
     assert (tmp_path / "particles.mrcs").read_bytes() == (reference / "particles.mrcs").read_bytes()
 
 
 def test_reconstruct_resumes_from_checkpoint(small_sim, tmp_path, capsys, monkeypatch):
-    import cryopose.cli.reconstruct as rec
+    import cryopose.jobs.reconstruct as rec
 
     monkeypatch.setattr(rec, "CHECKPOINT_SECONDS", -1.0)  # checkpoint after every chunk
     calls = {"n": 0}
@@ -221,8 +221,8 @@ def test_reconstruct_resumes_from_checkpoint(small_sim, tmp_path, capsys, monkey
     code, _, _ = run(args, capsys)
     assert code == 130 and (tmp_path / "a" / rec.CHECKPOINT).exists()
     monkeypatch.setattr(rec, "insert_images", original)
-    code, out, _ = run(args, capsys)
-    assert code == 0 and "Resuming from" in out
+    code, _, err = run(args, capsys)
+    assert code == 0 and "resuming from" in err
     assert not (tmp_path / "a" / rec.CHECKPOINT).exists()
     run(["reconstruct", small_sim / "particles.star", "--chunk-size", "8", "--out", tmp_path / "b"], capsys)
     a = mrcfile.read(tmp_path / "a" / "map.mrc")

@@ -12,6 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from cryopose.align.map_alignment import (
     J,
+    MapAlignmentSettings,
     align_map,
     apply_transform,
     hand_flip,
@@ -19,7 +20,7 @@ from cryopose.align.map_alignment import (
     transform_poses,
     transform_volume,
 )
-from cryopose.cli.align_maps import run_align_maps
+from cryopose.jobs.align_maps import run_align_maps
 from cryopose.geometry.distances import rotation_distance
 from cryopose.imaging.filters import lowpass_volume
 from cryopose.imaging.projection import fourier_volume
@@ -163,7 +164,7 @@ def test_recovers_random_transform(which, flip, seed):
     gen = torch.Generator().manual_seed(seed)
     mov = lowpass_volume(mov, 3.5 * apix, apix)  # a different low-pass on the moving map
     mov = mov + 0.2 * mov.std() * torch.randn(mov.shape, generator=gen)
-    res = align_map(vol, mov, apix, lowpass=3 * apix, max_shift=12 * apix)
+    res = align_map(vol, mov, apix, settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=12 * apix))
     assert res.hand_flipped == flip
     ang, sh = _errors(res, m, t_px, sym)
     assert ang < 1.0, (ang, sh)
@@ -175,7 +176,7 @@ def test_other_pixel_size_and_box():
     m, t_px = _truth(21, False, 6.0)
     apix2 = apix * 0.8
     mov = apply_transform(vol, m.T, -m.T @ (t_px * apix), apix, out_size=52, out_pixel_size=apix2)
-    res = align_map(vol, mov.numpy(), apix, apix2, lowpass=3 * apix, max_shift=10 * apix, check_hands=False)
+    res = align_map(vol, mov.numpy(), apix, apix2, settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=10 * apix, check_hands=False))
     ang, sh = _errors(res, m, t_px)
     assert ang < 1.0 and sh < 0.5, (ang, sh)
 
@@ -183,11 +184,11 @@ def test_other_pixel_size_and_box():
 def test_max_angle_is_honoured():
     vol, apix = _emd(40)
     m, t_px = _truth(31, False, 2.0, angle=15.0)
-    res = align_map(vol, _moved(vol, apix, m, t_px), apix, lowpass=3 * apix, max_angle=20, check_hands=False)
+    res = align_map(vol, _moved(vol, apix, m, t_px), apix, settings=MapAlignmentSettings(lowpass=3 * apix, max_angle=20, check_hands=False))
     ang, sh = _errors(res, m, t_px)
     assert ang < 1.0 and sh < 0.5, (ang, sh)
     m, t_px = _truth(32, False, 2.0, angle=35.0)
-    res = align_map(vol, _moved(vol, apix, m, t_px), apix, lowpass=3 * apix, max_angle=20, check_hands=True)
+    res = align_map(vol, _moved(vol, apix, m, t_px), apix, settings=MapAlignmentSettings(lowpass=3 * apix, max_angle=20, check_hands=True))
     assert transform_angle_deg(res.rotation) <= 20.0 + 1e-6
 
 
@@ -195,12 +196,12 @@ def test_max_shift_is_honoured():
     vol, apix = _emd(40)
     m, t_px = _truth(41, False, 8.0, angle=10.0)
     t_px = t_px / np.linalg.norm(t_px) * 8.0
-    res = align_map(vol, _moved(vol, apix, m, t_px), apix, lowpass=3 * apix, max_shift=10 * apix, max_angle=30,
-                    check_hands=False)
+    res = align_map(vol, _moved(vol, apix, m, t_px), apix,
+                    settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=10 * apix, max_angle=30, check_hands=False))
     ang, sh = _errors(res, m, t_px)
     assert ang < 1.0 and sh < 0.5, (ang, sh)
-    res = align_map(vol, _moved(vol, apix, m, t_px), apix, lowpass=3 * apix, max_shift=4 * apix, max_angle=30,
-                    check_hands=False)
+    res = align_map(vol, _moved(vol, apix, m, t_px), apix,
+                    settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=4 * apix, max_angle=30, check_hands=False))
     assert np.linalg.norm(res.shift_A) <= 4 * apix + 1e-6
 
 
@@ -232,8 +233,8 @@ def test_poses_follow_their_map(tmp_path, flip):
                                  [f"{i + 1:06d}@stack.mrcs" for i in range(n_part)], None)
     write_star(ps, tmp_path / "moved.star")
     out = tmp_path / "out"
-    entries = run_align_maps(tmp_path / "ref.mrc", [tmp_path / "moved.mrc"], out, lowpass=3 * apix,
-                             max_shift=8 * apix, particles=[tmp_path / "moved.star"], log=None)
+    entries = run_align_maps(tmp_path / "ref.mrc", [tmp_path / "moved.mrc"], out,
+                             MapAlignmentSettings(lowpass=3 * apix, max_shift=8 * apix), particles=[tmp_path / "moved.star"])
     assert entries[0]["hand_flipped"] == flip
     aligned, _ = read_map(out / "aligned_moved.mrc")
     new = read_star(out / "particles_moved.star")

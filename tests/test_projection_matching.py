@@ -56,7 +56,7 @@ def test_engine_recovers_true_pose_of_noise_free_particles(full_map, ctf_referen
     gallery = build_gallery(vol, apix, settings)
     draw, imgs = _particles(vol, apix, 24, seed=3)
     res = match_images(gallery, imgs, draw.ctf)
-    assert res.direction_index.shape == (24, settings.xi)
+    assert res.direction_index.shape == (24, gallery.settings.xi) and gallery.settings.xi == 7
     assert torch.all(res.scores[:, :-1] >= res.scores[:, 1:])  # best first
     true_dir = viewing_direction(draw.rotations.float())
     err = torch.rad2deg(direction_distance(true_dir, res.directions[:, 0], "C1"))

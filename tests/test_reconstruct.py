@@ -16,7 +16,7 @@ from cryopose.imaging.resample import fourier_resize_images
 from cryopose.imaging.shifts import shift_images
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
 from cryopose.io.mrc import read_map
-from cryopose.reconstruct import fourier_shell_correlation, fsc_curve, pearson_correlation, reconstruct_from_images, resolution_at
+from cryopose.reconstruct import fourier_shell_correlation, fsc_curve, map_correlation, reconstruct_from_images, resolution_at
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "cryopose" / "data" / "emd_1832.map"
 
@@ -44,7 +44,7 @@ def test_noise_free_round_trip_fsc_above_half_to_040(bundled):
     n = vol.shape[-1]
     limit = int(0.4 * n)  # shell index of 0.4 cycles/px
     assert fsc[: limit + 1].min().item() > 0.5, fsc
-    assert pearson_correlation(rec, vol) > 0.99
+    assert map_correlation(rec, vol) > 0.99
 
 
 def test_half_map_resolution_improves_with_particle_count(bundled):
@@ -64,7 +64,7 @@ def test_wrong_origin_sign_breaks_reconstruction(bundled):
     images, rots, shifts, ctf = _simulate(vol, apix, 600, seed=3, max_shift=30.0)
     good = reconstruct_from_images(images, rots, shifts, ctf, apix)
     bad = reconstruct_from_images(images, rots, -shifts, ctf, apix)
-    assert pearson_correlation(good, vol) > pearson_correlation(bad, vol) + 0.2
+    assert map_correlation(good, vol) > map_correlation(bad, vol) + 0.2
 
 
 def test_ctf_weighting_matters(bundled):
@@ -72,7 +72,7 @@ def test_ctf_weighting_matters(bundled):
     images, rots, shifts, ctf = _simulate(vol, apix, 600, seed=4)
     with_ctf = reconstruct_from_images(images, rots, shifts, ctf, apix)
     without = reconstruct_from_images(images, rots, shifts, None, apix)
-    assert pearson_correlation(with_ctf, vol) > pearson_correlation(without, vol) + 0.1
+    assert map_correlation(with_ctf, vol) > map_correlation(without, vol) + 0.1
 
 
 def test_symmetric_reconstruction(shared_data):
@@ -80,7 +80,7 @@ def test_symmetric_reconstruction(shared_data):
     vol = torch.from_numpy(vol_np)
     # TRPV1 is C4 about z through index N//2: a quarter turn maps the map onto itself
     quarter = torch.roll(torch.rot90(vol, 1, dims=(1, 2)), 1, dims=1)
-    assert pearson_correlation(quarter, vol) > 0.9999
+    assert map_correlation(quarter, vol) > 0.9999
     gen = torch.Generator().manual_seed(5)
     draw = draw_simulation_parameters(20, gen, max_shift_angstrom=0.0, defocus_range_um=None)
     rots = draw.rotations.float()
@@ -89,7 +89,7 @@ def test_symmetric_reconstruction(shared_data):
 
     def pcc(sym):
         group = symmetry_matrices(sym, dtype=torch.float32)
-        return pearson_correlation(reconstruct_from_images(images, rots, zero, None, apix, symmetry=group), vol)
+        return map_correlation(reconstruct_from_images(images, rots, zero, None, apix, symmetry=group), vol)
 
     c1, c4, c3 = pcc("C1"), pcc("C4"), pcc("C3")
     assert proper_symmetry_matrices("C4").shape[0] == 4
@@ -102,7 +102,7 @@ def test_odd_box_round_trip(bundled):
     odd = vol[:63, :63, :63].contiguous()
     images, rots, shifts, ctf = _simulate(odd, apix, 800, seed=6)
     rec = reconstruct_from_images(images, rots, shifts, ctf, apix)
-    assert pearson_correlation(rec, odd) > 0.98
+    assert map_correlation(rec, odd) > 0.98
 
 
 def test_resolution_interpolates_first_crossing():

@@ -18,7 +18,9 @@ from cryopose.io.mrc import read_map, write_map, write_stack
 from cryopose.io.star import write_star
 from cryopose.particles import ParticleSet
 from cryopose.validate import scores as sc
-from cryopose.validate.report import ArrayImages, ValidationOptions, validate_particles
+from cryopose.align.projection_matching import MatchSettings
+from cryopose.io.mrc import ArrayImages
+from cryopose.jobs.validate import ValidationOptions, validate_particles
 
 MAP = Path(__file__).resolve().parents[1] / "src" / "cryopose" / "data" / "emd_1832.map"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -70,7 +72,9 @@ def test_paper_noise_references():
     g = torch.Generator().manual_seed(0)
     # uniform directions on the sphere: mean angle between two is 90 deg
     assert math.degrees(sc.noise_alpha(7, "C1", 2000, g)) == pytest.approx(90.0, abs=2.0)
-    chi = sc.noise_chi(torch.stack([Z, X]), 7, "C1", 2000, g)
+    from cryopose.geometry.grids import random_directions_in_asu
+
+    chi = sc.noise_chi(torch.stack([Z, X]), random_directions_in_asu(7 * 2000, "C1", generator=g), "C1")
     assert torch.allclose(torch.rad2deg(chi), torch.full((2,), 90.0, dtype=torch.float64), atol=2.0)
     # a symmetric ASU is smaller: the noise distance shrinks
     assert sc.noise_alpha(7, "C4", 500, g) < sc.noise_alpha(7, "C1", 500, g)
@@ -109,7 +113,7 @@ def mixed():
     ps = ParticleSet.from_arrays(
         rots.numpy(), draw.shifts_angstrom.numpy(), apix, BOX, [f"{i + 1:06d}@particles.mrcs" for i in range(n)], _ctf_dict(draw)
     )
-    opts = ValidationOptions(angular_sampling=7.5, max_shift=3 * apix, ctf_references=True, noise_draws=200)
+    opts = ValidationOptions(match=MatchSettings(angular_sampling=7.5, max_shift=3 * apix, ctf_references=True), noise_draws=200)
     cols, summary = validate_particles(ps, ArrayImages(imgs.numpy()), [(vol.numpy(), apix)], opts)
     return dict(vol=vol, apix=apix, ps=ps, imgs=imgs, kind=kind, draw=draw, cols=cols, summary=summary, opts=opts)
 
@@ -170,7 +174,8 @@ def test_pruned_reconstruction_is_better(mixed):
 def test_xmipp_convention_runs_on_the_mixed_set(mixed):
     idx = np.arange(0, 150, 5)
     ps = mixed["ps"].subset(idx)
-    opts = ValidationOptions(angular_sampling=10.0, max_shift=3 * mixed["apix"], ctf_references=True, convention="xmipp", noise_draws=100)
+    opts = ValidationOptions(match=MatchSettings(angular_sampling=10.0, max_shift=3 * mixed["apix"], ctf_references=True),
+                             convention="xmipp", noise_draws=100)
     cols, summary = validate_particles(ps, ArrayImages(mixed["imgs"].numpy()[idx]), [(mixed["vol"].numpy(), mixed["apix"])], opts)
     assert summary["settings"]["xi"] == 6 and summary["convention"] == "xmipp"
     q = ((cols["cryoposePrecision"] > 0.5) & (cols["cryoposeAccuracy"] > 0.5)).mean()

@@ -21,6 +21,9 @@ import torch
 
 from cryopose.errors import UserError
 from cryopose.geometry.rotations import euler_to_matrix, matrix_to_euler
+from cryopose.imaging.ctf import CTFParameters
+
+__all__ = ["ParticleSet", "ParticleTensors", "ANGLE_COLUMNS", "ORIGIN_ANGST_COLUMNS", "ORIGIN_PX_COLUMNS", "OPTICS_COLUMNS"]
 
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 ORIGIN_ANGST_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
@@ -61,6 +64,72 @@ _CTF_COLUMNS: dict[str, tuple[str, float | None]] = {
     "bfactor": ("rlnCtfBfactor", 0.0),
     "scale": ("rlnCtfScalefactor", 1.0),
 }
+
+
+@dataclass
+class ParticleTensors:
+    """The per-particle numbers the algorithms need, as tensors (one row per particle).
+
+    rotations: RELION pose matrices A (n, 3, 3), None without angles; shifts_angstrom:
+    origins (x, y) in Å (n, 2); pixel_size: Å/px (n,); ctf: CTF parameters or None;
+    half_sets: rlnRandomSubset (1 or 2) or None; classes: rlnClassNumber or None;
+    confidence: rlnMaxValueProbDistribution, 1 where absent (n,).
+    """
+
+    rotations: torch.Tensor | None
+    shifts_angstrom: torch.Tensor
+    pixel_size: torch.Tensor
+    ctf: CTFParameters | None
+    half_sets: torch.Tensor | None
+    classes: torch.Tensor | None
+    confidence: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.shifts_angstrom.shape[0])
+
+    @property
+    def shifts_px(self) -> torch.Tensor:
+        """Origins (x, y) in pixels, (n, 2)."""
+        return self.shifts_angstrom / self.pixel_size[:, None]
+
+    def __getitem__(self, index: Any) -> "ParticleTensors":
+        """The rows at ``index`` (integer tensor/array, slice or boolean mask)."""
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+
+        def pick(t):
+            return None if t is None else t[index]
+
+        return ParticleTensors(
+            rotations=pick(self.rotations),
+            shifts_angstrom=self.shifts_angstrom[index],
+            pixel_size=self.pixel_size[index],
+            ctf=None if self.ctf is None else self.ctf[index],
+            half_sets=pick(self.half_sets),
+            classes=pick(self.classes),
+            confidence=self.confidence[index],
+        )
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ParticleTensors":
+        """A copy on ``device`` with floating tensors cast to ``dtype`` (None: unchanged)."""
+
+        def move(t):
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
+
+        ctf = None
+        if self.ctf is not None:
+            ctf = CTFParameters(**{k: move(v) for k, v in vars(self.ctf).items()})
+        return ParticleTensors(
+            rotations=move(self.rotations),
+            shifts_angstrom=move(self.shifts_angstrom),
+            pixel_size=move(self.pixel_size),
+            ctf=ctf,
+            half_sets=move(self.half_sets),
+            classes=move(self.classes),
+            confidence=move(self.confidence),
+        )
 
 
 @dataclass
@@ -143,7 +212,7 @@ class ParticleSet:
         apix = self._pixel_size_or_none()
         if apix is None or not np.all(np.isfinite(apix)) or np.any(apix <= 0):
             raise UserError(
-                f"{self._name()} has no pixel size (rlnImagePixelSize); pass --apix"
+                f"{self._name()} has no pixel size (rlnImagePixelSize); give the pixel size", option="apix"
             )
         return apix
 
@@ -228,6 +297,31 @@ class ParticleSet:
         if "rlnClassNumber" not in self.table.columns:
             return None
         return self.table["rlnClassNumber"].to_numpy().astype(np.int64)
+
+    def confidence(self) -> np.ndarray:
+        """rlnMaxValueProbDistribution per particle (float64), 1 where the column is absent."""
+        if "rlnMaxValueProbDistribution" not in self.table.columns:
+            return np.ones(len(self), dtype=np.float64)
+        return self._column("rlnMaxValueProbDistribution")
+
+    def to_tensors(self, ctf: bool = True) -> ParticleTensors:
+        """The set's poses, origins, pixel sizes, CTF, half sets, classes and confidences as
+        float64/int64 CPU tensors (``ParticleTensors``). ``ctf=False`` skips the CTF (None).
+
+        Raises UserError when the pixel size is unknown or required CTF columns are missing.
+        """
+        rotations = self.rotations
+        values = self.ctf_parameters() if ctf else None
+        halves, classes = self.half_sets, self.class_numbers
+        return ParticleTensors(
+            rotations=None if rotations is None else torch.from_numpy(rotations),
+            shifts_angstrom=torch.tensor(self.shifts_angstrom, dtype=torch.float64),
+            pixel_size=torch.tensor(self.pixel_size, dtype=torch.float64),
+            ctf=None if values is None else CTFParameters.from_mapping(values, dtype=torch.float64),
+            half_sets=None if halves is None else torch.tensor(halves),
+            classes=None if classes is None else torch.tensor(classes),
+            confidence=torch.tensor(self.confidence(), dtype=torch.float64),
+        )
 
     # ------------------------------------------------------------------ new sets
     def subset(self, selection: np.ndarray | list) -> "ParticleSet":

@@ -54,20 +54,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cryopose.geometry.rotations import matrix_to_axis_angle, rotation_angle
+from cryopose.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_angle
 from cryopose.imaging.filters import lowpass_volume, soft_spherical_mask
 from cryopose.imaging.resample import fourier_resize_volume
+from cryopose.imaging.statistics import pearson_correlation
 
 __all__ = [
     "J",
     "MapAlignment",
+    "MapAlignmentSettings",
     "transform_volume",
     "apply_transform",
     "resample_to_grid",
     "hand_flip",
     "transform_poses",
     "align_map",
-    "masked_correlation",
     "rotation_grid",
     "transform_angle_deg",
 ]
@@ -84,18 +85,6 @@ def _t(x, device=None, dtype=torch.float32) -> torch.Tensor:
 
 def _jmat(device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.diag(torch.tensor([1.0, 1.0, -1.0], device=device, dtype=dtype))
-
-
-def _skew(w: torch.Tensor) -> torch.Tensor:
-    z = torch.zeros_like(w[..., 0])
-    return torch.stack(
-        [z, -w[..., 2], w[..., 1], w[..., 2], z, -w[..., 0], -w[..., 1], w[..., 0], z], dim=-1
-    ).reshape(*w.shape[:-1], 3, 3)
-
-
-def _expm(w: torch.Tensor) -> torch.Tensor:
-    """Rotation vector(s) -> rotation matrices (differentiable, finite at 0)."""
-    return torch.linalg.matrix_exp(_skew(w))
 
 
 def _angle(r: np.ndarray) -> float:
@@ -230,19 +219,6 @@ def transform_poses(rotations, shifts, matrix, shift) -> tuple[np.ndarray, np.nd
 
 
 # --------------------------------------------------------------------------- scoring
-def masked_correlation(volumes: torch.Tensor, reference: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted Pearson correlation of each of ``volumes`` (B, ...) with ``reference``."""
-    w = weights / weights.sum()
-    dims = tuple(range(1, volumes.dim()))
-    r = reference - (w * reference).sum()
-    rn = torch.sqrt((w * r * r).sum())
-    mv = (volumes * w).sum(dim=dims, keepdim=True)
-    v = volumes - mv
-    num = (w * v * r).sum(dim=dims)
-    den = torch.sqrt((w * v * v).sum(dim=dims)).clamp_min(1e-20) * rn.clamp_min(1e-20)
-    return num / den
-
-
 # --------------------------------------------------------------------------- result
 @dataclass
 class MapAlignment:
@@ -281,10 +257,10 @@ def rotation_grid(step_deg: float, max_angle_deg: float = 180.0) -> np.ndarray:
     of the identity (the identity is always included)."""
     from cryopose.geometry.grids import sample_rotations
 
-    rots = sample_rotations(step_deg, "C1", dtype=torch.float64).numpy()
+    rots = sample_rotations(step_deg, "C1", dtype=torch.float64)
     if max_angle_deg < 180.0:
-        ang = np.degrees(np.arccos(np.clip((np.trace(rots, axis1=1, axis2=2) - 1) / 2, -1, 1)))
-        rots = rots[ang <= max_angle_deg]
+        rots = rots[torch.rad2deg(rotation_angle(rots)) <= max_angle_deg]
+    rots = rots.numpy()
     return np.concatenate([np.eye(3)[None], rots], axis=0)
 
 
@@ -412,9 +388,9 @@ def _refine(
     def build():
         if bounded_angle:
             w = amax * rot_p / torch.sqrt(1 + (rot_p * rot_p).sum())
-            rot = _expm(w)
+            rot = axis_angle_to_matrix(w)
         else:
-            rot = _expm(rot_p / radius) @ r0_t
+            rot = axis_angle_to_matrix(rot_p / radius) @ r0_t
         m = rot @ jt if improper else rot
         t = smax * sh_p / torch.sqrt(1 + (sh_p * sh_p).sum())
         return m, t
@@ -422,7 +398,7 @@ def _refine(
     def objective():
         m, t = build()
         vol = transform_volume(lv.moving, m[None], t[None])
-        return -masked_correlation(vol, lv.ref, lv.weights)[0]
+        return -pearson_correlation(vol, lv.ref, lv.weights)[0]
 
     opt = torch.optim.LBFGS(
         [rot_p, sh_p], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
@@ -450,6 +426,37 @@ def _refine(
     return -float(loss), m_np, t.double().cpu().numpy()
 
 
+@dataclass
+class MapAlignmentSettings:
+    """What the map search looks for and how (Å, degrees).
+
+    lowpass: resolution of the comparison, applied after masking (None: max(8, 3 x pixel
+    size)); max_shift: bound on |t| (None: a quarter of the box); max_angle: bound on the
+    rotation angle (180: all rotations); check_hands: also try the z-flipped map;
+    apply_mask: multiply each map by its mask before aligning (and score within the
+    reference mask; without masks a soft sphere of 0.45 N is used). The rest tunes the
+    search: the global pass on a ``global_box`` box at ``global_step_deg``, ``candidates``
+    refined there, the best refined again on a box of at most ``refine_box_max`` (those
+    within ``fine_margin`` of the best score too), rotations scored ``batch`` at a time.
+    """
+
+    lowpass: float | None = None
+    max_shift: float | None = None
+    max_angle: float = 180.0
+    check_hands: bool = True
+    apply_mask: bool = True
+    global_box: int = 24
+    global_step_deg: float = 15.0
+    candidates: int = 6
+    refine_box_max: int = 80
+    fine_margin: float = 0.01
+    batch: int = 256
+
+    def resolution(self, pixel_size: float) -> float:
+        """The comparison resolution (Å) for maps of ``pixel_size`` Å."""
+        return float(self.lowpass) if self.lowpass else max(8.0, 3.0 * pixel_size)
+
+
 def align_map(
     reference,
     moving,
@@ -457,30 +464,21 @@ def align_map(
     moving_pixel_size: float | None = None,
     ref_mask=None,
     moving_mask=None,
-    apply_mask: bool = True,
-    lowpass: float | None = None,
-    max_shift: float | None = None,
-    max_angle: float = 180.0,
-    check_hands: bool = True,
+    settings: MapAlignmentSettings | None = None,
     device: str | torch.device = "cpu",
-    global_box: int = 24,
-    global_step_deg: float = 15.0,
-    candidates: int = 6,
-    refine_box_max: int = 80,
-    fine_margin: float = 0.01,
-    batch: int = 256,
     log: Callable[[str], None] | None = None,
 ) -> MapAlignment:
     """Find (M, t) such that the moving map V'(y) = V(M y + t) matches the reference.
 
     reference (N, N, N) with ``pixel_size`` Angstrom; moving (N', N', N') with
     ``moving_pixel_size`` (default ``pixel_size``), resampled onto the reference grid;
-    masks (optional) on the grid of their map; ``apply_mask`` multiplies each map by its
-    mask before alignment (and scores within the reference mask; without masks a soft
-    sphere of 0.45 N is used). ``lowpass`` (Angstrom, default max(8, 3 apix)) is applied
-    after masking. ``max_shift`` (Angstrom, default a quarter of the box) bounds |t|;
-    ``max_angle`` (deg) bounds the rotation angle; ``check_hands`` also tries z-flipped.
+    masks (optional) on the grid of their map; ``settings`` (``MapAlignmentSettings``) say
+    what to search. ``log`` receives one line per stage.
     """
+    s = settings or MapAlignmentSettings()
+    apply_mask, lowpass, max_shift, max_angle, check_hands = s.apply_mask, s.lowpass, s.max_shift, s.max_angle, s.check_hands
+    global_box, global_step_deg, candidates, refine_box_max, fine_margin, batch = (
+        s.global_box, s.global_step_deg, s.candidates, s.refine_box_max, s.fine_margin, s.batch)
     dev = torch.device(device)
     clock = {"start": time.perf_counter()}
     ref = _t(reference, dev)
@@ -505,7 +503,7 @@ def align_map(
         weights = rmask.clamp(0, 1)
     else:
         weights = soft_spherical_mask(n, 0.45 * n - 3, 3.0, device=dev)
-    resolution = float(lowpass) if lowpass else max(8.0, 3.0 * apix)
+    resolution = s.resolution(apix)
     max_shift_A = float(max_shift) if max_shift is not None else 0.25 * n * apix
     if max_shift_A < 0 or max_angle < 0:
         raise ValueError("max_shift and max_angle must be >= 0")

@@ -9,8 +9,8 @@ is the normalised cross-correlation (NCC) of the band-limited transforms,
 
 X the particle (masked, CTF-corrected or not, shifted back by the trial origin), G the
 projection of the map at pose A = euler_to_matrix(rot_g, tilt_g, psi) (optionally times the
-particle's CTF), R = box * apix / resolution (frequency index, capped below Nyquist). The DC
-term is left out, so the score is the Pearson correlation of the low-passed images.
+particle's CTF), R = box * apix / resolution (frequency index, capped below Nyquist). This is
+the score of :mod:`cryopose.align.scoring`, which also prepares map and particles.
 
 How the engine avoids scanning the whole grid exactly (all batched torch, CPU or CUDA):
 
@@ -25,8 +25,9 @@ How the engine avoids scanning the whole grid exactly (all batched torch, CPU or
    score is divided by the gallery image's polar norm. For each direction the best
    (psi, shift) is kept.
 2. Refinement of the ``n_refine`` best directions per particle on the exact grid: the map is
-   re-projected at the candidate's psi and its two grid neighbours, and the NCC over all
-   integer shifts in the disc comes from one inverse 2-D FFT of X conj(G) per candidate.
+   re-projected at the candidate's coarse psi (and its two grid neighbours when
+   ``refine_psi_neighbours`` is set), and the exact NCC over all integer shifts in the disc
+   comes from the scoring kernel (:func:`cryopose.align.scoring.score_poses`).
 3. The ``xi`` best directions by refined NCC are returned, with psi and origin.
 
 Poses are RELION's: A = euler_to_matrix(rot, tilt, psi) with (rot, tilt) the gallery
@@ -37,28 +38,32 @@ direction, and the origin o (Å) such that the particle is the projection shifte
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cryopose.align.scoring import (
+    PreparedParticles,
+    Reference,
+    disc_offsets,
+    make_reference,
+    prepare_particles,
+    score_poses,
+)
 from cryopose.geometry.grids import directions_to_euler, sample_directions
 from cryopose.geometry.rotations import euler_to_matrix
-from cryopose.imaging.ctf import CTFParameters, ctf_rfft2, wiener_filter
-from cryopose.imaging.filters import soft_circular_mask
-from cryopose.imaging.fourier import centered_irfft2, centered_rfft2
-from cryopose.imaging.projection import FourierVolume, fourier_volume, project_fourier
-from cryopose.imaging.resample import fourier_resize_images, fourier_resize_volume
+from cryopose.imaging.ctf import CTFParameters
+from cryopose.imaging.fourier import centered_irfft2
+from cryopose.imaging.projection import project_fourier
 
 __all__ = [
     "MatchSettings",
     "Gallery",
     "MatchResult",
     "build_gallery",
-    "prepare_particles",
     "match_images",
-    "match_stream",
     "brute_force_match",
     "correlation_counts",
 ]
@@ -69,9 +74,9 @@ class MatchSettings:
     """Search settings (boundary units: degrees, Å)."""
 
     angular_sampling: float = 5.0  # deg, gallery directions and in-plane step
-    max_shift: float = 25.0  # Å, radius of the origin search disc
+    max_shift: float | None = None  # Å, radius of the origin search disc (None: 10% of the box)
     resolution: float = 8.0  # Å, band limit of the comparison
-    xi: int = 7  # directions kept per particle
+    xi: int | None = None  # directions kept per particle (None: 7)
     symmetry: str = "C1"
     ctf_references: bool = False  # apply each particle's CTF to the references
     wiener_snr: float = 0.1  # Wiener constant (particles are noisy: close to CTF multiplication)
@@ -81,36 +86,59 @@ class MatchSettings:
     coarse_fraction: float = 0.4  # coarse band = this fraction of R (at least 6 rings)
     refine_psi_neighbours: bool = False  # also re-score the two neighbouring psi of each candidate
 
+    def resolved(self, box: int, pixel_size: float) -> "MatchSettings":
+        """These settings with xi and max_shift made concrete for ``box`` px of ``pixel_size`` Å."""
+        return replace(
+            self,
+            xi=7 if self.xi is None else int(self.xi),
+            max_shift=0.1 * box * pixel_size if self.max_shift is None else float(self.max_shift),
+        )
+
     def refine_count(self, n_directions: int) -> int:
-        k = self.n_refine if self.n_refine is not None else max(2 * self.xi, 16)
-        return int(min(max(k, self.xi), n_directions))
+        xi = 7 if self.xi is None else self.xi
+        k = self.n_refine if self.n_refine is not None else max(2 * xi, 16)
+        return int(min(max(k, xi), n_directions))
 
 
 @dataclass
 class Gallery:
-    """Everything about the map the search needs, at the working size."""
+    """Everything about the map the global search needs, at the working size."""
 
-    settings: MatchSettings
-    box: int  # particle/map box (px)
-    pixel_size: float  # Å/px of the input
-    work_box: int
-    work_pixel_size: float
-    radius: int  # band R (frequency index of the working box)
+    settings: MatchSettings  # resolved: xi and max_shift are set
+    reference: Reference  # the map for exact scoring (working size, band R)
     coarse_radius: int
     n_psi: int
     n_angle_samples: int
     directions: torch.Tensor  # (G, 3)
     rotations: torch.Tensor  # (G, 3, 3), psi = 0
-    volume: FourierVolume  # working-size volume, for re-projection
     polar: torch.Tensor  # (M+1, 2 R_c, 2 G) real form (columns: Re g0, Im g0, Re g1, ...) of the angular harmonics of the coarse rings
     polar_ring_power: torch.Tensor  # (G, R_c) sum over angle of |G|^2 per ring
     coarse_shifts: torch.Tensor  # (S, 2) working px
     shift_offsets: torch.Tensor  # (T, 2) integer working px in the disc
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def n_directions(self) -> int:
         return int(self.directions.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.reference.device
+
+    @property
+    def box(self) -> int:
+        return self.reference.box
+
+    @property
+    def work_box(self) -> int:
+        return self.reference.work_box
+
+    @property
+    def work_pixel_size(self) -> float:
+        return self.reference.work_pixel_size
+
+    @property
+    def radius(self) -> int:
+        return self.reference.radius
 
 
 @dataclass
@@ -124,32 +152,8 @@ class MatchResult:
     rotations: torch.Tensor  # (B, xi, 3, 3) RELION pose matrices
     shifts_angstrom: torch.Tensor  # (B, xi, 2) RELION origins
 
-    @staticmethod
-    def concatenate(parts: list["MatchResult"]) -> "MatchResult":
-        return MatchResult(*[torch.cat([getattr(p, f) for p in parts]) for f in MatchResult.__dataclass_fields__])
-
 
 # ----------------------------------------------------------------------------- helpers
-def _working_geometry(box: int, pixel_size: float, resolution: float) -> tuple[int, int]:
-    """(working box, band R): the box is cropped in Fourier space to just hold the band."""
-    r_full = box * pixel_size / resolution
-    want = 2 * math.ceil(r_full) + 4
-    work = min(box, want + (want % 2))
-    radius = int(min(work // 2 - 1, math.floor(r_full)))
-    return work, max(radius, 2)
-
-
-def _disc_offsets(radius_px: float, step: float, device) -> torch.Tensor:
-    n = int(math.floor(radius_px / step + 1e-9))
-    ax = torch.arange(-n, n + 1, dtype=torch.float32, device=device) * step
-    yy, xx = torch.meshgrid(ax, ax, indexing="ij")
-    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)
-    keep = pts.norm(dim=-1) <= radius_px + 1e-6
-    pts = pts[keep]
-    order = pts.norm(dim=-1).argsort(stable=True)  # zero shift first
-    return pts[order]
-
-
 def _full_centred_spectrum(images: torch.Tensor) -> torch.Tensor:
     """Full 2-D transform (B, n, n), zero frequency at index n//2 (both axes)."""
     spec = torch.fft.fft2(torch.fft.ifftshift(images, dim=(-2, -1)))
@@ -171,22 +175,6 @@ def _polar_samples(full: torch.Tensor, radii: torch.Tensor, n_angles: int) -> to
     return torch.complex(out[:, 0], out[:, 1])
 
 
-def _half_weights(n: int, device) -> torch.Tensor:
-    """Multiplicity of each half-transform column in the full transform (1 or 2)."""
-    w = torch.full((n // 2 + 1,), 2.0, device=device)
-    w[0] = 1.0
-    if n % 2 == 0:
-        w[-1] = 1.0
-    return w
-
-
-def _band_mask(n: int, radius: float, device) -> torch.Tensor:
-    ky = torch.fft.fftfreq(n, d=1.0 / n, device=device)
-    kx = torch.fft.rfftfreq(n, d=1.0 / n, device=device)
-    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
-    return ((k2 >= 1) & (k2 <= radius**2)).float()
-
-
 # ----------------------------------------------------------------------------- gallery
 def build_gallery(
     volume: torch.Tensor | np.ndarray,
@@ -196,13 +184,9 @@ def build_gallery(
 ) -> Gallery:
     """Projections of ``volume`` (N, N, N) over the asymmetric unit, ready for matching."""
     device = torch.device(device)
-    vol = torch.as_tensor(np.asarray(volume), dtype=torch.float32, device=device)
-    box = int(vol.shape[-1])
-    work, radius = _working_geometry(box, pixel_size, settings.resolution)
-    work_apix = box * pixel_size / work
-    if work != box:
-        vol = fourier_resize_volume(vol, work)
-    fv = fourier_volume(vol)
+    reference = make_reference(volume, pixel_size, settings.resolution, device)
+    settings = settings.resolved(reference.box, pixel_size)
+    work, radius = reference.work_box, reference.radius
     directions = sample_directions(settings.angular_sampling, settings.symmetry, dtype=torch.float32).to(device)
     rot, tilt = directions_to_euler(directions)
     rotations = euler_to_matrix(rot, tilt, torch.zeros_like(rot))
@@ -212,7 +196,7 @@ def build_gallery(
     radii = torch.arange(1, coarse_radius + 1, dtype=torch.float32, device=device)
     polar_parts, power_parts = [], []
     for start in range(0, rotations.shape[0], 512):
-        spectra = project_fourier(fv, rotations[start : start + 512], max_frequency=coarse_radius + 1.5)
+        spectra = project_fourier(reference.volume, rotations[start : start + 512], max_frequency=coarse_radius + 1.5)
         images = centered_irfft2(spectra, work)
         samples = _polar_samples(_full_centred_spectrum(images), radii, n_samples)  # (g, R_c, A)
         power_parts.append((samples.abs() ** 2).sum(-1))
@@ -223,57 +207,25 @@ def build_gallery(
     top = torch.stack([harm.real, -harm.imag], dim=-1)  # (M+1, R_c, G, 2): Re, Im columns interleaved
     bottom = torch.stack([harm.imag, harm.real], dim=-1)
     polar = torch.cat([top, bottom], dim=1).reshape(harm.shape[0], 2 * harm.shape[1], -1).contiguous()
-    max_shift_px = settings.max_shift / work_apix
+    max_shift_px = settings.max_shift / reference.work_pixel_size
     return Gallery(
         settings=settings,
-        box=box,
-        pixel_size=float(pixel_size),
-        work_box=work,
-        work_pixel_size=work_apix,
-        radius=radius,
+        reference=reference,
         coarse_radius=coarse_radius,
         n_psi=n_psi,
         n_angle_samples=n_samples,
         directions=directions,
         rotations=rotations,
-        volume=fv,
         polar=polar,
         polar_ring_power=torch.cat(power_parts),
-        coarse_shifts=_disc_offsets(max_shift_px, settings.coarse_shift_step, device),
-        shift_offsets=_disc_offsets(max_shift_px, 1.0, device),
-        device=device,
+        coarse_shifts=disc_offsets(max_shift_px, settings.coarse_shift_step, device),
+        shift_offsets=disc_offsets(max_shift_px, 1.0, device),
     )
 
 
-# ----------------------------------------------------------------------------- particles
-@dataclass
-class PreparedParticles:
-    spectra: torch.Tensor  # (B, n, n//2+1) working-size half spectra (masked, CTF-corrected)
-    ctf: torch.Tensor | None  # (B, n, n//2+1) CTF at working size, when references get it
-
-
-def prepare_particles(
-    gallery: Gallery, images: torch.Tensor, ctf: CTFParameters | None
-) -> PreparedParticles:
-    """Mask, downsample and CTF-handle particle images (B, N, N) of the gallery's box."""
+def _prepare(gallery: Gallery, images: torch.Tensor, ctf: CTFParameters | None) -> PreparedParticles:
     s = gallery.settings
-    images = images.to(gallery.device, torch.float32)
-    n0 = images.shape[-1]
-    if n0 != gallery.box:
-        raise ValueError(f"images are {n0} px but the map is {gallery.box} px")
-    mask = soft_circular_mask(n0, s.mask_radius * n0, edge_width=max(2.0, 0.05 * n0), device=gallery.device)
-    images = images - (images * mask).sum((-2, -1), keepdim=True) / mask.sum()
-    images = images * mask
-    if gallery.work_box != n0:
-        images = fourier_resize_images(images, gallery.work_box)
-    spectra = centered_rfft2(images)
-    ctf_values = None
-    if ctf is not None:
-        ctf_values = ctf_rfft2(ctf.to(gallery.device), gallery.work_box, gallery.work_pixel_size).to(torch.float32)
-        if not s.ctf_references:
-            spectra = wiener_filter(spectra, ctf_values, s.wiener_snr)
-            ctf_values = None
-    return PreparedParticles(spectra=spectra, ctf=ctf_values)
+    return prepare_particles(gallery.reference, images, ctf, s.ctf_references, s.wiener_snr, s.mask_radius)
 
 
 def _coarse_search(gallery: Gallery, prep: PreparedParticles, batch: int = 8):
@@ -345,37 +297,9 @@ def _ring_average(values: torch.Tensor, radii: torch.Tensor, n: int) -> torch.Te
     return torch.stack(out, dim=-1)
 
 
-def _exact_scores(
-    gallery: Gallery,
-    prep: PreparedParticles,
-    particle_index: torch.Tensor,
-    rotations: torch.Tensor,
-    max_batch: int = 2048,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact NCC, maximised over the integer shift disc, of particles ``particle_index`` (Q,)
-    against projections at poses ``rotations`` (Q, 3, 3). Returns (scores (Q,), shift index (Q,))."""
-    n = gallery.work_box
-    band = _band_mask(n, gallery.radius, gallery.device)
-    hw = _half_weights(n, gallery.device)
-    offsets = gallery.shift_offsets  # (T, 2)
-    # correlation map index for origin t: c(t) = irfft2(X conj G)[-t mod n]
-    iy = (-offsets[:, 1]).long() % n
-    ix = (-offsets[:, 0]).long() % n
-    scores, shifts = [], []
-    for start in range(0, particle_index.shape[0], max_batch):
-        pi = particle_index[start : start + max_batch]
-        g = project_fourier(gallery.volume, rotations[start : start + max_batch], max_frequency=gallery.radius + 1) * band
-        if prep.ctf is not None:
-            g = g * prep.ctf[pi]
-        x = prep.spectra[pi] * band
-        xn = torch.sqrt(((x.abs() ** 2) * hw).sum((-2, -1)))
-        gn = torch.sqrt(((g.abs() ** 2) * hw).sum((-2, -1)))
-        cmap = torch.fft.irfft2(x * g.conj(), s=(n, n)) * (n * n)
-        vals = cmap[:, iy, ix]  # (q, T)
-        v, t = vals.max(dim=-1)
-        scores.append(v / (xn * gn).clamp_min(1e-20))
-        shifts.append(t)
-    return torch.cat(scores), torch.cat(shifts)
+def _best_over_shifts(gallery: Gallery, prep: PreparedParticles, particle_index: torch.Tensor, rotations: torch.Tensor):
+    """Exact NCC maximised over the integer shift disc: (scores (Q,), shift index (Q,))."""
+    return score_poses(gallery.reference, prep, particle_index, rotations, gallery.shift_offsets).max(dim=-1)
 
 
 def _poses(gallery: Gallery, direction_index: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
@@ -393,7 +317,7 @@ def match_images(
 ) -> MatchResult:
     """Search particle images (B, N, N) (with their CTF, or None) against the gallery."""
     s = gallery.settings
-    prep = prepare_particles(gallery, images, ctf)
+    prep = _prepare(gallery, images, ctf)
     coarse, l_idx, _ = _coarse_search(gallery, prep)
     B = coarse.shape[0]
     k = s.refine_count(gallery.n_directions)
@@ -407,7 +331,7 @@ def match_images(
     psi = _psi_of(gallery, cand_l)
     rots = _poses(gallery, cand_dir.reshape(-1), psi.reshape(-1))
     pidx = torch.arange(B, device=gallery.device)[:, None, None].expand(-1, k, nj).reshape(-1)
-    sc, t_idx = _exact_scores(gallery, prep, pidx, rots)
+    sc, t_idx = _best_over_shifts(gallery, prep, pidx, rots)
     sc = sc.reshape(B, k, nj)
     t_idx = t_idx.reshape(B, k, nj)
     best_v, best_j = sc.max(dim=-1)  # (B, K)
@@ -433,23 +357,6 @@ def _result(gallery, dir_idx, score, psi, t_idx) -> MatchResult:
     )
 
 
-def match_stream(
-    gallery: Gallery,
-    chunks,
-    ctf_for=None,
-    progress=None,
-) -> MatchResult:
-    """Match a stream of (indices, images) chunks; ``ctf_for(indices)`` gives each chunk's
-    CTFParameters (or None). ``progress(k)`` is called with the chunk size after each."""
-    parts = []
-    for idx, images in chunks:
-        ctf = ctf_for(idx) if ctf_for is not None else None
-        parts.append(match_images(gallery, torch.as_tensor(images), ctf))
-        if progress is not None:
-            progress(len(idx))
-    return MatchResult.concatenate(parts)
-
-
 # ----------------------------------------------------------------------------- reference
 def brute_force_match(
     gallery: Gallery, images: torch.Tensor, ctf: CTFParameters | None = None, chunk: int = 2048
@@ -457,17 +364,9 @@ def brute_force_match(
     """Exhaustive search of the whole grid (every direction, every psi on the grid, every
     integer shift in the disc) with the exact score. Returns the top ``xi`` result and the
     full best-per-direction score table (B, G). Slow; for tests and the benchmark."""
-    prep = prepare_particles(gallery, images, ctf)
-    B = prep.spectra.shape[0]
-    n = gallery.work_box
+    prep = _prepare(gallery, images, ctf)
+    B = len(prep)
     G, P = gallery.n_directions, gallery.n_psi
-    band = _band_mask(n, gallery.radius, gallery.device)
-    hw = _half_weights(n, gallery.device)
-    offsets = gallery.shift_offsets
-    iy = (-offsets[:, 1]).long() % n
-    ix = (-offsets[:, 0]).long() % n
-    x = prep.spectra * band
-    xn = torch.sqrt(((x.abs() ** 2) * hw).sum((-2, -1)))  # (B,)
     psi_all = _psi_of(gallery, torch.arange(P, device=gallery.device))
     best = torch.full((B, G), -2.0, device=gallery.device)
     best_psi = torch.zeros(B, G, device=gallery.device)
@@ -477,19 +376,13 @@ def brute_force_match(
         d = torch.arange(start, min(start + per, G), device=gallery.device)
         q = d.shape[0]
         rots = _poses(gallery, d.repeat_interleave(P), psi_all.repeat(q))
-        g = project_fourier(gallery.volume, rots, max_frequency=gallery.radius + 1) * band  # (qP, n, h)
-        gn = torch.sqrt(((g.abs() ** 2) * hw).sum((-2, -1)))
         for b in range(B):
-            gb = g * prep.ctf[b] if prep.ctf is not None else g
-            gnb = torch.sqrt(((gb.abs() ** 2) * hw).sum((-2, -1))) if prep.ctf is not None else gn
-            cmap = torch.fft.irfft2(x[b] * gb.conj(), s=(n, n)) * (n * n)
-            v, t = cmap[:, iy, ix].max(dim=-1)  # (qP,)
-            v = (v / (xn[b] * gnb).clamp_min(1e-20)).reshape(q, P)
-            t = t.reshape(q, P)
-            vb, j = v.max(dim=1)
+            pidx = torch.full((q * P,), b, dtype=torch.long, device=gallery.device)
+            v, t = _best_over_shifts(gallery, prep, pidx, rots)
+            vb, j = v.reshape(q, P).max(dim=1)
             best[b, d] = vb
             best_psi[b, d] = psi_all[j]
-            best_t[b, d] = t.gather(1, j[:, None]).squeeze(1)
+            best_t[b, d] = t.reshape(q, P).gather(1, j[:, None]).squeeze(1)
     order = best.topk(gallery.settings.xi, dim=1).indices
     result = _result(gallery, order, best.gather(1, order), best_psi.gather(1, order), best_t.gather(1, order))
     return result, best

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import click
-import torch
 
 from cryopose.errors import UserError
 
+__all__ = ["resolve_device", "device_option", "progress_bar"]
 
-def resolve_device(name: str) -> torch.device:
+
+def resolve_device(name: str):
     """'cpu', 'cuda' or 'cuda:N' -> torch.device, with a clear error when CUDA is absent."""
+    import torch
+
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     try:
@@ -31,18 +32,18 @@ device_option = click.option(
 )
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary name, then rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+@contextmanager
+def progress_bar(desc: str, unit: str = "particle") -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (shown on a terminal only); yields the jobs' progress
+    callback ``update(advance, total)``."""
+    from tqdm import tqdm
 
+    with tqdm(desc=desc, unit=unit, leave=False, disable=None) as bar:
 
-def ensure_out_dir(path: Path) -> Path:
-    """Create the output folder (and parents)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"output path {path} exists and is not a folder; choose another --out")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        def update(advance: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+                bar.refresh()
+            bar.update(advance)
+
+        yield update

@@ -7,6 +7,7 @@ that command runs, so ``cryopose --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import click
@@ -56,12 +57,48 @@ def cli() -> None:
     """
 
 
+class _EchoHandler(logging.Handler):
+    """Library notes (the ``cryopose`` logger, INFO and up) as plain lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(record.getMessage(), err=True)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("cryopose")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _option_flags(argv: list[str]) -> set[str]:
+    """The option strings (--apix, --no-ctf, ...) of the command named in ``argv``."""
+    name = next((a for a in argv if not a.startswith("-")), None)
+    command = cli.get_command(click.Context(cli), name) if name else None
+    if command is None:
+        return set()
+    return {flag for p in command.params for flag in (*p.opts, *getattr(p, "secondary_opts", ()))}
+
+
+def user_error_message(exc: UserError, argv: list[str]) -> str:
+    """One line for a UserError: the library's message, plus the option that fixes it
+    (" with --apix") when the command has that option."""
+    message = " ".join(str(exc).split())
+    flag = f"--{exc.option}" if getattr(exc, "option", None) else None
+    if flag and flag in _option_flags(argv):
+        message += f" with {flag}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit with status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
     try:
         cli.main(args=argv, prog_name="cryopose", standalone_mode=False)
     except UserError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {user_error_message(exc, argv)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

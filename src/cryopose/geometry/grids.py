@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from cryopose.geometry.rotations import euler_to_matrix
-from cryopose.geometry.symmetry import direction_symmetry_matrices, symmetry_matrices
+from cryopose.geometry.rotations import euler_to_matrix, viewing_direction
+from cryopose.geometry.symmetry import direction_symmetry_matrices, proper_symmetry_matrices, symmetry_matrices
 
 __all__ = [
     "REFERENCE_DIRECTION",
@@ -32,6 +32,7 @@ __all__ = [
     "random_directions_in_asu",
     "directions_to_euler",
     "fibonacci_count",
+    "poses_in_asymmetric_unit",
 ]
 
 # Generic: on no rotation axis of any RELION group (Cn, Dn, T, O, I1-I4 and their
@@ -221,3 +222,15 @@ def random_directions_in_asu(
     v = torch.randn(n, 3, generator=generator, dtype=dtype, device=device)
     v = v / v.norm(dim=-1, keepdim=True)
     return canonical_direction(v, sym)
+
+
+def poses_in_asymmetric_unit(rotations: torch.Tensor, sym: str) -> torch.Tensor:
+    """Each pose A (n, 3, 3) replaced by the equivalent A R (R in the proper subgroup of
+    ``sym``) whose viewing direction lies in the asymmetric unit; (n, 3, 3)."""
+    group = proper_symmetry_matrices(sym, dtype=rotations.dtype, device=rotations.device)
+    if group.shape[0] == 1:
+        return rotations
+    candidates = rotations[:, None] @ group[None]  # (n, G, 3, 3)
+    inside = asymmetric_unit_mask(viewing_direction(candidates).reshape(-1, 3), sym).reshape(candidates.shape[:2])
+    pick = torch.where(inside.any(dim=1), inside.float().argmax(dim=1), torch.zeros(len(rotations), dtype=torch.long, device=rotations.device))
+    return candidates[torch.arange(len(rotations), device=rotations.device), pick]

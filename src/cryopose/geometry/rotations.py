@@ -9,8 +9,6 @@ Quaternions are (w, x, y, z) with w >= 0 and represent the same matrix A.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = [
@@ -181,8 +179,3 @@ def viewing_direction(matrix: torch.Tensor) -> torch.Tensor:
     (cos rot sin tilt, sin rot sin tilt, cos tilt).
     """
     return matrix[..., 2, :]
-
-
-def degrees(x: torch.Tensor | float) -> torch.Tensor | float:
-    """Radians -> degrees."""
-    return x * (180.0 / math.pi)

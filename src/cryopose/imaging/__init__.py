@@ -1,0 +1,4 @@
+"""Imaging: Fourier helpers, projection (Fourier slice), CTF, filters and masks, shifts,
+resampling, simulation and correlation statistics (batched PyTorch functions)."""
+
+__all__ = ["ctf", "filters", "fourier", "projection", "resample", "shifts", "simulation", "statistics"]

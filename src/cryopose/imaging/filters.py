@@ -73,8 +73,9 @@ def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float) -
 
 
 def normalise_background(images: torch.Tensor, radius: float | None = None) -> torch.Tensor:
-    """Normalise images (B, N, N) so the background (outside a circle of ``radius`` px,
-    default N/2 - 1... RELION's default is the circle of the particle) has mean 0, std 1."""
+    """Normalise images (B, N, N) so that their background, the pixels farther than
+    ``radius`` px from the box centre (default 0.45 N, the circle of 0.9 of the box), has
+    mean 0 and standard deviation 1 (RELION's background normalisation)."""
     size = images.shape[-1]
     radius = size / 2 * 0.9 if radius is None else radius
     outside = radial_distance(size, 2, images.device, images.dtype) > radius

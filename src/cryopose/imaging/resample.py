@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fourier_resize_images", "fourier_resize_volume", "resample_volume_to_pixel_size"]
+__all__ = ["fourier_resize_images", "fourier_resize_volume", "resample_map"]
 
 
 def _resize_axis(spec: torch.Tensor, dim: int, new: int) -> torch.Tensor:
@@ -50,9 +50,21 @@ def fourier_resize_volume(volume: torch.Tensor, new_size: int) -> torch.Tensor:
     return torch.fft.fftshift(out, dim=(-3, -2, -1))
 
 
-def resample_volume_to_pixel_size(volume: torch.Tensor, pixel_size: float, new_pixel_size: float) -> tuple[torch.Tensor, float]:
-    """Fourier-resample a volume to about ``new_pixel_size`` Å (the box is rounded to an
-    integer; the exact new pixel size is returned)."""
-    n = volume.shape[-1]
-    new_n = max(2, int(round(n * pixel_size / new_pixel_size)))
-    return fourier_resize_volume(volume, new_n), n * pixel_size / new_n
+def resample_map(volume: torch.Tensor, pixel_size: float, new_pixel_size: float | None = None, box: int | None = None) -> tuple[torch.Tensor, float]:
+    """A map (N, N, N) of ``pixel_size`` Å resampled to about ``new_pixel_size`` Å (Fourier;
+    the box is rounded to an integer, so the exact new pixel size is returned) and then
+    cropped or zero-padded about its centre to ``box`` px. None keeps either as it is."""
+    vol = volume
+    out_apix = pixel_size if new_pixel_size is None else new_pixel_size
+    if abs(out_apix - pixel_size) > 1e-6 * pixel_size:
+        n_new = max(2, int(round(vol.shape[-1] * pixel_size / out_apix)))
+        out_apix = pixel_size * vol.shape[-1] / n_new
+        vol = fourier_resize_volume(vol, n_new)
+    if box is not None and box != vol.shape[-1]:
+        n = vol.shape[-1]
+        out = vol.new_zeros((box, box, box))
+        src = slice(max(0, n // 2 - box // 2), max(0, n // 2 - box // 2) + min(n, box))
+        dst = slice(max(0, box // 2 - n // 2), max(0, box // 2 - n // 2) + min(n, box))
+        out[dst, dst, dst] = vol[src, src, src]
+        vol = out
+    return vol, out_apix

@@ -160,6 +160,6 @@ def _set_origins(table: pd.DataFrame, cs: np.ndarray, kind: str, pixel: np.ndarr
     elif pixel is not None:
         scale = pixel
     else:
-        raise UserError(f"{path} has shifts in pixels but no pixel size (blob/psize_A); pass --apix")
+        raise UserError(f"{path} has shifts in pixels but no pixel size (blob/psize_A); give the pixel size", option="apix")
     table["rlnOriginXAngst"] = shift_px[:, 0] * scale
     table["rlnOriginYAngst"] = shift_px[:, 1] * scale

@@ -7,7 +7,6 @@ are in Angstrom. Every file is written to a temporary name and renamed into plac
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +15,10 @@ import mrcfile
 import numpy as np
 
 from cryopose.errors import UserError
+from cryopose.io.atomic import atomic_path, temporary_path
 from cryopose.particles import ParticleSet
 
-__all__ = ["read_map", "write_map", "open_stack", "StackReader", "ParticleImages", "write_stack", "StackWriter"]
+__all__ = ["read_map", "write_map", "open_stack", "StackReader", "ParticleImages", "ArrayImages", "write_stack", "StackWriter"]
 
 # Stack headers often carry 1.0 A/px (or 0) when the writer did not know the pixel size.
 _UNSET_PIXEL_SIZES = (0.0, 1.0)
@@ -95,12 +95,6 @@ def read_map(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return volume, apix
 
 
-def _tmp_name(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def _deterministic_label(mrc: mrcfile.mrcfile.MrcFile) -> None:
     """Replace mrcfile's timestamped creation label, so equal data give equal bytes."""
     mrc.header.label[:] = b""
@@ -109,9 +103,7 @@ def _deterministic_label(mrc: mrcfile.mrcfile.MrcFile) -> None:
 
 
 def _write_array(path: Path, data: np.ndarray, pixel_size: float, stack: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
+    with atomic_path(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # NaN data is reported by the readers
             mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
@@ -120,10 +112,6 @@ def _write_array(path: Path, data: np.ndarray, pixel_size: float, stack: bool) -
             mrc.voxel_size = float(pixel_size)
             mrc.update_header_stats()
             _deterministic_label(mrc)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_map(path: str | os.PathLike, volume: np.ndarray, pixel_size: float) -> None:
@@ -189,19 +177,19 @@ def open_stack(path: str | os.PathLike) -> StackReader:
 
 
 class ParticleImages:
-    """The images of a ``ParticleSet`` across its stack files, each stack opened once.
+    """The images of a ``ParticleSet`` across its stack files, read by particle index.
 
     Checks on construction: every stack exists and is readable, every index is inside its
     stack, images are square and the same size, and the stack header's pixel size (when set)
-    agrees with the star's within 1%.
+    agrees with the star's within 1%. The object holds only paths and indices: it pickles
+    (for DataLoader and Dask workers), and each process opens the memory maps it needs on
+    its first read. ``take(indices)`` gives a smaller source for a chunk of particles.
     """
 
     def __init__(self, particles: ParticleSet) -> None:
-        self.particles = particles
         paths = particles.image_paths
-        self._indices = particles.image_indices
-        unique, self._file_ids = np.unique(paths, return_inverse=True)
-        self._readers: list[StackReader] = []
+        indices = particles.image_indices
+        unique, file_ids = np.unique(paths, return_inverse=True)
         try:
             star_apix = particles._pixel_size_or_none()
         except Exception:
@@ -213,31 +201,67 @@ class ParticleImages:
                     f"stack {stack_path} does not exist (image names are resolved relative to the star file's "
                     f"folder {particles.source_dir}); fix rlnImageName or move the stack"
                 )
-            reader = open_stack(stack_path)
-            self._readers.append(reader)
-            mine = self._file_ids == fid
-            idx = self._indices[mine]
-            if idx.min() < 0:
-                raise UserError(f"star asks for image {int(idx.min()) + 1} of {stack_path}; image numbers start at 1")
-            if idx.max() >= len(reader):
-                raise UserError(
-                    f"star asks for image {int(idx.max()) + 1} of {stack_path}, which has {len(reader)}"
-                )
-            ny, nx = reader.shape
-            if ny != nx:
-                raise UserError(f"images in {stack_path} are {nx}x{ny}; cryopose needs square images")
-            if shape is not None and shape != reader.shape:
-                raise UserError(f"images in {stack_path} are {nx}x{ny} but others are {shape[1]}x{shape[0]}")
-            shape = reader.shape
-            if star_apix is not None and reader.pixel_size not in _UNSET_PIXEL_SIZES:
-                star_value = float(np.median(star_apix[mine]))
-                if abs(reader.pixel_size - star_value) > 0.01 * star_value:
+            with open_stack(stack_path) as reader:
+                mine = file_ids == fid
+                idx = indices[mine]
+                if idx.min() < 0:
+                    raise UserError(f"star asks for image {int(idx.min()) + 1} of {stack_path}; image numbers start at 1")
+                if idx.max() >= len(reader):
                     raise UserError(
-                        f"stack {stack_path} has pixel size {reader.pixel_size:.4f} A but the star says "
-                        f"{star_value:.4f} A; fix one of them"
+                        f"star asks for image {int(idx.max()) + 1} of {stack_path}, which has {len(reader)}"
                     )
+                ny, nx = reader.shape
+                if ny != nx:
+                    raise UserError(f"images in {stack_path} are {nx}x{ny}; cryopose needs square images")
+                if shape is not None and shape != reader.shape:
+                    raise UserError(f"images in {stack_path} are {nx}x{ny} but others are {shape[1]}x{shape[0]}")
+                shape = reader.shape
+                if star_apix is not None and reader.pixel_size not in _UNSET_PIXEL_SIZES:
+                    star_value = float(np.median(star_apix[mine]))
+                    if abs(reader.pixel_size - star_value) > 0.01 * star_value:
+                        raise UserError(
+                            f"stack {stack_path} has pixel size {reader.pixel_size:.4f} A but the star says "
+                            f"{star_value:.4f} A; fix one of them"
+                        )
+        self._paths: list[str] = [str(p) for p in unique]
+        self._file_ids = np.asarray(file_ids, dtype=np.int64)
+        self._indices = np.asarray(indices, dtype=np.int64)
         self.image_shape: tuple[int, int] = shape if shape is not None else (0, 0)
+        self._readers: dict[int, StackReader] = {}
+        self._pid = os.getpid()
 
+    # -------------------------------------------------------------- pickling and views
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_readers"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    def take(self, indices: np.ndarray | list) -> "ParticleImages":
+        """A source over the particles at ``indices`` only (its index i is indices[i] here)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        view = object.__new__(ParticleImages)
+        used, file_ids = np.unique(self._file_ids[indices], return_inverse=True)
+        view._paths = [self._paths[i] for i in used]
+        view._file_ids = np.asarray(file_ids, dtype=np.int64).reshape(-1)
+        view._indices = self._indices[indices].copy()
+        view.image_shape = self.image_shape
+        view._readers = {}
+        view._pid = os.getpid()
+        return view
+
+    def _reader(self, fid: int) -> StackReader:
+        if self._pid != os.getpid():  # forked: memory maps are not shared safely
+            self._readers, self._pid = {}, os.getpid()
+        reader = self._readers.get(fid)
+        if reader is None:
+            reader = self._readers[fid] = open_stack(self._paths[fid])
+        return reader
+
+    # -------------------------------------------------------------- reading
     def __len__(self) -> int:
         return len(self._indices)
 
@@ -250,10 +274,12 @@ class ParticleImages:
             where = np.nonzero(file_ids == fid)[0]
             stack_idx = self._indices[indices[where]]
             order = np.argsort(stack_idx, kind="stable")  # sequential reads on the memory map
-            out[where[order]] = self._readers[fid][stack_idx[order]]
+            out[where[order]] = self._reader(int(fid))[stack_idx[order]]
         if not np.all(np.isfinite(out)):
             bad = indices[~np.isfinite(out).reshape(len(indices), -1).all(axis=1)]
-            raise UserError(f"particle images {bad[:5].tolist()} contain NaN or infinite values; fix the stack")
+            raise UserError(
+                f"particle images {(bad[:5] + 1).tolist()} (1-based) contain NaN or infinite values; fix the stack"
+            )
         return out
 
     def iter_chunks(self, chunk_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -263,14 +289,36 @@ class ParticleImages:
             yield idx, self.read(idx)
 
     def close(self) -> None:
-        for reader in self._readers:
+        """Close the memory maps this process opened (later reads reopen them)."""
+        for reader in self._readers.values():
             reader.close()
+        self._readers = {}
 
     def __enter__(self) -> "ParticleImages":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ArrayImages:
+    """An in-memory image source with the ``ParticleImages`` interface (``read``, ``take``)."""
+
+    def __init__(self, images) -> None:
+        self.images = np.asarray(images, dtype=np.float32)
+        self.image_shape: tuple[int, int] = tuple(self.images.shape[-2:])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, indices) -> np.ndarray:
+        return self.images[np.asarray(indices, dtype=np.int64).reshape(-1)]
+
+    def take(self, indices) -> "ArrayImages":
+        return ArrayImages(self.read(indices))
+
+    def close(self) -> None:
+        pass
 
 
 class StackWriter:
@@ -304,7 +352,7 @@ class StackWriter:
                 except ValueError:
                     pass
         else:
-            self._tmp = _tmp_name(self.path)
+            self._tmp = temporary_path(self.path)
         if not self.resumed:
             self._mrc = mrcfile.new_mmap(self._tmp, shape=(self.n, *shape), mrc_mode=2, overwrite=True)
             self._mrc.set_image_stack()

@@ -1,4 +1,4 @@
-"""Figures written by the commands (matplotlib, Agg backend, written atomically)."""
+"""Figures written by the commands (matplotlib, Agg backend) and FSC curves as CSV, written atomically."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["save_figure", "plot_fsc_curves"]
+from cryopose.io.atomic import atomic_path, atomic_write  # noqa: E402
+
+__all__ = ["save_figure", "plot_fsc_curves", "plot_difference_slices", "plot_central_slices", "plot_image_row", "write_fsc_csv"]
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     """Save a figure to a temporary name, rename it into place, and close it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
 
 
 def plot_fsc_curves(
@@ -51,4 +53,57 @@ def plot_fsc_curves(
     top_axis.set_xlabel("resolution (Å)")
     ax.legend(frameon=False, fontsize=9)
     ax.grid(alpha=0.2)
+    save_figure(fig, path)
+
+
+def write_fsc_csv(path: str | os.PathLike, frequency: Sequence[float], fsc: Sequence[float]) -> None:
+    """Write shell, frequency (1/Å), resolution (Å) and FSC as CSV."""
+    with atomic_write(path) as fh:
+        fh.write("shell,frequency_per_A,resolution_A,fsc\n")
+        for i, (f, v) in enumerate(zip(frequency, fsc)):
+            res = 1.0 / float(f) if f > 0 else float("inf")
+            fh.write(f"{i},{float(f):.6f},{res:.4f},{float(v):.6f}\n")
+
+
+def plot_difference_slices(difference: np.ndarray, path: str | os.PathLike, title: str) -> None:
+    """Central xy, xz and yz slices of a difference map (z, y, x) on a symmetric colour scale."""
+    d = np.asarray(difference)
+    c = d.shape[-1] // 2
+    slices = [("z = centre (xy)", d[c]), ("y = centre (xz)", d[:, c, :]), ("x = centre (yz)", d[:, :, c])]
+    lim = max(float(np.abs(d).max()), 1e-6)
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    for ax, (label, img) in zip(axes, slices):
+        im = ax.imshow(img, cmap="bwr", vmin=-lim, vmax=lim, origin="lower")
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes, shrink=0.8, label="reference - aligned (s.d.)")
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path, dpi=100)
+
+
+def plot_central_slices(maps: list[tuple[str, np.ndarray]], path: str | os.PathLike) -> None:
+    """Central z, y and x slices of each map (label, volume (z, y, x)), one row per map."""
+    fig, axes = plt.subplots(len(maps), 3, figsize=(7.5, 2.5 * len(maps)), squeeze=False)
+    for row, (label, vol) in enumerate(maps):
+        c = vol.shape[0] // 2
+        for col, (sl, axis) in enumerate(((vol[c], "z"), (vol[:, c], "y"), (vol[:, :, c], "x"))):
+            ax = axes[row, col]
+            ax.imshow(sl, cmap="gray", origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(label, fontsize=9)
+            if row == 0:
+                ax.set_title(f"central {axis} slice", fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_image_row(images: np.ndarray, path: str | os.PathLike, title: str) -> None:
+    """A row of images (k, y, x) in grey."""
+    fig, axes = plt.subplots(1, len(images), figsize=(1.4 * len(images), 1.6), squeeze=False)
+    for ax, img in zip(axes[0], images):
+        ax.imshow(img, cmap="gray", origin="lower")
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
     save_figure(fig, path)

@@ -9,7 +9,6 @@ Unknown columns and other data blocks are kept.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,10 @@ import pandas as pd
 import starfile
 
 from cryopose.errors import UserError
+from cryopose.io.atomic import write_text_atomic
 from cryopose.particles import OPTICS_COLUMNS, ORIGIN_ANGST_COLUMNS, ORIGIN_PX_COLUMNS, ParticleSet
 
-__all__ = ["read_star", "write_star"]
+__all__ = ["read_star", "write_star", "relink_image_names"]
 
 # Columns that are text even when every value looks like a number ("000001", "1").
 _STRING_COLUMNS = {
@@ -159,7 +159,8 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
             apix_arr = pset._pixel_size_or_none()
             if apix_arr is None:
                 raise UserError(
-                    f"{path} has origins in pixels (rlnOriginX/Y) but no pixel size (rlnImagePixelSize); pass --apix"
+                    f"{path} has origins in pixels (rlnOriginX/Y) but no pixel size (rlnImagePixelSize); give the pixel size",
+                    option="apix",
                 )
             position = table.columns.get_loc(ORIGIN_PX_COLUMNS[0])
             ox = table[ORIGIN_PX_COLUMNS[0]].to_numpy(np.float64) * apix_arr
@@ -245,7 +246,7 @@ def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _to_30(pset: ParticleSet) -> pd.DataFrame:
     table = pset.table.copy()
     if all(c in table.columns for c in ORIGIN_ANGST_COLUMNS):
-        apix = pset.pixel_size  # UserError "... pass --apix" when unknown: 3.0 origins are in pixels
+        apix = pset.pixel_size  # UserError "... give the pixel size" when unknown: 3.0 origins are in pixels
         position = table.columns.get_loc(ORIGIN_ANGST_COLUMNS[0])
         ox = table[ORIGIN_ANGST_COLUMNS[0]].to_numpy(np.float64) / apix
         oy = table[ORIGIN_ANGST_COLUMNS[1]].to_numpy(np.float64) / apix
@@ -278,8 +279,9 @@ def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "
     version "3.1" (also read by RELION 4 and 5): data_optics + data_particles, then the
     extra blocks. version "3.0": one data_ block with optics merged in, origins in pixels
     (rlnOriginX/Y) and the pixel size as rlnMagnification=10000, rlnDetectorPixelSize=apix.
-    The file is written to a temporary name and renamed into place; the source star file
-    itself is never overwritten.
+    Relative image names are rewritten to resolve from the new file's folder to the same
+    stacks (``relink_image_names``). The file is written to a temporary name and renamed
+    into place; the source star file itself is never overwritten.
     """
     path = Path(path)
     if version not in ("3.0", "3.1"):
@@ -287,6 +289,7 @@ def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "
     if particles.source_file is not None and path.exists():
         if path.resolve() == Path(particles.source_file).resolve():
             raise UserError(f"refusing to overwrite the input file {path}; choose another output name")
+    particles = relink_image_names(particles, path.resolve().parent)
     if version == "3.1":
         optics, table = _split_optics(particles)
         blocks: list[tuple[str, Any]] = [("optics", optics), ("particles", table)]
@@ -296,17 +299,38 @@ def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "
         version_line = "# version 30000"
     blocks += list(particles.extra_blocks.items())
     text = "".join(_block_text(name, block, version_line) for name, block in blocks)
-    _write_text_atomic(path, text)
+    write_text_atomic(path, text)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def relink_image_names(particles: ParticleSet, folder: str | os.PathLike) -> ParticleSet:
+    """The set with each relative rlnImageName path rewritten to resolve from ``folder``
+    to the same stack it resolves to from the set's ``source_dir``.
+
+    Paths become relative to ``folder`` where possible (absolute otherwise, e.g. across
+    Windows drives); absolute paths and sets without a ``source_dir`` are left as they are.
+    """
+    if particles.source_dir is None or "rlnImageName" not in particles.table.columns:
+        return particles
+    source = Path(particles.source_dir).resolve()
+    target = Path(folder).resolve()
+    if source == target:
+        return particles
+    names = particles.table["rlnImageName"].astype(str)
+    has_at = names.str.contains("@", regex=False)
+    prefix = names.str.extract(r"^([^@]*@)", expand=False).where(has_at, "")
+    paths = names.where(~has_at, names.str.split("@", n=1).str[1])
+    mapping = {}
+    for p in paths.unique():
+        if os.path.isabs(p):
+            mapping[p] = p
+            continue
+        absolute = os.path.normpath(os.path.join(str(source), p))
+        try:
+            mapping[p] = os.path.relpath(absolute, str(target))
+        except ValueError:  # no relative path (another drive)
+            mapping[p] = absolute
+    table = particles.table.copy()
+    table["rlnImageName"] = (prefix + paths.map(mapping)).to_numpy(dtype=object)
+    return replace(particles, table=table, source_dir=target)
+
+

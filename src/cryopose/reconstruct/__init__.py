@@ -10,7 +10,7 @@ from cryopose.reconstruct.fsc import (
     FSCResult,
     fourier_shell_correlation,
     fsc_curve,
-    pearson_correlation,
+    map_correlation,
     resolution_at,
 )
 
@@ -22,7 +22,7 @@ __all__ = [
     "FSCResult",
     "fourier_shell_correlation",
     "fsc_curve",
-    "pearson_correlation",
+    "map_correlation",
     "resolution_at",
     "reconstruct_from_images",
 ]

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from cryopose.imaging.fourier import radial_shell_index
+from cryopose.imaging.statistics import pearson_correlation
 
-__all__ = ["fsc_curve", "resolution_at", "FSCResult", "fourier_shell_correlation", "pearson_correlation"]
+__all__ = ["fsc_curve", "resolution_at", "FSCResult", "fourier_shell_correlation", "map_correlation"]
 
 
 def fsc_curve(map1: torch.Tensor, map2: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -87,12 +88,7 @@ def fourier_shell_correlation(
     return FSCResult(freq, fsc.cpu(), resolution_at(fsc, pixel_size, 0.143), resolution_at(fsc, pixel_size, 0.5))
 
 
-def pearson_correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """Pearson correlation coefficient of two maps (or images), over ``mask`` if given."""
-    x, y = a.double().reshape(-1), b.double().reshape(-1)
-    if mask is not None:
-        keep = mask.reshape(-1) > 0.5
-        x, y = x[keep], y[keep]
-    x = x - x.mean()
-    y = y - y.mean()
-    return float((x * y).sum() / torch.sqrt((x * x).sum() * (y * y).sum()).clamp_min(1e-300))
+def map_correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Pearson correlation coefficient of two maps (or images), within ``mask > 0.5`` if given."""
+    weights = None if mask is None else (mask > 0.5).double()
+    return float(pearson_correlation(a.double(), b.double(), weights))

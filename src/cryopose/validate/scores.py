@@ -7,7 +7,8 @@ Per particle m with its xi best gallery directions p_n and weights w_n (their NC
   chi_m   = sum_n w_n d(p_hat_m, p_n) / sum_n w_n
   alpha_noise = mean over M draws of alpha of xi directions uniform in the asymmetric unit,
   with equal weights (random draws have no correlation to weigh by);
-  chi_noise_m = mean over M draws of chi(p_hat_m, xi uniform directions), equal weights;
+  chi_noise_m = mean over M draws of chi(p_hat_m, xi uniform directions), equal weights
+  (the M * xi directions are drawn once per run and shared by all particles);
   q = (value - noise) / (good - noise), not clipped; passes when q >= threshold.
 
 ``xmipp`` (xmipp_multireference_aligneability, MultireferenceAligneability in Xmipp's
@@ -110,14 +111,12 @@ def noise_alpha(xi: int, sym: str, draws: int = 500, generator: torch.Generator 
     return float(alpha_score(d, None, sym, "paper").mean())
 
 
-def noise_chi(
-    assigned: torch.Tensor, xi: int, sym: str, draws: int = 500, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Paper noise reference per particle: mean chi between the assigned direction (B, 3)
-    and ``draws`` sets of xi uniform directions (equal weights), (B,). The draws are shared
-    by all particles (a set of M * xi directions)."""
-    # drawn on the CPU (the generator's device), then moved to the particles' device
-    r = random_directions_in_asu(draws * xi, sym, generator=generator, dtype=assigned.dtype).to(assigned.device)
+def noise_chi(assigned: torch.Tensor, random_directions: torch.Tensor, sym: str) -> torch.Tensor:
+    """Paper noise reference per particle: mean chi (equal weights) between the assigned
+    direction (B, 3) and ``random_directions`` (M * xi, 3), the directions of M draws of xi
+    uniform directions in the asymmetric unit, drawn once per run and shared by all
+    particles (so each particle's value depends on nothing but its own direction), (B,)."""
+    r = random_directions.to(device=assigned.device, dtype=assigned.dtype)
     out = []
     for start in range(0, assigned.shape[0], 256):
         a = assigned[start : start + 256]

@@ -1,0 +1,103 @@
+"""Local search: each particle's best pose and origin in a neighbourhood of its current ones.
+
+Candidates are A' = dR A with dR a rotation by a rotation vector on a cubic grid of
+``angle_step`` inside a ball of radius ``max_angle`` (so every A' is within ``max_angle``
+of A on SO(3), in-plane angle included: a rotation about the image z axis changes psi),
+and origins o' = o + s with s on a square grid of ``shift_step`` inside a disc of
+``max_shift``. Scores come from the scoring kernel (:func:`cryopose.align.scoring.score_poses`).
+Coarse to fine: after each level the ``keep`` best candidates seed the next level, whose
+rotation ball and shift disc are one step of the previous level wide and whose steps are
+halved. Units: degrees and Å at the boundary (settings), radians and working pixels inside.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from cryopose.align.scoring import PreparedParticles, Reference, disc_offsets, score_poses
+from cryopose.geometry.rotations import axis_angle_to_matrix
+
+__all__ = ["LocalSearchSettings", "LocalSearchResult", "rotation_ball", "local_search"]
+
+
+@dataclass
+class LocalSearchSettings:
+    """Neighbourhood and coarse-to-fine schedule of a local search (degrees, Å)."""
+
+    max_angle: float = 6.0  # deg, radius of the rotation neighbourhood (first level)
+    angle_step: float = 2.0  # deg, rotation grid step of the first level
+    max_shift: float = 3.0  # Å, radius of the origin neighbourhood (first level)
+    shift_step: float | None = None  # Å, origin grid step of the first level (default: one working px)
+    levels: int = 3  # coarse-to-fine levels (steps halve each level)
+    keep: int = 2  # candidates carried from one level to the next
+
+
+@dataclass
+class LocalSearchResult:
+    """Best pose per particle: rotations (B, 3, 3) RELION A, origins (B, 2) Å, NCC (B,)."""
+
+    rotations: torch.Tensor
+    shifts_angstrom: torch.Tensor
+    scores: torch.Tensor
+
+
+def rotation_ball(max_angle: float, step: float, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Rotations (K, 3, 3) whose rotation vectors lie on a cubic grid of ``step`` rad inside
+    a ball of ``max_angle`` rad; the identity is first."""
+    n = int(math.floor(max_angle / step + 1e-9))
+    ax = torch.arange(-n, n + 1, dtype=torch.float64) * step
+    grid = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), dim=-1).reshape(-1, 3)
+    grid = grid[grid.norm(dim=-1) <= max_angle + 1e-9]
+    grid = grid[grid.norm(dim=-1).argsort(stable=True)]
+    return axis_angle_to_matrix(grid).to(dtype=dtype, device=device)
+
+
+def local_search(
+    reference: Reference,
+    particles: PreparedParticles,
+    rotations: torch.Tensor,
+    shifts_angstrom: torch.Tensor,
+    settings: LocalSearchSettings | None = None,
+    max_candidates: int = 4096,
+) -> LocalSearchResult:
+    """Refine poses ``rotations`` (B, 3, 3) and origins ``shifts_angstrom`` (B, 2) of the
+    prepared ``particles`` against ``reference``; returns the best candidate found."""
+    s = settings or LocalSearchSettings()
+    device = reference.device
+    b = len(particles)
+    apix = reference.work_pixel_size
+    angle, angle_step = math.radians(s.max_angle), math.radians(s.angle_step)
+    shift, shift_step = s.max_shift / apix, (s.shift_step / apix if s.shift_step else 1.0)
+    # current candidates: (B, C, 3, 3) rotations and (B, C, 2) origins in working px
+    rots = rotations.to(device, torch.float32)[:, None]
+    origins = (shifts_angstrom.to(device, torch.float32) / apix)[:, None]
+    best_scores = None
+    for level in range(max(1, s.levels)):
+        ball = rotation_ball(angle, angle_step, device=device)  # (K, 3, 3)
+        offsets = disc_offsets(shift, shift_step, device)  # (T, 2)
+        c = rots.shape[1]
+        k = ball.shape[0]
+        cand = (ball[None, None] @ rots[:, :, None]).reshape(b, c * k, 3, 3)
+        centres = origins[:, :, None].expand(-1, -1, k, -1).reshape(b, c * k, 2)
+        pidx = torch.arange(b, device=device)[:, None].expand(-1, c * k).reshape(-1)
+        scores = []
+        flat_rots, flat_centres = cand.reshape(-1, 3, 3), centres.reshape(-1, 2)
+        for start in range(0, pidx.shape[0], max_candidates):
+            sl = slice(start, start + max_candidates)
+            scores.append(score_poses(reference, particles, pidx[sl], flat_rots[sl], offsets, flat_centres[sl]))
+        table = torch.cat(scores).reshape(b, c * k, -1)  # (B, C*K, T)
+        per_rot, t_idx = table.max(dim=-1)  # (B, C*K)
+        keep = min(s.keep if level < s.levels - 1 else 1, c * k)
+        best_scores, top = per_rot.topk(keep, dim=1)  # (B, keep)
+        rots = cand.gather(1, top[:, :, None, None].expand(-1, -1, 3, 3))
+        chosen_t = t_idx.gather(1, top)
+        origins = centres.gather(1, top[:, :, None].expand(-1, -1, 2)) + offsets[chosen_t]
+        # next level: one step wide, half the step
+        angle, angle_step = angle_step, angle_step / 2
+        shift, shift_step = shift_step, shift_step / 2
+    return LocalSearchResult(
+        rotations=rots[:, 0], shifts_angstrom=origins[:, 0] * apix, scores=best_scores[:, 0]
+    )

@@ -1,0 +1,337 @@
+"""The validate job: alignment precision/accuracy of a particle set (Vargas et al. 2017).
+
+:func:`validate_particles` works on a ``ParticleSet`` and an image source (``ParticleImages``
+or ``ArrayImages``) with one map, or one map per class; :func:`run_validate` is the job on
+files behind ``cryopose validate``: it checkpoints every finished chunk in the output
+folder, so an interrupted run resumes where it stopped, and writes particles.star (every
+input column plus the scores), pruned.star, summary.json and soft_validation.png.
+
+Good references: noise-free, CTF-affected projections of the map at each particle's own
+pose and origin, searched exactly like the particles. Without poses (ranking initial maps)
+only precision is computed, and the good reference is made at the best pose found.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryopose.align.projection_matching import MatchSettings, build_gallery
+from cryopose.errors import UserError
+from cryopose.imaging.projection import fourier_volume
+from cryopose.io.atomic import write_json_atomic
+from cryopose.io.checkpoints import ChunkStore, discard, file_identity
+from cryopose.io.mrc import ParticleImages, read_map
+from cryopose.io import read_particles
+from cryopose.io.star import write_star
+from cryopose.io.validation_plots import soft_validation_figure
+from cryopose.jobs.chunks import run_chunks
+from cryopose.particles import ParticleSet
+from cryopose.validate import scores as sc
+from cryopose.validate.pipeline import noise_references, score_chunk
+
+__all__ = ["ValidationOptions", "validate_particles", "rank_maps", "run_validate", "COLUMN_NAMES"]
+
+log = logging.getLogger("cryopose")
+
+COLUMN_NAMES = (
+    "cryoposePrecision",
+    "cryoposeAccuracy",
+    "cryoposeAlpha",
+    "cryoposeChi",
+    "cryoposeAlphaGood",
+    "cryoposeChiGood",
+    "cryoposeAligned",
+    "cryoposeBestScore",
+)
+
+STORE = ".cryopose_validate"
+
+
+@dataclass
+class ValidationOptions:
+    """Settings of a validation run.
+
+    ``match`` holds the search (its ``max_shift`` None means 10% of the box in Å, its
+    ``xi`` None means 7, or 6 with the xmipp convention); the noise references are drawn
+    once per run from ``seed`` with ``noise_draws`` draws; ``chunk_size`` particles are read
+    and searched at a time (results do not depend on it).
+    """
+
+    match: MatchSettings = field(default_factory=MatchSettings)
+    noise_draws: int = 500
+    precision_threshold: float = 0.5
+    accuracy_threshold: float = 0.5
+    convention: str = "paper"
+    seed: int = 0
+    chunk_size: int = 64
+
+    def resolved_xi(self) -> int:
+        if self.match.xi is not None:
+            return int(self.match.xi)
+        return sc.XMIPP_XI if self.convention == "xmipp" else 7
+
+    def resolved_match(self, box: int, pixel_size: float) -> MatchSettings:
+        """The search settings with xi and max_shift made concrete for a box (px, Å/px)."""
+        return replace(self.match, xi=self.resolved_xi()).resolved(box, pixel_size)
+
+
+def _check_geometry(volume: np.ndarray, map_apix: float, particles: ParticleSet, image_box: int) -> float:
+    apix = float(np.median(particles.pixel_size))
+    if volume.shape[-1] != image_box:
+        raise UserError(
+            f"the map is {volume.shape[-1]} px but the particles are {image_box} px; resample the map to the particles' box"
+        )
+    if map_apix > 0 and abs(map_apix - apix) > 0.01 * apix:
+        raise UserError(
+            f"the map has {map_apix:.4f} A/px but the particles {apix:.4f} A/px; resample the map to the particles' pixel size"
+        )
+    return apix
+
+
+def _score_one_map(
+    particles: ParticleSet,
+    images,
+    indices: np.ndarray,
+    volume: np.ndarray,
+    apix: float,
+    opts: ValidationOptions,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None,
+    store: ChunkStore | None,
+) -> tuple[dict[str, np.ndarray], dict]:
+    settings = opts.resolved_match(volume.shape[-1], apix)
+    xi = settings.xi
+    gallery = build_gallery(volume, apix, settings, device)
+    if gallery.n_directions < xi:
+        raise UserError(
+            f"an angular sampling of {settings.angular_sampling} deg gives {gallery.n_directions} directions, "
+            f"fewer than xi = {xi}; use a finer sampling", option="angular-sampling",
+        )
+    clean_volume = fourier_volume(torch.as_tensor(volume, dtype=torch.float32, device=device))
+    noise = noise_references(gallery, xi, settings.symmetry, opts.convention, opts.noise_draws, opts.seed)
+    tensors = particles.to_tensors()
+    has_poses = tensors.rotations is not None
+
+    def compute(local: np.ndarray) -> dict[str, np.ndarray]:
+        idx = indices[local]
+        sel = torch.from_numpy(idx)
+        imgs = torch.as_tensor(images.read(idx), device=device)
+        ctf = None if tensors.ctf is None else tensors.ctf[sel].to(device)
+        ctf = None if ctf is None else type(ctf)(**{k: v.float() for k, v in vars(ctf).items()})
+        rot = tensors.rotations[sel] if has_poses else None
+        sh = tensors.shifts_angstrom[sel] if has_poses else None
+        out = score_chunk(gallery, clean_volume, imgs, ctf, rot, sh, apix, noise, opts.convention)
+        return {k: v.numpy() for k, v in out.items()}
+
+    raw = run_chunks(len(indices), opts.chunk_size, compute, store, progress)
+    conv = opts.convention
+    qp = raw["qp"]
+    prec = sc.passes(torch.as_tensor(qp), opts.precision_threshold, conv).numpy()
+    cols = {
+        "cryoposePrecision": qp,
+        "cryoposeAlpha": np.degrees(raw["alpha"]),
+        "cryoposeAlphaGood": np.degrees(raw["alpha_good"]),
+        "cryoposeBestScore": raw["score"],
+    }
+    summary = {
+        "n_particles": int(len(indices)),
+        "precision_fraction": float(prec.mean()) if len(prec) else math.nan,
+        "alpha_noise_deg": math.degrees(noise.alpha),
+        "gallery_directions": gallery.n_directions,
+        "working_box": gallery.work_box,
+        "working_pixel_size": gallery.work_pixel_size,
+        "band_radius": gallery.radius,
+        "max_shift_angstrom": settings.max_shift,
+        "xi": xi,
+    }
+    if has_poses:
+        qa = raw["qa"]
+        acc = sc.passes(torch.as_tensor(qa), opts.accuracy_threshold, conv).numpy()
+        both = prec & acc
+        cols.update(
+            cryoposeAccuracy=qa,
+            cryoposeChi=np.degrees(raw["chi"]),
+            cryoposeChiGood=np.degrees(raw["chi_good"]),
+            cryoposeAligned=both.astype(np.int64),
+        )
+        summary.update(
+            accuracy_fraction=float(acc.mean()) if len(acc) else math.nan,
+            Q=float(both.mean()) if len(both) else math.nan,
+            chi_noise_mean_deg=float(np.degrees(raw["chi_noise"]).mean()) if len(indices) else math.nan,
+        )
+    else:
+        nan = np.full(len(indices), np.nan)
+        cols.update(cryoposeAccuracy=nan, cryoposeChi=nan.copy(), cryoposeChiGood=nan.copy())
+        cols["cryoposeAligned"] = prec.astype(np.int64)
+        summary.update(accuracy_fraction=None, Q=None)
+    return cols, summary
+
+
+def validate_particles(
+    particles: ParticleSet,
+    images,
+    maps: list[tuple[np.ndarray, float]],
+    options: ValidationOptions | None = None,
+    by_class: bool = False,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    signature: dict | None = None,
+    progress_total: int | None = None,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Validate ``particles`` (images from ``images.read``) against one map, or with
+    ``by_class`` against the map of each particle's rlnClassNumber (class k -> maps[k-1]).
+    ``maps`` are (volume (N, N, N), pixel size Å; 0 if unknown).
+
+    Returns (columns, summary): columns are per-particle arrays in the set's order, named as
+    the STAR columns; the summary has n_particles, precision_fraction, accuracy_fraction, Q
+    (None without poses), thresholds, settings and, with ``by_class``, one row per class.
+    With ``checkpoint_dir`` every finished chunk is kept there (for ``signature``) and a
+    rerun with the same signature computes only the missing chunks. ``progress(k, total)``
+    is called as chunks finish (``progress_total`` overrides the total).
+    """
+    opts = options or ValidationOptions()
+    if opts.convention not in sc.CONVENTIONS:
+        raise UserError(f"unknown convention {opts.convention!r}; use paper or xmipp", option="convention")
+    device = torch.device(device)
+    n = len(particles)
+    if n == 0:
+        raise UserError("the particle set is empty; nothing to validate")
+    box = images.read([0]).shape[-1]
+    total = n if progress_total is None else progress_total
+    step = None if progress is None else (lambda k, _n: progress(k, total))
+
+    def store(name: str) -> ChunkStore | None:
+        if checkpoint_dir is None:
+            return None
+        return ChunkStore(Path(checkpoint_dir) / name, {**(signature or {}), "part": name})
+
+    if not by_class:
+        if len(maps) != 1:
+            raise ValueError("validate_particles takes one map unless by_class is set")
+        vol, map_apix = maps[0]
+        apix = _check_geometry(vol, map_apix, particles, box)
+        cols, summary = _score_one_map(particles, images, np.arange(n), vol, apix, opts, device, step, store("all"))
+    else:
+        classes = particles.class_numbers
+        if classes is None:
+            raise UserError("validating by class needs rlnClassNumber in the particles' star file")
+        bad = sorted(set(int(c) for c in np.unique(classes)) - set(range(1, len(maps) + 1)))
+        if bad:
+            raise UserError(
+                f"particles have rlnClassNumber {bad} but only {len(maps)} maps were given (class k uses the k-th map)"
+            )
+        cols = {}
+        rows = []
+        for k in sorted(int(c) for c in np.unique(classes)):
+            idx = np.nonzero(classes == k)[0]
+            vol, map_apix = maps[k - 1]
+            apix = _check_geometry(vol, map_apix, particles, box)
+            c, s = _score_one_map(particles, images, idx, vol, apix, opts, device, step, store(f"class{k}"))
+            for name, values in c.items():
+                if name not in cols:
+                    cols[name] = np.full(n, np.nan) if values.dtype.kind == "f" else np.zeros(n, dtype=values.dtype)
+                cols[name][idx] = values
+            rows.append({"class": k, **s})
+        has_acc = particles.rotations is not None
+        conv = opts.convention
+        summary = {
+            "n_particles": n,
+            "precision_fraction": float(np.mean(sc.passes(torch.as_tensor(cols["cryoposePrecision"]), opts.precision_threshold, conv).numpy())),
+            "accuracy_fraction": float(np.mean(sc.passes(torch.as_tensor(cols["cryoposeAccuracy"]), opts.accuracy_threshold, conv).numpy())) if has_acc else None,
+            "Q": float(np.mean(cols["cryoposeAligned"])) if has_acc else None,
+            "classes": rows,
+        }
+    summary.update(
+        precision_threshold=opts.precision_threshold,
+        accuracy_threshold=opts.accuracy_threshold,
+        convention=opts.convention,
+        has_poses=particles.rotations is not None,
+        settings={**{k: v for k, v in asdict(opts).items() if k != "match"}, **asdict(opts.match), "xi": opts.resolved_xi()},
+    )
+    return cols, summary
+
+
+def rank_maps(summaries: list[dict], names: list[str]) -> list[dict]:
+    """Maps ordered best first: by Q when available, else by precision fraction."""
+    rows = []
+    for name, s in zip(names, summaries):
+        rows.append({"map": name, "precision_fraction": s["precision_fraction"], "accuracy_fraction": s.get("accuracy_fraction"), "Q": s.get("Q")})
+    key = (lambda r: (r["Q"], r["precision_fraction"])) if all(r["Q"] is not None for r in rows) else (lambda r: r["precision_fraction"])
+    rows.sort(key=key, reverse=True)
+    for i, r in enumerate(rows):
+        r["rank"] = i + 1
+    return rows
+
+
+def _write_outputs(out: Path, particles: ParticleSet, cols: dict, summary: dict, opts: ValidationOptions) -> None:
+    scored = particles.with_columns(**cols)
+    write_star(scored, out / "particles.star")
+    keep = np.asarray(cols["cryoposeAligned"]).astype(bool)
+    write_star(scored.subset(keep), out / "pruned.star")
+    write_json_atomic(out / "summary.json", summary)
+    acc = cols.get("cryoposeAccuracy") if summary.get("has_poses") else None
+    title = f"Q = {summary['Q']:.3f}" if summary.get("Q") is not None else f"precision = {summary['precision_fraction']:.3f}"
+    soft_validation_figure(cols["cryoposePrecision"], acc, opts.precision_threshold, opts.accuracy_threshold,
+                           out / "soft_validation.png", title)
+
+
+def run_validate(
+    maps: list[Path],
+    particles: Path,
+    out: Path,
+    options: ValidationOptions | None = None,
+    by_class: bool = False,
+    apix: float | None = None,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """The ``cryopose validate`` job on files; returns the summary written to out/summary.json.
+
+    One map: scores in out/particles.star, out/pruned.star, out/summary.json and
+    out/soft_validation.png. Several maps without ``by_class``: each in out/map<i>/, and a
+    ranking in out/summary.json. Finished chunks are kept in out/.cryopose_validate and a
+    rerun with the same inputs and settings resumes from them.
+    """
+    opts = options or ValidationOptions()
+    out = Path(out)
+    ps = read_particles(particles, apix=apix)
+    volumes = [read_map(m) for m in maps]
+    images = ParticleImages(ps)
+    base = {"particles": file_identity(particles), "maps": [file_identity(m) for m in maps], "apix": apix,
+            "by_class": by_class, "options": asdict(opts)}
+    base["options"].pop("chunk_size")  # results do not depend on it
+    store_root = out / STORE
+    try:
+        if by_class or len(maps) == 1:
+            cols, summary = validate_particles(ps, images, volumes, opts, by_class, device, progress, store_root, base)
+            summary["maps"] = [str(m) for m in maps]
+            _write_outputs(out, ps, cols, summary, opts)
+        else:
+            summaries = []
+            for i, (m, vol) in enumerate(zip(maps, volumes), start=1):
+                cols, s = validate_particles(ps, images, [vol], opts, False, device, progress,
+                                             store_root / f"map{i}", {**base, "map_index": i}, len(ps) * len(maps))
+                s["map"] = str(m)
+                _write_outputs(out / f"map{i}", ps, cols, s, opts)
+                summaries.append(s)
+            summary = {
+                "n_particles": len(ps),
+                "maps": [str(m) for m in maps],
+                "ranking": rank_maps(summaries, [str(m) for m in maps]),
+                "per_map": summaries,
+                "precision_threshold": opts.precision_threshold,
+                "accuracy_threshold": opts.accuracy_threshold,
+            }
+            write_json_atomic(out / "summary.json", summary)
+    finally:
+        images.close()
+    discard(store_root)
+    return summary

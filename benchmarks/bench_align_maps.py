@@ -29,7 +29,7 @@ import torch
 from common import machine, write_results
 from scipy.spatial.transform import Rotation
 
-from cryopose.align.map_alignment import J, align_map, apply_transform, rotation_grid, transform_volume
+from cryopose.align.map_alignment import J, MapAlignmentSettings, align_map, apply_transform, rotation_grid, transform_volume
 from cryopose.imaging.filters import lowpass_volume
 from cryopose.imaging.resample import fourier_resize_volume
 from cryopose.io.mrc import read_map
@@ -90,8 +90,8 @@ def main() -> None:
             mov = mov + 0.2 * mov.std() * torch.randn(mov.shape, generator=gen).to(dev)
             _sync(dev)
             t0 = time.perf_counter()
-            res = align_map(ref, mov, apix, lowpass=LOWPASS, max_shift=12 * apix64, max_angle=180,
-                            check_hands=True, device=dev)
+            res = align_map(ref, mov, apix, settings=MapAlignmentSettings(lowpass=LOWPASS, max_shift=12 * apix64,
+                                                                          max_angle=180, check_hands=True), device=dev)
             _sync(dev)
             wall = time.perf_counter() - t0
             err = np.degrees(np.arccos(np.clip((np.trace(res.rotation.T @ m) - 1) / 2, -1, 1)))

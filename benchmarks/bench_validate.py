@@ -21,9 +21,9 @@ from common import machine, write_results
 from cryopose.align.projection_matching import MatchSettings, brute_force_match, build_gallery, correlation_counts, match_images
 from cryopose.imaging.projection import fourier_volume
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
-from cryopose.io.mrc import read_map
+from cryopose.io.mrc import ArrayImages, read_map
+from cryopose.jobs.validate import ValidationOptions, validate_particles
 from cryopose.particles import ParticleSet
-from cryopose.validate.report import ArrayImages, ValidationOptions, validate_particles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def main() -> None:
     ctf = {k: getattr(draw.ctf, k).numpy() for k in ("defocus_u", "defocus_v", "defocus_angle", "phase_shift", "bfactor", "scale")}
     ctf.update(voltage=300.0, spherical_aberration=2.7, amplitude_contrast=0.1)
     ps = ParticleSet.from_arrays(draw.rotations.numpy(), draw.shifts_angstrom.numpy(), apix, 64, [f"{i + 1:06d}@x.mrcs" for i in range(args.n)], ctf)
-    opts = ValidationOptions(angular_sampling=5.0, max_shift=5 * apix, symmetry="C1")
+    opts = ValidationOptions(match=MatchSettings(angular_sampling=5.0, max_shift=5 * apix, symmetry="C1"))
 
     # warm-up on a few particles (gallery build and first-call costs are reported apart)
     validate_particles(ps.subset(np.arange(8)), ArrayImages(imgs.numpy()[:8]), [(vol, apix)], opts, device=dev)
@@ -70,7 +70,7 @@ def main() -> None:
     brute, _ = brute_force_match(gallery, imgs[:k], draw.ctf[:k])
     brute_s = time.perf_counter() - t3
     top1 = float((fast.direction_index[:, 0] == brute.direction_index[:, 0]).float().mean())
-    overlap = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / settings.xi for a, b in zip(fast.direction_index, brute.direction_index)]))
+    overlap = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / gallery.settings.xi for a, b in zip(fast.direction_index, brute.direction_index)]))
     score_ratio = float((fast.scores / brute.scores).mean())
 
     result = {

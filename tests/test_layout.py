@@ -24,8 +24,9 @@ ALLOWED = {
     "io": BASE | {"particles"},
     **{name: BASE | ALGORITHMS for name in ALGORITHMS},
     "jobs": BASE | ALGORITHMS | {"particles", "io"},
+    "api": BASE | ALGORITHMS | {"particles", "io", "jobs"},
     "cli": BASE | ALGORITHMS | {"particles", "io", "jobs", "__init__"},
-    "__init__": {"particles", "io", "jobs", "reconstruct", "errors"},
+    "__init__": set(),  # names are imported lazily from cryopose.api
     "__main__": {"cli"},
 }
 

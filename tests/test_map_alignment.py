@@ -258,7 +258,11 @@ def test_cli_writes_all_outputs(tmp_path):
     write_map(tmp_path / "ref.mrc", ref.numpy(), apix)
     write_map(tmp_path / "map.mrc", mov.numpy(), apix)
     write_map(tmp_path / "half.mrc", mov.numpy(), apix)
-    mask = (torch.as_tensor(mov).abs() > -1).float().numpy()
+    # a real soft mask around the moved map's density (thresholded low-pass, soft edge)
+    smooth = lowpass_volume(torch.as_tensor(mov), 4 * apix, apix)
+    core = (smooth > smooth.mean() + 0.25 * smooth.std()).float()
+    mask = lowpass_volume(core, 3 * apix, apix).clamp(0, 1).numpy()
+    assert 0.05 < (mask > 0.5).mean() < 0.6
     write_map(tmp_path / "mask.mrc", mask, apix)
     out = tmp_path / "out"
     result = CliRunner().invoke(command, [
@@ -274,6 +278,12 @@ def test_cli_writes_all_outputs(tmp_path):
     assert [Path(e["map"]).name for e in entries] == ["map.mrc", "half.mrc"]
     assert entries[0]["rotation"] == entries[1]["rotation"]
     assert np.allclose(entries[0]["rotation"], m, atol=0.02)
+    # the aligned mask is the mask moved by the same transform and lands on the reference's density
+    aligned_mask, _ = read_map(out / "aligned_mask.mrc")
+    expected = apply_transform(mask, np.array(entries[0]["rotation"]), np.array(entries[0]["shift_A"]), apix, oversample=1)
+    assert np.abs(aligned_mask - expected.clamp(0, 1).numpy()).max() < 1e-4
+    inside = aligned_mask > 0.5
+    assert ref.numpy()[inside].mean() > ref.numpy()[~inside].mean() + ref.numpy().std()
 
 
 def test_cli_user_errors(tmp_path):

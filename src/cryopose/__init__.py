@@ -1,3 +1,44 @@
-"""cryopose: the poses of cryo-EM particle images, in RELION's conventions."""
+"""cryopose: the poses of cryo-EM particle images, in RELION's conventions.
+
+>>> import cryopose
+>>> cryopose.simulate("map.mrc", "sim", n=2000, snr=0.1, max_shift=10)
+>>> cryopose.reconstruct_map("sim/particles.star", "rec")["resolution_0143"]
+>>> particles = cryopose.read_particles("sim/particles.star")
+
+The names below are imported on first use, so ``import cryopose`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_API = {
+    "ParticleSet": "cryopose.particles",
+    "UserError": "cryopose.errors",
+    "read_particles": "cryopose.api",
+    "write_particles": "cryopose.api",
+    "read_map": "cryopose.api",
+    "write_map": "cryopose.api",
+    "simulate": "cryopose.api",
+    "reconstruct_map": "cryopose.api",
+    "fsc": "cryopose.api",
+    "validate_alignment": "cryopose.api",
+    "align_maps": "cryopose.api",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cryopose' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

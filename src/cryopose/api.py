@@ -1,0 +1,95 @@
+"""The public Python API: read and write particles and maps, and run the jobs on files.
+
+Each function is the library behind one command (``cryopose simulate`` etc.) with the same
+defaults; settings are keyword arguments named like the command's options. (The
+reconstruct and validate jobs are ``reconstruct_map`` and ``validate_alignment`` here:
+``cryopose.reconstruct`` and ``cryopose.validate`` are the subpackages of their algorithms.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cryopose.align.map_alignment import MapAlignmentSettings
+from cryopose.align.projection_matching import MatchSettings
+from cryopose.io import read_particles
+from cryopose.io.mrc import read_map, write_map
+from cryopose.io.star import write_star
+from cryopose.jobs.align_maps import run_align_maps
+from cryopose.jobs.fsc import run_fsc
+from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct
+from cryopose.jobs.simulate import SimulateSettings, run_simulate
+from cryopose.jobs.validate import ValidationOptions, run_validate
+from cryopose.particles import ParticleSet
+from cryopose.reconstruct.fsc import FSCResult
+
+__all__ = [
+    "read_particles",
+    "write_particles",
+    "read_map",
+    "write_map",
+    "simulate",
+    "reconstruct_map",
+    "fsc",
+    "validate_alignment",
+    "align_maps",
+]
+
+PathLike = str | os.PathLike
+
+
+def write_particles(particles: ParticleSet, path: PathLike, version: str = "3.1") -> None:
+    """Write a ``ParticleSet`` as a RELION STAR file (3.1 or 3.0), atomically."""
+    write_star(particles, path, version=version)
+
+
+def simulate(map_path: PathLike, out: PathLike, n: int | None = None, device: str | torch.device = "cpu", **settings: Any) -> dict:
+    """Simulate particles of a map into ``out`` (particles.star, particles.mrcs); settings
+    as ``SimulateSettings`` (snr, ctf, defocus, max_shift, apix, box, symmetry, seed,
+    from_star, ...). Returns a summary."""
+    return run_simulate(Path(map_path), Path(out), SimulateSettings(n=n, **settings), device=device)
+
+
+def reconstruct_map(particles: PathLike, out: PathLike, apix: float | None = None, device: str | torch.device = "cpu",
+                **settings: Any) -> dict:
+    """Reconstruct half maps, map and FSC from a particle file into ``out``; settings as
+    ``ReconstructSettings`` (symmetry, ctf, seed, chunk_size). Returns the summary."""
+    return run_reconstruct(Path(particles), Path(out), ReconstructSettings(**settings), apix=apix, device=device)
+
+
+def fsc(map1: PathLike, map2: PathLike, mask: PathLike | None = None, apix: float | None = None,
+        out: PathLike | None = None, device: str | torch.device = "cpu") -> FSCResult:
+    """Fourier shell correlation of two map files (resolutions at 0.143 and 0.5)."""
+    result, _ = run_fsc(Path(map1), Path(map2), None if mask is None else Path(mask), apix,
+                        None if out is None else Path(out), device)
+    return result
+
+
+def validate_alignment(map_path: PathLike | list[PathLike], particles: PathLike, out: PathLike, by_class: bool = False,
+             apix: float | None = None, device: str | torch.device = "cpu", match: dict | None = None,
+             **options: Any) -> dict:
+    """Alignment precision/accuracy of a particle file against one map (or several, or
+    one per class); ``match`` holds ``MatchSettings`` (angular_sampling, max_shift,
+    resolution, xi, symmetry, ctf_references), ``options`` the rest of
+    ``ValidationOptions``. Returns the summary."""
+    maps = [Path(m) for m in (map_path if isinstance(map_path, (list, tuple)) else [map_path])]
+    opts = ValidationOptions(match=MatchSettings(**(match or {})), **options)
+    return run_validate(maps, Path(particles), Path(out), opts, by_class=by_class, apix=apix, device=device)
+
+
+def align_maps(reference: PathLike, maps: list[PathLike], out: PathLike, device: str | torch.device = "cpu",
+               masks: list[PathLike] | None = None, ref_mask: PathLike | None = None,
+               particles: list[PathLike] | None = None, groups: list[list[PathLike]] | None = None,
+               **settings: Any) -> list[dict]:
+    """Align maps to a reference and carry particle poses along; settings as
+    ``MapAlignmentSettings``. Returns the entries of transforms.json."""
+    return run_align_maps(
+        Path(reference), [Path(m) for m in maps], Path(out), MapAlignmentSettings(**settings),
+        ref_mask=None if ref_mask is None else Path(ref_mask), masks=[Path(m) for m in masks or []],
+        particles=[Path(p) for p in particles or []], groups=[[Path(g) for g in grp] for grp in groups or []],
+        device=device,
+    )

@@ -4,36 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import mrcfile
 import numpy as np
 import pytest
 
+from cli_helpers import BUNDLED, assert_user_error, run
 from cryopose.cli.main import main
 from cryopose.io.mrc import write_map
 from cryopose.io.star import read_star
-
-BUNDLED = Path(__file__).resolve().parents[1] / "src" / "cryopose" / "data" / "emd_1832.map"
-
-
-def run(args, capsys):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def assert_user_error(args, capsys, *fragments):
-    code, _, err = run(args, capsys)
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("Error: ")
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

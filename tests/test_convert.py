@@ -7,15 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryopose.cli.main import main
+from cli_helpers import run
 from cryopose.io import read_cryosparc, read_star
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 def test_cs_to_star(shared_data: Path, tmp_path: Path, capsys) -> None:

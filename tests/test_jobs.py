@@ -10,25 +10,16 @@ import stat
 from multiprocessing import get_context
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pytest
 import torch
 
+from cli_helpers import BUNDLED, run
 from cryopose.cli.main import main
 from cryopose.errors import UserError
 from cryopose.io.atomic import atomic_write, write_json_atomic
-from cryopose.io.mrc import ParticleImages, read_map, write_map
+from cryopose.io.mrc import ParticleImages, read_map
 from cryopose.io.star import read_star, write_star
-
-BUNDLED = Path(__file__).resolve().parents[1] / "src" / "cryopose" / "data" / "emd_1832.map"
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import cryopose.align.scoring as scoring
 from cryopose.align.local_search import LocalSearchSettings, local_search, rotation_ball
 from cryopose.align.scoring import disc_offsets, make_reference, prepare_particles, score_poses
 from cryopose.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
-from cryopose.imaging.fourier import rfft2_frequencies
 from cryopose.imaging.projection import fourier_volume, project
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
 from cryopose.io.mrc import read_map

@@ -476,9 +476,6 @@ def align_map(
     what to search. ``log`` receives one line per stage.
     """
     s = settings or MapAlignmentSettings()
-    apply_mask, lowpass, max_shift, max_angle, check_hands = s.apply_mask, s.lowpass, s.max_shift, s.max_angle, s.check_hands
-    global_box, global_step_deg, candidates, refine_box_max, fine_margin, batch = (
-        s.global_box, s.global_step_deg, s.candidates, s.refine_box_max, s.fine_margin, s.batch)
     dev = torch.device(device)
     clock = {"start": time.perf_counter()}
     ref = _t(reference, dev)
@@ -494,31 +491,31 @@ def align_map(
             moving_mask = resample_to_grid(moving_mask, mapix, n, apix, device=dev).clamp(0, 1)
     rmask = None if ref_mask is None else _t(ref_mask, dev)
     mmask = None if moving_mask is None else _t(moving_mask, dev)
-    if apply_mask:
+    if s.apply_mask:
         if rmask is not None:
             ref = ref * rmask
         if mmask is not None:
             mov = mov * mmask
-    if apply_mask and rmask is not None:
+    if s.apply_mask and rmask is not None:
         weights = rmask.clamp(0, 1)
     else:
         weights = soft_spherical_mask(n, 0.45 * n - 3, 3.0, device=dev)
     resolution = s.resolution(apix)
-    max_shift_A = float(max_shift) if max_shift is not None else 0.25 * n * apix
-    if max_shift_A < 0 or max_angle < 0:
+    max_shift_A = float(s.max_shift) if s.max_shift is not None else 0.25 * n * apix
+    if max_shift_A < 0 or s.max_angle < 0:
         raise ValueError("max_shift and max_angle must be >= 0")
-    max_angle = min(float(max_angle), 180.0)
-    hands = [False, True] if check_hands else [False]
+    max_angle = min(float(s.max_angle), 180.0)
+    hands = [False, True] if s.check_hands else [False]
 
     # ---- global search on a small box
-    gsize = min(_even(global_box), n)
+    gsize = min(_even(s.global_box), n)
     glv = _make_level(ref, mov, weights, gsize, apix, resolution)
-    step = min(global_step_deg, max(max_angle / 2.0, 2.0))
+    step = min(s.global_step_deg, max(max_angle / 2.0, 2.0))
     grid = rotation_grid(step, max_angle)
     gshift = max_shift_A / glv.apix
-    results = _global_search(glv, grid, hands, gshift, batch)
+    results = _global_search(glv, grid, hands, gshift, s.batch)
     clock["global"] = time.perf_counter()
-    picked = _pick_candidates(results, candidates * len(hands) // (2 if check_hands else 1), 2 * step, hands)
+    picked = _pick_candidates(results, s.candidates * len(hands) // (2 if s.check_hands else 1), 2 * step, hands)
     if log:
         log(f"global search: {len(results)} orientations on a {gsize}^3 box at {step:g} deg; "
             f"best score {picked[0][0]:.4f}")
@@ -533,11 +530,11 @@ def align_map(
 
     # ---- refine the best at the low-pass resolution
     fapix = max(apix, resolution / 3.0)
-    fsize = min(n, _even(n * apix / fapix), refine_box_max)
+    fsize = min(n, _even(n * apix / fapix), s.refine_box_max)
     flv = _make_level(ref, mov, weights, fsize, apix, resolution)
     fshift = max_shift_A / flv.apix
     finals = []
-    close = [r for r in refined if r[0] >= refined[0][0] - fine_margin][:2]
+    close = [r for r in refined if r[0] >= refined[0][0] - s.fine_margin][:2]
     for score, m, t in close:
         t_f = t * glv.apix / flv.apix
         t_f = t_f * min(1.0, 0.999 * fshift / max(np.linalg.norm(t_f), 1e-12))

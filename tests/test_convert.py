@@ -53,7 +53,7 @@ def test_apix_and_image_size(shared_data: Path, tmp_path: Path, capsys) -> None:
     "args, message",
     [
         (["{tmp}/missing.star", "{tmp}/o.star"], "does not exist"),
-        (["{tmp}/same.star", "{tmp}/same.star"], "input file"),
+        (["{tmp}/same.star", "{tmp}/same.star"], "is one of the inputs"),
         (["{data}/metadata/relion31.star", "{tmp}/o.txt"], ".star"),
         (["{tmp}/junk.cs", "{tmp}/o.star"], "not a cryoSPARC"),
     ],

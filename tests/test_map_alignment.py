@@ -107,14 +107,14 @@ def test_transform_volume_matches_scipy():
 
 @pytest.mark.parametrize("n", [15, 16])
 def test_hand_flip_is_z_mirror_about_centre(n):
-    v = torch.randn(n, n, n)
+    v = torch.randn(n, n, n, generator=torch.Generator().manual_seed(n))  # seeded: the test must not flake
     f = hand_flip(v)
     c = n // 2
     assert torch.equal(f[c], v[c])
     assert torch.equal(f[c + 3], v[c - 3])
     if n % 2 == 0:
         assert torch.all(f[0] == 0)
-    np.testing.assert_allclose(transform_volume(v, torch.tensor(J, dtype=torch.float32)).numpy(), f.numpy(), atol=1e-5)
+    np.testing.assert_allclose(transform_volume(v, torch.tensor(J, dtype=torch.float32)).numpy(), f.numpy(), atol=1e-4)  # trilinear at grid points, float32 coordinates
 
 
 # --------------------------------------------------------------------------- pose algebra
@@ -299,4 +299,4 @@ def test_cli_user_errors(tmp_path):
     assert isinstance(r.exception, UserError)
     r = CliRunner().invoke(command, ["--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "ref.mrc"),
                                      "--out", str(tmp_path / "o"), "--max-angle", "200"])
-    assert isinstance(r.exception, UserError)
+    assert r.exit_code == 2 and "200 is out of range" in r.output and not (tmp_path / "o").exists()

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cryopose.errors import UserError
 from cryopose.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_angle
 from cryopose.imaging.filters import lowpass_volume, soft_spherical_mask
 from cryopose.imaging.resample import fourier_resize_volume
@@ -451,6 +452,14 @@ class MapAlignmentSettings:
     refine_box_max: int = 80
     fine_margin: float = 0.01
     batch: int = 256
+
+    def __post_init__(self) -> None:
+        if self.lowpass is not None and not (math.isfinite(self.lowpass) and self.lowpass > 0):
+            raise UserError(f"the low-pass resolution must be a positive number of Å, got {self.lowpass}", option="lowpass")
+        if self.max_shift is not None and not (math.isfinite(self.max_shift) and self.max_shift >= 0):
+            raise UserError(f"the largest shift must be a number >= 0 Å, got {self.max_shift}", option="max-shift")
+        if not (0 <= self.max_angle <= 180):
+            raise UserError(f"the largest rotation must be between 0 and 180 deg, got {self.max_angle}", option="max-angle")
 
     def resolution(self, pixel_size: float) -> float:
         """The comparison resolution (Å) for maps of ``pixel_size`` Å."""

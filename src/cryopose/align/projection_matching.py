@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cryopose.errors import UserError
 from cryopose.align.scoring import (
     PreparedParticles,
     Reference,
@@ -85,6 +86,17 @@ class MatchSettings:
     coarse_shift_step: float = 2.5  # working px, shift grid of the coarse pass
     coarse_fraction: float = 0.4  # coarse band = this fraction of R (at least 6 rings)
     refine_psi_neighbours: bool = False  # also re-score the two neighbouring psi of each candidate
+
+    def check(self, box: int, pixel_size: float) -> None:
+        """UserError for settings that make no sense for ``box`` px images of ``pixel_size`` Å."""
+        if not (0 < self.angular_sampling <= 90):
+            raise UserError(f"the angular sampling must be in (0, 90] deg, got {self.angular_sampling}", option="angular-sampling")
+        if not (self.resolution > 0 and math.isfinite(self.resolution)):
+            raise UserError(f"the comparison resolution must be a positive number of Å, got {self.resolution}", option="resolution")
+        half_box = 0.5 * box * pixel_size
+        if self.max_shift is not None and not (0 <= self.max_shift <= half_box):
+            raise UserError(f"the origin search radius must be between 0 and half the box ({half_box:.1f} A), "
+                            f"got {self.max_shift}", option="max-shift")
 
     def resolved(self, box: int, pixel_size: float) -> "MatchSettings":
         """These settings with xi and max_shift made concrete for ``box`` px of ``pixel_size`` Å."""

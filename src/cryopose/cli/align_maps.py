@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cryopose.cli.common import device_option, resolve_device
+from cryopose.cli.common import NON_NEGATIVE, POSITIVE, Number, device_option, force_option, resolve_device
 from cryopose.errors import UserError
 
 
@@ -26,11 +26,11 @@ def _existing(paths, what: str) -> None:
               help="Mask of the maps: once (for all maps) or once per MAP, in order.")
 @click.option("--apply-mask/--no-apply-mask", default=True, show_default=True,
               help="Mask reference and maps before aligning (off: the reference stays unmasked).")
-@click.option("--lowpass", type=float, default=None,
+@click.option("--lowpass", type=POSITIVE, default=None,
               help="Low-pass (A) applied after masking, before alignment [default: max(8, 3 x pixel size)].")
-@click.option("--max-shift", type=float, default=None, help="Largest shift searched (A) [default: a quarter of the box].")
-@click.option("--max-angle", type=float, default=180.0, show_default=True,
-              help="Largest rotation searched (deg); 180 searches all rotations.")
+@click.option("--max-shift", type=NON_NEGATIVE, default=None, help="Largest shift searched (A) [default: a quarter of the box].")
+@click.option("--max-angle", type=Number(0, 180), default=180.0, show_default=True,
+              help="Largest rotation searched (deg); 180 searches all rotations, 0 only translations.")
 @click.option("--check-hands/--no-check-hands", default=True, show_default=True,
               help="Also try the z-flipped map and keep the better hand.")
 @click.option("--particles", multiple=True, type=click.Path(path_type=Path),
@@ -38,16 +38,17 @@ def _existing(paths, what: str) -> None:
 @click.option("--group", "groups", multiple=True, metavar="'MAP MAP ...'",
               help="Maps sharing one transform, quoted and space- (or comma-) separated: the first is "
                    "aligned, the others (sharpened, half maps) are moved with it. Repeatable.")
+@click.option("--apix", type=POSITIVE, default=None, help="Pixel size (Å) of maps whose header has none.")
+@force_option
 @device_option
 def command(maps, reference, out_dir, ref_mask, masks, apply_mask, lowpass, max_shift, max_angle,
-            check_hands, particles, groups, device) -> None:
+            check_hands, particles, groups, apix, force, device) -> None:
     """Align each MAP to the reference (--ref) and write aligned maps, masks, particles,
     transforms.json, difference and FSC plots into --out.
 
     Example: cryopose align-maps --ref ref.mrc class2.mrc --particles class2.star --out aligned
     """
     from cryopose.align.map_alignment import MapAlignmentSettings
-    from cryopose.io.atomic import make_output_folder
     from cryopose.jobs.align_maps import run_align_maps
 
     dev = resolve_device(device)
@@ -59,20 +60,13 @@ def command(maps, reference, out_dir, ref_mask, masks, apply_mask, lowpass, max_
     _existing(particles, "particle file")
     if ref_mask is not None:
         _existing([ref_mask], "reference mask")
-    if lowpass is not None and lowpass <= 0:
-        raise UserError(f"--lowpass must be positive, got {lowpass}")
-    if max_shift is not None and max_shift < 0:
-        raise UserError(f"--max-shift must be >= 0, got {max_shift}")
-    if not 0 <= max_angle <= 180:
-        raise UserError(f"--max-angle must be between 0 and 180 deg, got {max_angle}")
     settings = MapAlignmentSettings(lowpass=lowpass, max_shift=max_shift, max_angle=max_angle,
                                     check_hands=check_hands, apply_mask=apply_mask)
-    out = make_output_folder(out_dir)
-    entries = run_align_maps(reference, list(maps), out, settings, ref_mask=ref_mask, masks=list(masks),
-                             particles=list(particles), groups=group_lists, device=dev)
+    entries = run_align_maps(reference, list(maps), out_dir, settings, ref_mask=ref_mask, masks=list(masks),
+                             particles=list(particles), groups=group_lists, device=dev, apix=apix, force=force)
     for e in entries:
         click.echo(
             f"{e['map']}: angle {e['angle_deg']:.2f} deg, shift {sum(v * v for v in e['shift_A']) ** 0.5:.2f} A, "
             f"hand flipped {e['hand_flipped']}, FSC0.143 vs reference {e['fsc_resolution_0143']:.1f} A"
         )
-    click.echo(f"wrote {out}/transforms.json and the aligned maps")
+    click.echo(f"wrote {out_dir}/transforms.json and the aligned maps")

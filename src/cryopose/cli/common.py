@@ -1,7 +1,13 @@
-"""Options and helpers shared by the command modules (parsing and reporting only)."""
+"""Options and helpers shared by the command modules (parsing and reporting only).
+
+Option values are checked by their click types before any work (and before torch is
+imported), so a bad value gets one line at once.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -9,26 +15,82 @@ import click
 
 from cryopose.errors import UserError
 
-__all__ = ["resolve_device", "device_option", "progress_bar"]
+__all__ = ["resolve_device", "device_option", "force_option", "progress_bar", "Number", "POSITIVE", "NON_NEGATIVE", "COUNT"]
+
+
+class Number(click.ParamType):
+    """A float within bounds; NaN is always refused and infinity unless ``allow_inf``."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False, allow_inf: bool = False) -> None:
+        self.low, self.high, self.low_open, self.high_open, self.allow_inf = low, high, low_open, high_open, allow_inf
+
+    def _range(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts) or "a number"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            v = value
+        else:
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if math.isnan(v) or (math.isinf(v) and not self.allow_inf):
+            self.fail(f"{value} is not allowed; give a finite number {self._range()}", param, ctx)
+        too_low = self.low is not None and (v <= self.low if self.low_open else v < self.low)
+        too_high = self.high is not None and (v >= self.high if self.high_open else v > self.high)
+        if too_low or too_high:
+            self.fail(f"{value} is out of range; give a number {self._range()}", param, ctx)
+        return v
+
+
+POSITIVE = Number(0.0, low_open=True)
+NON_NEGATIVE = Number(0.0)
+COUNT = click.IntRange(min=1)
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 def resolve_device(name: str):
     """'cpu', 'cuda' or 'cuda:N' -> torch.device, with a clear error when CUDA is absent."""
+    if not _DEVICE.match(name):
+        raise UserError(f"unknown --device {name!r}; use cpu, cuda or cuda:N")
     import torch
 
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"unknown --device {name!r}; use cpu or cuda") from exc
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0")
+    return torch.device(name)
+
+
+def _check_device(ctx, param, value: str) -> str:
+    if not _DEVICE.match(value):
+        raise click.BadParameter(f"{value!r} is not a device; use cpu, cuda or cuda:N", ctx, param)
+    return value
 
 
 device_option = click.option(
     "--device",
     default="cpu",
     show_default=True,
+    callback=_check_device,
     help="Where to compute: cpu, cuda or cuda:N.",
+)
+
+force_option = click.option(
+    "--force", is_flag=True,
+    help="Replace existing files in the output that cryopose did not write (inputs are never replaced).",
 )
 
 

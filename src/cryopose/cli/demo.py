@@ -9,14 +9,17 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cryopose.cli.common import device_option
+from cryopose.cli.common import Number, device_option, force_option, resolve_device
 from cryopose.io.atomic import make_output_folder, read_json, write_json_atomic, write_text_atomic
+from cryopose.io.outputs import output_folder
 from cryopose.io.mrc import open_stack, read_map
 from cryopose.io.plots import plot_central_slices, plot_fsc_curves, plot_image_row
 from cryopose.io.star import read_star
 
 BUNDLED_MAP = "emd_1832.map"
 ATTRIBUTION = "EMD-1832 (EMDB, CC0), 64^3 at 5.7 A/px"
+DEMO_MIN_PARTICLES = 60
+OUTPUTS = ("report.md", "summary.json", "maps.png", "particles.png", "validation_fsc.png")
 
 
 def bundled_map_path() -> Path:
@@ -34,11 +37,14 @@ def run_command(name: str, args: list[str]) -> None:
 
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("cryopose_demo"), show_default=True, help="Output folder.")
-@click.option("--n", "n", type=int, default=3000, show_default=True, help="Particles to simulate.")
-@click.option("--snr", type=float, default=0.1, show_default=True, help="Signal-to-noise ratio of the simulated particles.")
+@click.option("--n", "n", type=click.IntRange(min=DEMO_MIN_PARTICLES), default=3000, show_default=True,
+              help=f"Particles to simulate (at least {DEMO_MIN_PARTICLES}).")
+@click.option("--snr", type=Number(0.0, low_open=True, allow_inf=True), default=0.1, show_default=True,
+              help="Signal-to-noise ratio of the simulated particles (inf: no noise).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@force_option
 @device_option
-def command(out: Path, n: int, snr: float, seed: int, device: str) -> None:
+def command(out: Path, n: int, snr: float, seed: int, force: bool, device: str) -> None:
     """Run the pipeline on the bundled map (EMD-1832, CC0) and write a report.
 
     Simulates particles with CTF, shifts and noise; reconstructs them with gold-standard
@@ -47,57 +53,58 @@ def command(out: Path, n: int, snr: float, seed: int, device: str) -> None:
     Example: cryopose demo --out cryopose_demo
     """
     t0 = time.perf_counter()
-    out = make_output_folder(out)
-    true_map = bundled_map_path()
-    sim, rec, fsc_true = out / "simulated", out / "reconstruction", out / "fsc_vs_truth"
-    common = ["--device", device]
-    run_command("simulate", ["--map", str(true_map), "--n", str(n), "--snr", str(snr), "--max-shift", "15",
-                             "--defocus", "1.0", "2.5", "--seed", str(seed), "--out", str(sim), *common])
-    run_command("reconstruct", [str(sim / "particles.star"), "--out", str(rec), *common])
-    run_command("fsc", [str(rec / "map.mrc"), str(true_map), "--out", str(fsc_true), *common])
-    rec_summary = read_json(rec / "summary.json")
-    truth_summary = read_json(fsc_true / "summary.json")
-    truth, apix = read_map(true_map)
-    recon, _ = read_map(rec / "map.mrc")
-    plot_central_slices([("true map", truth), ("reconstruction", recon)], out / "maps.png")
-    with open_stack(sim / "particles.mrcs") as stack:
-        plot_image_row(stack[np.arange(min(8, len(stack)))], out / "particles.png", "simulated particles (CTF, shifts, noise)")
-    summary = {
-        "map": ATTRIBUTION,
-        "n_particles": n,
-        "snr": snr,
-        "half_map_resolution_0143": rec_summary["resolution_0143"],
-        "half_map_resolution_05": rec_summary["resolution_05"],
-        "resolution_vs_truth_0143": truth_summary["resolution_0143"],
-        "resolution_vs_truth_05": truth_summary["resolution_05"],
-        "pcc_vs_truth": truth_summary["pcc"],
-    }
-    sections = [
-        "# cryopose demo report",
-        "",
-        f"Map: {ATTRIBUTION}. {n} particles simulated at SNR {snr} with CTF (defocus 1.0-2.5 µm) and origins up to 15 Å.",
-        "",
-        "## Reconstruction",
-        "",
-        "![particles](particles.png)",
-        "",
-        f"- half-map FSC resolution: {rec_summary['resolution_0143']:.2f} Å (0.143), {rec_summary['resolution_05']:.2f} Å (0.5)",
-        f"- against the true map: {truth_summary['resolution_0143']:.2f} Å (0.143), {truth_summary['resolution_05']:.2f} Å (0.5), "
-        f"PCC {truth_summary['pcc']:.3f}",
-        "",
-        "![maps](maps.png)",
-        "",
-        "![half-map FSC](reconstruction/fsc.png) ![FSC against the truth](fsc_vs_truth/fsc.png)",
-        "",
-    ]
-    for extra in DEMO_SECTIONS:
-        lines, values = extra(out, true_map, device, seed)
-        sections += lines
-        summary.update(values)
-    summary["seconds"] = time.perf_counter() - t0
-    write_text_atomic(out / "report.md", "\n".join(sections) + "\n")
-    write_json_atomic(out / "summary.json", summary)
-    click.echo(f"\nDemo finished in {summary['seconds']:.0f} s. Report: {out / 'report.md'} (summary: {out / 'summary.json'})")
+    resolve_device(device)
+    with output_folder(out, outputs=OUTPUTS, force=force):
+        true_map = bundled_map_path()
+        sim, rec, fsc_true = out / "simulated", out / "reconstruction", out / "fsc_vs_truth"
+        common = ["--device", device, *(["--force"] if force else [])]
+        run_command("simulate", ["--map", str(true_map), "--n", str(n), "--snr", str(snr), "--max-shift", "15",
+                                 "--defocus", "1.0", "2.5", "--seed", str(seed), "--out", str(sim), *common])
+        run_command("reconstruct", [str(sim / "particles.star"), "--out", str(rec), *common])
+        run_command("fsc", [str(rec / "map.mrc"), str(true_map), "--out", str(fsc_true), *common])
+        rec_summary = read_json(rec / "summary.json")
+        truth_summary = read_json(fsc_true / "summary.json")
+        truth, apix = read_map(true_map)
+        recon, _ = read_map(rec / "map.mrc")
+        plot_central_slices([("true map", truth), ("reconstruction", recon)], out / "maps.png")
+        with open_stack(sim / "particles.mrcs") as stack:
+            plot_image_row(stack[np.arange(min(8, len(stack)))], out / "particles.png", "simulated particles (CTF, shifts, noise)")
+        summary = {
+            "map": ATTRIBUTION,
+            "n_particles": n,
+            "snr": snr,
+            "half_map_resolution_0143": rec_summary["resolution_0143"],
+            "half_map_resolution_05": rec_summary["resolution_05"],
+            "resolution_vs_truth_0143": truth_summary["resolution_0143"],
+            "resolution_vs_truth_05": truth_summary["resolution_05"],
+            "pcc_vs_truth": truth_summary["pcc"],
+        }
+        sections = [
+            "# cryopose demo report",
+            "",
+            f"Map: {ATTRIBUTION}. {n} particles simulated at SNR {snr} with CTF (defocus 1.0-2.5 µm) and origins up to 15 Å.",
+            "",
+            "## Reconstruction",
+            "",
+            "![particles](particles.png)",
+            "",
+            f"- half-map FSC resolution: {rec_summary['resolution_0143']:.2f} Å (0.143), {rec_summary['resolution_05']:.2f} Å (0.5)",
+            f"- against the true map: {truth_summary['resolution_0143']:.2f} Å (0.143), {truth_summary['resolution_05']:.2f} Å (0.5), "
+            f"PCC {truth_summary['pcc']:.3f}",
+            "",
+            "![maps](maps.png)",
+            "",
+            "![half-map FSC](reconstruction/fsc.png) ![FSC against the truth](fsc_vs_truth/fsc.png)",
+            "",
+        ]
+        for extra in DEMO_SECTIONS:
+            lines, values = extra(out, true_map, device, seed)
+            sections += lines
+            summary.update(values)
+        summary["seconds"] = time.perf_counter() - t0
+        write_text_atomic(out / "report.md", "\n".join(sections) + "\n")
+        write_json_atomic(out / "summary.json", summary)
+        click.echo(f"\nDemo finished in {summary['seconds']:.0f} s. Report: {out / 'report.md'} (summary: {out / 'summary.json'})")
 
 
 def validation_section(out: Path, true_map: Path, device: str, seed: int) -> tuple[list[str], dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cryopose.cli.common import device_option, resolve_device
+from cryopose.cli.common import POSITIVE, device_option, force_option, resolve_device
 
 
 @click.command("fsc")
@@ -15,23 +15,23 @@ from cryopose.cli.common import device_option, resolve_device
 @click.argument("map2", type=click.Path(path_type=Path))
 @click.option("--mask", type=click.Path(path_type=Path), help="Mask (same box) applied to both maps.")
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for fsc.csv, fsc.png and summary.json.")
-@click.option("--apix", type=float, help="Pixel size in Å (overrides the headers).")
+@click.option("--apix", type=POSITIVE, help="Pixel size in Å (overrides the headers).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (resolutions and curve) to stdout.")
+@force_option
 @device_option
-def command(map1: Path, map2: Path, mask: Path | None, out: Path | None, apix: float | None, as_json: bool, device: str) -> None:
+def command(map1: Path, map2: Path, mask: Path | None, out: Path | None, apix: float | None, as_json: bool, force: bool,
+            device: str) -> None:
     """Fourier shell correlation of MAP1 and MAP2, resolution at 0.143 and 0.5.
 
     Shells follow RELION (round(|k|)); the resolution is the first crossing, interpolated.
 
     Example: cryopose fsc half1.mrc half2.mrc --mask mask.mrc --out fsc_job
     """
-    from cryopose.io.atomic import json_safe, make_output_folder
+    from cryopose.io.atomic import json_safe
     from cryopose.jobs.fsc import run_fsc
 
     dev = resolve_device(device)
-    if out is not None:
-        make_output_folder(out)
-    result, summary = run_fsc(map1, map2, mask, apix, out, dev)
+    result, summary = run_fsc(map1, map2, mask, apix, out, dev, force=force)
     if as_json:
         click.echo(json.dumps(json_safe(summary)))
     else:

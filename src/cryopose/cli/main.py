@@ -91,6 +91,16 @@ def user_error_message(exc: UserError, argv: list[str]) -> str:
     return message
 
 
+def click_error_message(exc: click.ClickException, argv: list[str]) -> str:
+    """A usage error as one line, with where to read the command's options."""
+    message = " ".join(exc.format_message().split())
+    if isinstance(exc, click.UsageError):
+        name = next((a for a in argv if not a.startswith("-")), None)
+        where = f"cryopose {name} --help" if name in COMMANDS else "cryopose --help"
+        message += f" (see {where})"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit with status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"Error: {click_error_message(exc, argv)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted; finished work is kept and a rerun resumes.", err=True)

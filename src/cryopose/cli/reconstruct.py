@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cryopose.cli.common import device_option, progress_bar, resolve_device
+from cryopose.cli.common import COUNT, POSITIVE, device_option, force_option, progress_bar, resolve_device
 
 
 @click.command("reconstruct")
@@ -14,11 +14,13 @@ from cryopose.cli.common import device_option, progress_bar, resolve_device
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--sym", default="C1", show_default=True, help="Point-group symmetry (RELION names: C4, D7, O, I1...).")
 @click.option("--ctf/--no-ctf", default=True, show_default=True, help="CTF-weight the insertion (Wiener-like, CTF²).")
-@click.option("--apix", type=float, help="Pixel size in Å when the star has none.")
+@click.option("--apix", type=POSITIVE, help="Pixel size in Å when the star has none.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the half-set split when rlnRandomSubset is absent.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=256, show_default=True, help="Particles read and inserted at a time.")
+@click.option("--chunk-size", type=COUNT, default=256, show_default=True, help="Particles read and inserted at a time.")
+@force_option
 @device_option
-def command(particles: Path, out: Path, sym: str, ctf: bool, apix: float | None, seed: int, chunk_size: int, device: str) -> None:
+def command(particles: Path, out: Path, sym: str, ctf: bool, apix: float | None, seed: int, chunk_size: int, force: bool,
+            device: str) -> None:
     """Reconstruct a map from PARTICLES.star with known poses.
 
     CTF-weighted direct Fourier insertion on a 2x padded grid (trilinear), gridding
@@ -28,14 +30,12 @@ def command(particles: Path, out: Path, sym: str, ctf: bool, apix: float | None,
 
     Example: cryopose reconstruct sim/particles.star --out rec --sym C1
     """
-    from cryopose.io.atomic import make_output_folder
     from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct
 
     dev = resolve_device(device)
     settings = ReconstructSettings(symmetry=sym, ctf=ctf, seed=seed, chunk_size=chunk_size)
-    make_output_folder(out)
     with progress_bar("reconstruct") as update:
-        s = run_reconstruct(particles, out, settings, apix=apix, device=dev, progress=update)
+        s = run_reconstruct(particles, out, settings, apix=apix, device=dev, progress=update, force=force)
     click.echo(
         f"Reconstructed {s['n_particles']} particles in {s['seconds']:.1f} s: half-map FSC {s['resolution_0143']:.2f} A "
         f"at 0.143, {s['resolution_05']:.2f} A at 0.5 -> {out}/map.mrc"

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from cryopose.io.outputs import record_written
+
 __all__ = ["read_json", "make_output_folder", "temporary_path", "atomic_path", "atomic_write", "write_text_atomic", "write_json_atomic", "json_safe"]
 
 
@@ -61,6 +63,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+        record_written(path)
     finally:
         if tmp.exists():
             tmp.unlink()

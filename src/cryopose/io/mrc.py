@@ -16,6 +16,7 @@ import numpy as np
 
 from cryopose.errors import UserError
 from cryopose.io.atomic import atomic_path, temporary_path
+from cryopose.io.outputs import record_written
 from cryopose.particles import ParticleSet
 
 __all__ = ["read_map", "write_map", "open_stack", "StackReader", "ParticleImages", "ArrayImages", "write_stack", "StackWriter"]
@@ -230,6 +231,11 @@ class ParticleImages:
         self._readers: dict[int, StackReader] = {}
         self._pid = os.getpid()
 
+    @property
+    def paths(self) -> list[str]:
+        """The stack files this source reads."""
+        return list(self._paths)
+
     # -------------------------------------------------------------- pickling and views
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -376,6 +382,7 @@ class StackWriter:
         _deterministic_label(self._mrc)
         self._mrc.close()
         os.replace(self._tmp, self.path)
+        record_written(self.path)
         self._closed = True
 
     def abort(self) -> None:

@@ -29,6 +29,7 @@ from cryopose.imaging.filters import lowpass_volume, soft_spherical_mask
 from cryopose.imaging.statistics import standardise
 from cryopose.io.atomic import write_json_atomic, write_text_atomic
 from cryopose.io.mrc import read_map, write_map
+from cryopose.io.outputs import output_folder
 from cryopose.io.plots import plot_difference_slices, plot_fsc_curves
 from cryopose.io.star import read_star, write_star
 from cryopose.reconstruct.fsc import fourier_shell_correlation
@@ -61,6 +62,39 @@ def _format_matrix(m: np.ndarray) -> str:
     return "\n".join("    [" + "  ".join(f"{v:+.6f}" for v in row) + "]" for row in m)
 
 
+def _read_checked(path: Path, what: str, apix: float | None) -> tuple[np.ndarray, float]:
+    """A map and its pixel size (Å): the header's, or ``apix`` when the header has none."""
+    vol, header = read_map(path)
+    if vol.shape[-1] < 16:
+        raise UserError(f"{what} {path} is only {vol.shape[-1]}^3 voxels; align maps of at least 16^3")
+    if not np.any(vol):
+        raise UserError(f"{what} {path} is all zeros; give a map with density")
+    if header > 0:
+        return vol, header
+    if apix is None:
+        raise UserError(f"{what} {path} has no pixel size in its header; give the pixel size", option="apix")
+    return vol, float(apix)
+
+
+def _read_mask(path: Path, grid: tuple[np.ndarray, float], device) -> torch.Tensor:
+    """A mask on the grid of its map ``grid`` (volume, pixel size): a mask with the map's box
+    is on the map's grid whatever its header says; another box is resampled by its header."""
+    mask, header = read_map(path)
+    vol, apix = grid
+    if not np.any(mask > 0):
+        raise UserError(f"mask {path} is all zeros; give a mask that covers the particle")
+    t = torch.as_tensor(mask, device=device)
+    if mask.shape == vol.shape:
+        if header > 0 and abs(header - apix) > 0.01 * apix:
+            log.info("note: mask %s has the box of its map but says %.4f A/px; it is used on the map's grid (%.4f A/px)",
+                     path, header, apix)
+        return t.clamp(0, 1)
+    if header <= 0:
+        raise UserError(f"mask {path} is {mask.shape[-1]}^3 but its map is {vol.shape[-1]}^3 and the mask has no pixel "
+                        "size to resample it by; give a mask on the map's grid")
+    return resample_to_grid(t, header, vol.shape[-1], apix, device=device).clamp(0, 1)
+
+
 def run_align_maps(
     reference: Path,
     maps: list[Path],
@@ -71,13 +105,18 @@ def run_align_maps(
     particles: list[Path] | None = None,
     groups: list[list[Path]] | None = None,
     device: str | torch.device = "cpu",
+    apix: float | None = None,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Align ``maps`` to ``reference`` (files) and write the outputs into ``out_dir``;
     returns the entries of transforms.json.
 
-    ``masks``: one for all maps or one per map; ``particles``: one STAR per map (its poses
-    follow the map); ``groups``: lists of maps whose first member is aligned (added to
-    ``maps`` when absent) and whose other members get the same transform.
+    ``masks``: one for all maps or one per map (a mask with its map's box is on its map's
+    grid); ``particles``: one STAR per map (its poses follow the map); ``groups``: lists of
+    maps whose first member is aligned (added to ``maps`` when absent) and whose other
+    members get the same transform; ``apix``: pixel size (Å) of maps whose header has none.
+    Every input is read and checked, and the output folder too, before any work; files in
+    the output that cryopose did not write are replaced only with ``force``.
     """
     settings = settings or MapAlignmentSettings()
     out = Path(out_dir)
@@ -90,7 +129,6 @@ def run_align_maps(
     if masks and len(masks) not in (1, len(maps)):
         raise UserError(f"{len(masks)} masks for {len(maps)} maps; give one mask for all maps or one per map")
     positional = list(maps)
-    results: dict[Path, MapAlignment] = {}
     followers: dict[Path, list[Path]] = {}
     member_of: dict[Path, Path] = {}
     for grp in groups:
@@ -104,82 +142,87 @@ def run_align_maps(
             if g in member_of or g in followers:
                 raise UserError(f"{g} is in more than one group; a map can follow only one")
             member_of[g] = lead
-    aligned_maps = [m for m in maps if m not in member_of]
-    names = [map_name(p) for p in aligned_maps + list(member_of)] + [map_name(p) for p in set(masks)]
+    leads = [m for m in maps if m not in member_of]
+    everything = leads + list(member_of)
+    names = [map_name(p) for p in everything] + [map_name(p) for p in set(masks)]
     if len(set(names)) != len(names):
         raise UserError("two input maps or masks have the same file name; rename them so outputs do not collide")
-    lines: list[str] = []
 
-    def say(msg: str) -> None:
-        lines.append(msg)
-        log.info(msg)
-
-    ref, apix = read_map(reference)
-    ref_t = torch.as_tensor(ref, device=device)
-    n = ref.shape[-1]
-    rmask = None
-    if ref_mask is not None:
-        rm, rmapix = read_map(ref_mask)
-        rmask = torch.as_tensor(rm, device=device)
-        if rm.shape != ref.shape or abs(rmapix - apix) > 1e-3 * apix:
-            rmask = resample_to_grid(rmask, rmapix, n, apix, device=device).clamp(0, 1)
-    resolution = settings.resolution(apix)
-    say(f"reference {reference}: {n}^3 voxels, {apix:.4f} A/px; low-pass {resolution:.2f} A; "
-        f"max shift {settings.max_shift if settings.max_shift is not None else 0.25 * n * apix:.1f} A; "
-        f"max angle {settings.max_angle:g} deg; check hands {settings.check_hands}; apply mask {settings.apply_mask}")
-    entries: list[dict[str, Any]] = []
-    curves = []
-    for i, path in enumerate(maps):
-        if path in member_of:
-            continue
-        vol, mapix = read_map(path)
-        mask_path = None
-        if masks:
-            mask_path = masks[0] if len(masks) == 1 else (masks[i] if i < len(masks) else None)
-        mmask = None
-        if mask_path is not None:
-            mm, mmask_apix = read_map(mask_path)
-            mmask = torch.as_tensor(mm, device=device)
-            if mm.shape != vol.shape or abs(mmask_apix - mapix) > 1e-3 * mapix:
-                mmask = resample_to_grid(mmask, mmask_apix, vol.shape[-1], mapix, device=device).clamp(0, 1)
-        say(f"aligning {path} ({vol.shape[-1]}^3, {mapix:.4f} A/px)")
-        res = align_map(ref_t, vol, apix, mapix, ref_mask=rmask, moving_mask=mmask, settings=settings, device=device, log=say)
-        say(f"{map_name(path)}: rotation M (aligned map V'(y) = V(M y + t)), det {np.linalg.det(res.rotation):+.0f}:\n"
-            f"{_format_matrix(res.rotation)}\n    t = [{', '.join(f'{v:+.3f}' for v in res.shift_A)}] A; "
-            f"hand flipped: {res.hand_flipped}; angle {res.angle_deg:.3f} deg; score {res.score:.4f}")
-        members = [(path, vol, mapix)] + [(g, *read_map(g)) for g in followers.get(path, [])]
-        for mpath, mvol, mv_apix in members:
-            aligned = apply_transform(mvol, res.rotation, res.shift_A, mv_apix, n, apix, device=device)
-            name = map_name(mpath)
-            write_map(out / f"aligned_{name}.mrc", aligned.cpu().numpy().astype(np.float32), apix)
-            fsc = fourier_shell_correlation(ref_t.float(), aligned.float(), apix)
-            curves.append((name, fsc))
-            plot_difference_slices(_difference(ref_t, aligned, apix, resolution), out / f"difference_{name}.png",
-                                   f"{name}: difference after low-pass to {resolution:.1f} A")
-            entry = {"map": str(mpath), **res.to_dict(), "fsc_resolution_0143": float(fsc.resolution_0143)}
-            if mpath != path:
-                entry["follows"] = str(path)
-                entry["score"] = None
-            entries.append(entry)
-        if mask_path is not None:
-            amask = apply_transform(mmask, res.rotation, res.shift_A, mapix, n, apix, oversample=1, device=device)
-            write_map(out / f"aligned_{map_name(mask_path)}.mrc", amask.clamp(0, 1).cpu().numpy().astype(np.float32), apix)
-        results[path] = res
-    for i, star in enumerate(particles):
-        path = positional[i]
-        res = results[member_of.get(path, path)]
+    # every input read and checked before any work
+    ref, ref_apix = _read_checked(reference, "reference", apix)
+    volumes = {p: _read_checked(p, "map", apix) for p in everything}
+    rmask = None if ref_mask is None else _read_mask(ref_mask, (ref, ref_apix), device)
+    mask_of = {p: masks[0] if len(masks) == 1 else masks[i]
+               for i, p in enumerate(maps) if p in leads and masks and (len(masks) == 1 or i < len(masks))}
+    mask_volumes = {p: _read_mask(m, volumes[p], device) for p, m in mask_of.items()}
+    stars = {}
+    for star in particles:
         ps = read_star(star)
-        rots = ps.rotations
-        if rots is None:
+        if ps.rotations is None:
             raise UserError(f"{star} has no angles (rlnAngleRot/Tilt/Psi); it needs poses to update")
-        new_rot, new_sh = transform_poses(rots, ps.shifts_angstrom, res.rotation, res.shift_A)
-        write_star(ps.with_poses(rotations=new_rot, shifts_angstrom=new_sh), out / f"particles_{map_name(path)}.star")
-        say(f"updated the poses of {len(ps)} particles from {star} (following {map_name(path)})")
-    plot_fsc_curves(
-        [(f"{name} ({r.resolution_0143:.1f} A)", r.frequency.numpy(), r.fsc.numpy()) for name, r in curves],
-        out / "fsc.png",
-        title="Between-map FSC against the reference (not gold-standard)",
-    )
-    write_json_atomic(out / "transforms.json", entries)
-    write_text_atomic(out / "align_maps.log", "\n".join(lines + [f"settings: {asdict(settings)}"]) + "\n")
+        stars[star] = ps
+    outputs = [f"aligned_{map_name(p)}.mrc" for p in everything] + [f"difference_{map_name(p)}.png" for p in everything]
+    outputs += [f"aligned_{map_name(m)}.mrc" for m in set(mask_of.values())]
+    outputs += [f"particles_{map_name(positional[i])}.star" for i in range(len(particles))]
+    outputs += ["fsc.png", "transforms.json", "align_maps.log"]
+    inputs = [reference, *everything, *masks, *particles, *([ref_mask] if ref_mask is not None else [])]
+    if settings.max_angle == 0:
+        log.info("note: the largest rotation is 0 deg: a translation-only search")
+
+    with output_folder(out, inputs=inputs, outputs=outputs, force=force):
+        lines: list[str] = []
+
+        def say(msg: str) -> None:
+            lines.append(msg)
+            log.info(msg)
+
+        apix = ref_apix  # from here on the reference's: every map is resampled onto its grid
+        ref_t = torch.as_tensor(ref, device=device)
+        n = ref.shape[-1]
+        resolution = settings.resolution(apix)
+        say(f"reference {reference}: {n}^3 voxels, {apix:.4f} A/px; low-pass {resolution:.2f} A; "
+            f"max shift {settings.max_shift if settings.max_shift is not None else 0.25 * n * apix:.1f} A; "
+            f"max angle {settings.max_angle:g} deg; check hands {settings.check_hands}; apply mask {settings.apply_mask}")
+        entries: list[dict[str, Any]] = []
+        curves = []
+        results: dict[Path, MapAlignment] = {}
+        for path in leads:
+            vol, mapix = volumes[path]
+            mmask = mask_volumes.get(path)
+            say(f"aligning {path} ({vol.shape[-1]}^3, {mapix:.4f} A/px)")
+            res = align_map(ref_t, vol, apix, mapix, ref_mask=rmask, moving_mask=mmask, settings=settings, device=device, log=say)
+            say(f"{map_name(path)}: rotation M (aligned map V'(y) = V(M y + t)), det {np.linalg.det(res.rotation):+.0f}:\n"
+                f"{_format_matrix(res.rotation)}\n    t = [{', '.join(f'{v:+.3f}' for v in res.shift_A)}] A; "
+                f"hand flipped: {res.hand_flipped}; angle {res.angle_deg:.3f} deg; score {res.score:.4f}")
+            for mpath in [path, *followers.get(path, [])]:
+                mvol, mv_apix = volumes[mpath]
+                aligned = apply_transform(mvol, res.rotation, res.shift_A, mv_apix, n, apix, device=device)
+                name = map_name(mpath)
+                write_map(out / f"aligned_{name}.mrc", aligned.cpu().numpy().astype(np.float32), apix)
+                fsc = fourier_shell_correlation(ref_t.float(), aligned.float(), apix)
+                curves.append((name, fsc))
+                plot_difference_slices(_difference(ref_t, aligned, apix, resolution), out / f"difference_{name}.png",
+                                       f"{name}: difference after low-pass to {resolution:.1f} A")
+                entry = {"map": str(mpath), **res.to_dict(), "fsc_resolution_0143": float(fsc.resolution_0143)}
+                if mpath != path:
+                    entry["follows"] = str(path)
+                    entry["score"] = None
+                entries.append(entry)
+            if mmask is not None:
+                amask = apply_transform(mmask, res.rotation, res.shift_A, mapix, n, apix, oversample=1, device=device)
+                write_map(out / f"aligned_{map_name(mask_of[path])}.mrc", amask.clamp(0, 1).cpu().numpy().astype(np.float32), apix)
+            results[path] = res
+        for i, (star, ps) in enumerate(stars.items()):
+            path = positional[i]
+            res = results[member_of.get(path, path)]
+            new_rot, new_sh = transform_poses(ps.rotations, ps.shifts_angstrom, res.rotation, res.shift_A)
+            write_star(ps.with_poses(rotations=new_rot, shifts_angstrom=new_sh), out / f"particles_{map_name(path)}.star")
+            say(f"updated the poses of {len(ps)} particles from {star} (following {map_name(path)})")
+        plot_fsc_curves(
+            [(f"{name} ({r.resolution_0143:.1f} A)", r.frequency.numpy(), r.fsc.numpy()) for name, r in curves],
+            out / "fsc.png",
+            title="Between-map FSC against the reference (not gold-standard)",
+        )
+        write_json_atomic(out / "transforms.json", entries)
+        write_text_atomic(out / "align_maps.log", "\n".join(lines + [f"settings: {asdict(settings)}"]) + "\n")
     return entries

@@ -25,9 +25,11 @@ from cryopose.imaging.ctf import CTFParameters
 from cryopose.io.atomic import write_json_atomic
 from cryopose.io.checkpoints import Checkpoint, file_identity
 from cryopose.io.mrc import ParticleImages, write_map
+from cryopose.io.outputs import output_folder
 from cryopose.io.plots import plot_fsc_curves, write_fsc_csv
 from cryopose.io import read_particles
 from cryopose.jobs.chunks import pending_ranges
+from cryopose.jobs.resources import require_memory
 from cryopose.particles import ParticleSet, ParticleTensors
 from cryopose.reconstruct.backproject import FourierAccumulator, finalise_reconstruction, insert_images
 from cryopose.reconstruct.fsc import fourier_shell_correlation
@@ -146,6 +148,9 @@ def reconstruct_halves(
     return half1, half2, full
 
 
+OUTPUTS = ("map.mrc", "half1.mrc", "half2.mrc", "fsc.csv", "fsc.png", "summary.json")
+
+
 def run_reconstruct(
     particles: Path,
     out: Path,
@@ -153,8 +158,12 @@ def run_reconstruct(
     apix: float | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
 ) -> dict:
-    """The ``cryopose reconstruct`` job on files; returns the summary (out/summary.json)."""
+    """The ``cryopose reconstruct`` job on files; returns the summary (out/summary.json).
+
+    Inputs and the output folder are checked before any work (``io.outputs``); files in
+    ``out`` that cryopose did not write are replaced only with ``force``."""
     settings = settings or ReconstructSettings()
     out = Path(out)
     t0 = time.perf_counter()
@@ -163,35 +172,45 @@ def run_reconstruct(
         raise UserError(f"{particles} has no particles; nothing to reconstruct")
     symmetry_matrices(settings.symmetry)  # validate the name before any work
     tensors = ps.to_tensors(ctf=settings.ctf)
+    if tensors.rotations is None:
+        raise UserError(f"{particles} has no angles (rlnAngleRot/Tilt/Psi); reconstruction needs poses")
     pixel_size = single_pixel_size(ps)
     images = ParticleImages(ps)
     halves, drawn = half_set_labels(ps, settings.seed)
+    for h in (1, 2):
+        if not np.any(halves == h):
+            raise UserError(f"half set {h} of {particles} is empty (rlnRandomSubset); give both halves particles "
+                            "or drop the column to split at random")
+    box = images.image_shape[0]
+    require_memory(2 * 4 * 3 * (2 * box) ** 3 * 2.5, f"reconstructing {box} px images",
+                   "bin the particles to a smaller box", device)
     signature = {"particles": file_identity(particles), "apix": apix, **asdict(settings)}
     signature.pop("chunk_size")
-    checkpoint = Checkpoint(out / CHECKPOINT, signature)
-    half1, half2, full = reconstruct_halves(tensors, images, halves, pixel_size, settings, device, checkpoint, progress)
-    elapsed = time.perf_counter() - t0
-    for name, vol in (("map.mrc", full), ("half1.mrc", half1), ("half2.mrc", half2)):
-        write_map(out / name, vol.cpu().numpy(), pixel_size)
-    result = fourier_shell_correlation(half1, half2, pixel_size)
-    write_fsc_csv(out / "fsc.csv", result.frequency, result.fsc)
-    plot_fsc_curves([("half1 vs half2", result.frequency.numpy(), result.fsc.numpy())], out / "fsc.png",
-                    title=f"Half-map FSC ({len(ps)} particles, {settings.symmetry})")
-    summary = {
-        "particles": str(particles),
-        "n_particles": len(ps),
-        "n_half1": int((halves == 1).sum()),
-        "n_half2": int((halves == 2).sum()),
-        "half_sets_drawn_at_random": drawn,
-        "box": int(full.shape[-1]),
-        "pixel_size": pixel_size,
-        "symmetry": settings.symmetry,
-        "ctf": settings.ctf,
-        "resolution_0143": result.resolution_0143,
-        "resolution_05": result.resolution_05,
-        "seconds": elapsed,
-        "device": str(device),
-    }
-    write_json_atomic(out / "summary.json", summary)
-    checkpoint.remove()
+    with output_folder(out, inputs=[particles, *images.paths], outputs=OUTPUTS, force=force):
+        checkpoint = Checkpoint(out / CHECKPOINT, signature)
+        half1, half2, full = reconstruct_halves(tensors, images, halves, pixel_size, settings, device, checkpoint, progress)
+        elapsed = time.perf_counter() - t0
+        for name, vol in (("map.mrc", full), ("half1.mrc", half1), ("half2.mrc", half2)):
+            write_map(out / name, vol.cpu().numpy(), pixel_size)
+        result = fourier_shell_correlation(half1, half2, pixel_size)
+        write_fsc_csv(out / "fsc.csv", result.frequency, result.fsc)
+        plot_fsc_curves([("half1 vs half2", result.frequency.numpy(), result.fsc.numpy())], out / "fsc.png",
+                        title=f"Half-map FSC ({len(ps)} particles, {settings.symmetry})")
+        summary = {
+            "particles": str(particles),
+            "n_particles": len(ps),
+            "n_half1": int((halves == 1).sum()),
+            "n_half2": int((halves == 2).sum()),
+            "half_sets_drawn_at_random": drawn,
+            "box": int(full.shape[-1]),
+            "pixel_size": pixel_size,
+            "symmetry": settings.symmetry,
+            "ctf": settings.ctf,
+            "resolution_0143": result.resolution_0143,
+            "resolution_05": result.resolution_05,
+            "seconds": elapsed,
+            "device": str(device),
+        }
+        write_json_atomic(out / "summary.json", summary)
+        checkpoint.remove()
     return summary

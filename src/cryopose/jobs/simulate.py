@@ -25,8 +25,10 @@ from cryopose.imaging.resample import resample_map
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
 from cryopose.io.checkpoints import Checkpoint, file_identity
 from cryopose.io.mrc import StackWriter, read_map
+from cryopose.io.outputs import output_folder
 from cryopose.io import read_particles
 from cryopose.io.star import write_star
+from cryopose.jobs.resources import require_memory
 from cryopose.particles import ParticleSet
 
 __all__ = ["SimulateSettings", "run_simulate", "BLOCK"]
@@ -34,6 +36,7 @@ __all__ = ["SimulateSettings", "run_simulate", "BLOCK"]
 log = logging.getLogger("cryopose")
 
 BLOCK = 256  # fixed so that the noise, drawn per block, does not depend on any option
+OUTPUTS = ("particles.star", "particles.mrcs")
 PROGRESS = ".simulate_progress.pt"
 
 # Columns a --from-star template's values are replaced by (or that belong to its optics).
@@ -70,6 +73,33 @@ class SimulateSettings:
     cs: float = 2.7
     amplitude_contrast: float = 0.1
 
+    def __post_init__(self) -> None:
+        def bad(what: str, option: str) -> UserError:
+            return UserError(what, option=option)
+
+        finite = math.isfinite
+        if self.from_star is None and (self.n is None or int(self.n) < 1):
+            raise bad("give the number of particles (a positive integer) or a star file to take poses from", "n")
+        if math.isnan(self.snr) or self.snr <= 0:
+            raise bad(f"the SNR must be positive (or inf for no noise), got {self.snr}", "snr")
+        lo, hi = self.defocus
+        if not (finite(lo) and finite(hi) and 0 < lo <= hi):
+            raise bad(f"the defocus range needs 0 < MIN <= MAX in µm, got {lo} {hi}", "defocus")
+        if not (finite(self.max_shift) and self.max_shift >= 0):
+            raise bad(f"the largest origin offset must be a finite number >= 0 Å, got {self.max_shift}", "max-shift")
+        if self.apix is not None and not (finite(self.apix) and self.apix > 0):
+            raise bad(f"the pixel size must be a positive number of Å, got {self.apix}", "apix")
+        if self.box is not None and int(self.box) < 8:
+            raise bad(f"a box of {self.box} px is too small; give at least 8 px", "box")
+        if self.particle_diameter is not None and not (finite(self.particle_diameter) and self.particle_diameter > 0):
+            raise bad(f"the particle diameter must be a positive number of Å, got {self.particle_diameter}", "particle-diameter")
+        if not (finite(self.voltage) and self.voltage > 0):
+            raise bad(f"the voltage must be a positive number of kV, got {self.voltage}", "voltage")
+        if not (finite(self.cs) and self.cs >= 0):
+            raise bad(f"the spherical aberration must be a number >= 0 mm, got {self.cs}", "cs")
+        if not (finite(self.amplitude_contrast) and 0 <= self.amplitude_contrast < 1):
+            raise bad(f"the amplitude contrast must be in [0, 1), got {self.amplitude_contrast}", "amplitude-contrast")
+
 
 def _from_star(star: Path, apix: float | None, use_ctf: bool):
     ps = read_particles(star, apix=apix)
@@ -87,30 +117,41 @@ def run_simulate(
     settings: SimulateSettings,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
 ) -> dict:
-    """The ``cryopose simulate`` job on files; returns a summary (n, box, pixel size, paths)."""
+    """The ``cryopose simulate`` job on files; returns a summary (n, box, pixel size, paths).
+
+    Inputs, settings, the memory needed and the output folder are checked before any work;
+    files in ``out`` that cryopose did not write are replaced only with ``force`` and an input
+    never is."""
     s = settings
-    if s.snr <= 0 or math.isnan(s.snr):
-        raise UserError(f"the SNR must be positive (or inf for no noise), got {s.snr}", option="snr")
-    if s.from_star is None and (s.n is None or s.n <= 0):
-        raise UserError("give the number of particles (a positive integer) or a star file to take poses from", option="n")
-    if s.defocus[0] <= 0 or s.defocus[1] < s.defocus[0]:
-        raise UserError(f"the defocus range needs 0 < MIN <= MAX in µm, got {s.defocus[0]} {s.defocus[1]}", option="defocus")
     device = torch.device(device)
     out = Path(out)
     volume, map_apix = read_map(map_path)
+    if not np.any(volume):
+        raise UserError(f"the map {map_path} is all zeros; give a map with density")
     apix, box, n = s.apix, s.box, s.n
     template = None
+    inputs = [Path(map_path)]
     if s.from_star is not None:
         template, tensors = _from_star(s.from_star, apix, s.ctf)
         apix = float(np.median(template.pixel_size))
         box = box or template.image_size
         n = len(template)
         rotations, shifts_a, ctf_params = tensors.rotations, tensors.shifts_angstrom, tensors.ctf
+        inputs.append(Path(s.from_star))
+        if "rlnImageName" in template.table.columns:
+            inputs += sorted(set(template.image_paths.tolist()))
     if map_apix <= 0:
         if apix is None:
             raise UserError(f"the map {map_path} has no pixel size in its header; give the pixel size", option="apix")
         map_apix = apix
+    size = box if box is not None else int(round(volume.shape[-1] * map_apix / (apix or map_apix)))
+    resampled = int(round(volume.shape[-1] * map_apix / (apix or map_apix)))
+    require_memory(24.0 * max(size, resampled) ** 3 * 8, f"a {max(size, resampled)}^3 map (the map resampled to "
+                   f"{apix or map_apix:g} A/px)", "choose a larger pixel size or a smaller box", device)
+    if size < 8:
+        raise UserError(f"a box of {size} px is too small to simulate particles; give at least 8 px", option="box")
     vol, pixel_size = resample_map(torch.from_numpy(volume).double(), map_apix, apix, box)
     vol = vol.float()
     if template is None:
@@ -123,41 +164,42 @@ def run_simulate(
     size = vol.shape[-1]
     fv = fourier_volume(vol.to(device))
     mask_radius = None if s.particle_diameter is None else s.particle_diameter / 2 / pixel_size
-    shifts_px = shifts_a / pixel_size
     signature = {"map": file_identity(map_path), **asdict(s), "apix": pixel_size, "box": size, "n": n, "mask": mask_radius}
-    checkpoint = Checkpoint(out / PROGRESS, signature)
-    with StackWriter(out / "particles.mrcs", n, (size, size), pixel_size, resumable=True) as writer:
-        done = 0
-        state = checkpoint.load() if writer.resumed else None
-        if state is not None:
-            done = int(state["done_blocks"])
-            log.info("resuming: %d of %d particles already simulated", min(done * BLOCK, n), n)
-            if progress is not None:
-                progress(min(done * BLOCK, n), n)
-        for block in range(done, -(-n // BLOCK)):
-            sl = slice(block * BLOCK, min((block + 1) * BLOCK, n))
-            c = None if ctf_params is None else ctf_params[sl].to(device)
-            if c is not None:
-                c = CTFParameters(**{k: v.float() for k, v in vars(c).items()})
-            images = clean_particle_images(fv, rotations[sl].float().to(device), shifts_px[sl].float().to(device), c, pixel_size)
-            noise_gen = torch.Generator().manual_seed(s.seed * 1_000_003 + block + 1)
-            images = add_noise(images, s.snr, noise_gen, mask_radius)
-            writer.write(sl.start, images.cpu().numpy())
-            checkpoint.save({"done_blocks": block + 1})
-            if progress is not None:
-                progress(sl.stop - sl.start, n)
-    checkpoint.remove()
-    names = [f"{i + 1:06d}@particles.mrcs" for i in range(n)]
-    ctf_dict = None
-    if ctf_params is not None:
-        ctf_dict = {k: v.numpy() for k, v in vars(ctf_params).items()}
-        for key in ("voltage", "spherical_aberration", "amplitude_contrast"):
-            ctf_dict[key] = float(ctf_dict[key][0])
-    extra = {}
-    if template is not None:
-        skip = (set(template.optics.columns) if template.optics is not None else set()) | _REPLACED
-        extra = {c: template.table[c].to_numpy() for c in template.table.columns if c not in skip}
-    ps = ParticleSet.from_arrays(rotations.double().numpy(), shifts_a.double().numpy(), pixel_size, size, names, ctf_dict, extra)
-    write_star(ps, out / "particles.star")
+    with output_folder(out, inputs=inputs, outputs=OUTPUTS, force=force):
+        shifts_px = shifts_a / pixel_size
+        checkpoint = Checkpoint(out / PROGRESS, signature)
+        with StackWriter(out / "particles.mrcs", n, (size, size), pixel_size, resumable=True) as writer:
+            done = 0
+            state = checkpoint.load() if writer.resumed else None
+            if state is not None:
+                done = int(state["done_blocks"])
+                log.info("resuming: %d of %d particles already simulated", min(done * BLOCK, n), n)
+                if progress is not None:
+                    progress(min(done * BLOCK, n), n)
+            for block in range(done, -(-n // BLOCK)):
+                sl = slice(block * BLOCK, min((block + 1) * BLOCK, n))
+                c = None if ctf_params is None else ctf_params[sl].to(device)
+                if c is not None:
+                    c = CTFParameters(**{k: v.float() for k, v in vars(c).items()})
+                images = clean_particle_images(fv, rotations[sl].float().to(device), shifts_px[sl].float().to(device), c, pixel_size)
+                noise_gen = torch.Generator().manual_seed(s.seed * 1_000_003 + block + 1)
+                images = add_noise(images, s.snr, noise_gen, mask_radius)
+                writer.write(sl.start, images.cpu().numpy())
+                checkpoint.save({"done_blocks": block + 1})
+                if progress is not None:
+                    progress(sl.stop - sl.start, n)
+        checkpoint.remove()
+        names = [f"{i + 1:06d}@particles.mrcs" for i in range(n)]
+        ctf_dict = None
+        if ctf_params is not None:
+            ctf_dict = {k: v.numpy() for k, v in vars(ctf_params).items()}
+            for key in ("voltage", "spherical_aberration", "amplitude_contrast"):
+                ctf_dict[key] = float(ctf_dict[key][0])
+        extra = {}
+        if template is not None:
+            skip = (set(template.optics.columns) if template.optics is not None else set()) | _REPLACED
+            extra = {c: template.table[c].to_numpy() for c in template.table.columns if c not in skip}
+        ps = ParticleSet.from_arrays(rotations.double().numpy(), shifts_a.double().numpy(), pixel_size, size, names, ctf_dict, extra)
+        write_star(ps, out / "particles.star")
     return {"n_particles": n, "box": size, "pixel_size": pixel_size, "snr": s.snr, "ctf": ctf_params is not None,
             "star": str(out / "particles.star"), "stack": str(out / "particles.mrcs")}

@@ -28,6 +28,7 @@ from cryopose.imaging.projection import fourier_volume
 from cryopose.io.atomic import write_json_atomic
 from cryopose.io.checkpoints import ChunkStore, discard, file_identity
 from cryopose.io.mrc import ParticleImages, read_map
+from cryopose.io.outputs import output_folder
 from cryopose.io import read_particles
 from cryopose.io.star import write_star
 from cryopose.io.validation_plots import soft_validation_figure
@@ -52,6 +53,7 @@ COLUMN_NAMES = (
 )
 
 STORE = ".cryopose_validate"
+OUTPUTS = ("particles.star", "pruned.star", "summary.json", "soft_validation.png")
 
 
 @dataclass
@@ -71,6 +73,23 @@ class ValidationOptions:
     convention: str = "paper"
     seed: int = 0
     chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.convention not in sc.CONVENTIONS:
+            raise UserError(f"unknown convention {self.convention!r}; use paper or xmipp", option="convention")
+        for name, low in (("noise_draws", 1), ("chunk_size", 1)):
+            if int(getattr(self, name)) < low:
+                raise UserError(f"{name.replace('_', ' ')} must be at least {low}, got {getattr(self, name)}",
+                                option=name.replace("_", "-"))
+        for name in ("precision_threshold", "accuracy_threshold"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"the {name.replace('_', ' ')} must be a finite number", option=name.replace("_", "-"))
+
+    def check(self, box: int, pixel_size: float) -> None:
+        """UserError for search settings that do not fit particles of ``box`` px at ``pixel_size`` Å."""
+        self.match.check(box, pixel_size)
+        if self.resolved_xi() < 2:
+            raise UserError(f"xi must be at least 2, got {self.resolved_xi()}", option="xi")
 
     def resolved_xi(self) -> int:
         if self.match.xi is not None:
@@ -93,6 +112,17 @@ def _check_geometry(volume: np.ndarray, map_apix: float, particles: ParticleSet,
             f"the map has {map_apix:.4f} A/px but the particles {apix:.4f} A/px; resample the map to the particles' pixel size"
         )
     return apix
+
+
+def _check_classes(particles: ParticleSet, n_maps: int) -> np.ndarray:
+    """rlnClassNumber per particle; UserError unless every class k has a k-th map."""
+    classes = particles.class_numbers
+    if classes is None:
+        raise UserError("validating by class needs rlnClassNumber in the particles' star file")
+    bad = sorted(set(int(c) for c in np.unique(classes)) - set(range(1, n_maps + 1)))
+    if bad:
+        raise UserError(f"particles have rlnClassNumber {bad} but only {n_maps} maps were given (class k uses the k-th map)")
+    return classes
 
 
 def _score_one_map(
@@ -198,8 +228,6 @@ def validate_particles(
     is called as chunks finish (``progress_total`` overrides the total).
     """
     opts = options or ValidationOptions()
-    if opts.convention not in sc.CONVENTIONS:
-        raise UserError(f"unknown convention {opts.convention!r}; use paper or xmipp", option="convention")
     device = torch.device(device)
     n = len(particles)
     if n == 0:
@@ -220,14 +248,7 @@ def validate_particles(
         apix = _check_geometry(vol, map_apix, particles, box)
         cols, summary = _score_one_map(particles, images, np.arange(n), vol, apix, opts, device, step, store("all"))
     else:
-        classes = particles.class_numbers
-        if classes is None:
-            raise UserError("validating by class needs rlnClassNumber in the particles' star file")
-        bad = sorted(set(int(c) for c in np.unique(classes)) - set(range(1, len(maps) + 1)))
-        if bad:
-            raise UserError(
-                f"particles have rlnClassNumber {bad} but only {len(maps)} maps were given (class k uses the k-th map)"
-            )
+        classes = _check_classes(particles, len(maps))
         cols = {}
         rows = []
         for k in sorted(int(c) for c in np.unique(classes)):
@@ -292,8 +313,12 @@ def run_validate(
     apix: float | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
 ) -> dict:
     """The ``cryopose validate`` job on files; returns the summary written to out/summary.json.
+
+    Inputs, options and the output folder are checked before any work; files in ``out``
+    that cryopose did not write are replaced only with ``force``.
 
     One map: scores in out/particles.star, out/pruned.star, out/summary.json and
     out/soft_validation.png. Several maps without ``by_class``: each in out/map<i>/, and a
@@ -303,14 +328,24 @@ def run_validate(
     opts = options or ValidationOptions()
     out = Path(out)
     ps = read_particles(particles, apix=apix)
+    if len(ps) == 0:
+        raise UserError(f"{particles} has no particles; nothing to validate")
     volumes = [read_map(m) for m in maps]
     images = ParticleImages(ps)
+    box = images.image_shape[0]
+    for vol, map_apix in volumes:
+        apix_used = _check_geometry(vol, map_apix, ps, box)
+    if by_class:
+        _check_classes(ps, len(maps))
+    opts.check(box, apix_used)
+    several = not by_class and len(maps) > 1
+    outputs = [f"map{i}/{name}" for i in range(1, len(maps) + 1) for name in OUTPUTS] + ["summary.json"] if several else OUTPUTS
     base = {"particles": file_identity(particles), "maps": [file_identity(m) for m in maps], "apix": apix,
             "by_class": by_class, "options": asdict(opts)}
     base["options"].pop("chunk_size")  # results do not depend on it
     store_root = out / STORE
-    try:
-        if by_class or len(maps) == 1:
+    with output_folder(out, inputs=[particles, *maps, *images.paths], outputs=outputs, force=force):
+        if not several:
             cols, summary = validate_particles(ps, images, volumes, opts, by_class, device, progress, store_root, base)
             summary["maps"] = [str(m) for m in maps]
             _write_outputs(out, ps, cols, summary, opts)
@@ -331,7 +366,5 @@ def run_validate(
                 "accuracy_threshold": opts.accuracy_threshold,
             }
             write_json_atomic(out / "summary.json", summary)
-    finally:
-        images.close()
-    discard(store_root)
+        discard(store_root)
     return summary

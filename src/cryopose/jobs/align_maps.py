@@ -166,10 +166,9 @@ def run_align_maps(
     outputs += [f"particles_{map_name(positional[i])}.star" for i in range(len(particles))]
     outputs += ["fsc.png", "transforms.json", "align_maps.log"]
     inputs = [reference, *everything, *masks, *particles, *([ref_mask] if ref_mask is not None else [])]
-    if settings.max_angle == 0:
-        log.info("note: the largest rotation is 0 deg: a translation-only search")
-
     with output_folder(out, inputs=inputs, outputs=outputs, force=force):
+        if settings.max_angle == 0:
+            log.info("note: the largest rotation is 0 deg: a translation-only search")
         lines: list[str] = []
 
         def say(msg: str) -> None:

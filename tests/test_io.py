@@ -291,7 +291,7 @@ def test_particle_images_checks(tmp_path: Path) -> None:
     assert [len(i) for i, _ in chunks] == [2, 1]
     with pytest.raises(UserError, match="asks for image 5 of .*s.mrcs, which has 3"):
         ParticleImages(_star_for_stack(tmp_path, "s.mrcs", 5, 2.0))
-    with pytest.raises(UserError, match="pixel size 2.0000 A but the star says 3.0000"):
+    with pytest.raises(UserError, match="pixel size 2.0000 A but the star gives 3.0000 A"):
         ParticleImages(_star_for_stack(tmp_path, "s.mrcs", 3, 3.0))
     write_stack(tmp_path / "rect.mrcs", np.zeros((3, 12, 10), np.float32), 2.0)
     with pytest.raises(UserError, match="square"):

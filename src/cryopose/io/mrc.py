@@ -218,11 +218,13 @@ class ParticleImages:
                     raise UserError(f"images in {stack_path} are {nx}x{ny} but others are {shape[1]}x{shape[0]}")
                 shape = reader.shape
                 if star_apix is not None and reader.pixel_size not in _UNSET_PIXEL_SIZES:
-                    star_value = float(np.median(star_apix[mine]))
-                    if abs(reader.pixel_size - star_value) > 0.01 * star_value:
+                    values = np.unique(star_apix[mine])
+                    off = values[np.abs(values - reader.pixel_size) > 0.01 * values]
+                    if off.size:
+                        said = ", ".join(f"{v:.4f}" for v in off[:4])
                         raise UserError(
-                            f"stack {stack_path} has pixel size {reader.pixel_size:.4f} A but the star says "
-                            f"{star_value:.4f} A; fix one of them"
+                            f"stack {stack_path} has pixel size {reader.pixel_size:.4f} A but the star gives {said} A for "
+                            f"particles in it; fix the star's rlnImagePixelSize or the stack header"
                         )
         self._paths: list[str] = [str(p) for p in unique]
         self._file_ids = np.asarray(file_ids, dtype=np.int64)

@@ -296,7 +296,10 @@ def test_cli_user_errors(tmp_path):
     write_map(tmp_path / "ref.mrc", ref.numpy(), apix)
     r = CliRunner().invoke(command, ["--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "nope.mrc"),
                                      "--out", str(tmp_path / "o")])
-    assert isinstance(r.exception, UserError)
+    assert r.exit_code == 2 and "nope.mrc" in r.output and "does not exist" in r.output
+    r = CliRunner().invoke(command, ["--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "ref.mrc"),
+                                     "--group", f"{tmp_path / 'ref.mrc'} {tmp_path / 'gone.mrc'}", "--out", str(tmp_path / "o")])
+    assert isinstance(r.exception, UserError) and "gone.mrc" in str(r.exception)
     r = CliRunner().invoke(command, ["--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "ref.mrc"),
                                      "--out", str(tmp_path / "o"), "--max-angle", "200"])
     assert r.exit_code == 2 and "200 is out of range" in r.output and not (tmp_path / "o").exists()

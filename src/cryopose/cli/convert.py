@@ -10,7 +10,7 @@ from cryopose.cli.common import COUNT, POSITIVE, device_option, force_option, re
 
 
 @click.command("convert")
-@click.argument("source", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("source", metavar="IN", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("target", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--apix", type=POSITIVE, default=None, help="Pixel size (A/px), used when IN has none.")
 @click.option(

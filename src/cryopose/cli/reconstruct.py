@@ -10,7 +10,7 @@ from cryopose.cli.common import COUNT, POSITIVE, device_option, force_option, pr
 
 
 @click.command("reconstruct")
-@click.argument("particles", type=click.Path(path_type=Path))
+@click.argument("particles", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--sym", default="C1", show_default=True, help="Point-group symmetry (RELION names: C4, D7, O, I1...).")
 @click.option("--ctf/--no-ctf", default=True, show_default=True, help="CTF-weight the insertion (Wiener-like, CTF²).")

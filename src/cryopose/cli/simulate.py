@@ -10,7 +10,7 @@ from cryopose.cli.common import COUNT, NON_NEGATIVE, POSITIVE, Number, device_op
 
 
 @click.command("simulate")
-@click.option("--map", "map_path", required=True, type=click.Path(path_type=Path), help="Map to project (MRC).")
+@click.option("--map", "map_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Map to project (MRC).")
 @click.option("--n", "n", type=COUNT, help="Number of particles (not with --from-star).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option(
@@ -28,7 +28,7 @@ from cryopose.cli.common import COUNT, NON_NEGATIVE, POSITIVE, Number, device_op
 @click.option("--box", type=click.IntRange(min=8), help="Particle box in px (the map is cropped or padded to it).")
 @click.option("--sym", default="C1", show_default=True, help="Symmetry: poses are drawn in its asymmetric unit.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same bytes).")
-@click.option("--from-star", type=click.Path(path_type=Path), help="Take poses, origins and CTF from this star instead of drawing them.")
+@click.option("--from-star", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Take poses, origins and CTF from this star instead of drawing them.")
 @click.option("--particle-diameter", type=POSITIVE, help="Diameter (Å) of the particle mask used for the SNR (default 0.8 of the box).")
 @click.option("--voltage", type=POSITIVE, default=300.0, show_default=True, help="Acceleration voltage (kV).")
 @click.option("--cs", type=NON_NEGATIVE, default=2.7, show_default=True, help="Spherical aberration (mm).")

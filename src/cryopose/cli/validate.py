@@ -10,8 +10,8 @@ from cryopose.cli.common import COUNT, NON_NEGATIVE, POSITIVE, Number, device_op
 
 
 @click.command("validate")
-@click.option("--map", "maps", multiple=True, required=True, type=click.Path(path_type=Path), help="Map to validate (repeat for several maps or, with --by-class, one per class).")
-@click.option("--particles", required=True, type=click.Path(path_type=Path), help="RELION STAR file of the particles.")
+@click.option("--map", "maps", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Map to validate (repeat for several maps or, with --by-class, one per class).")
+@click.option("--particles", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="RELION STAR file of the particles.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--angular-sampling", default=5.0, type=Number(0, 90, low_open=True), show_default=True, help="Gallery and in-plane step (deg).")
 @click.option("--max-shift", default=None, type=NON_NEGATIVE, help="Origin search radius (A) [default: 10% of the box; at most half the box].")

@@ -19,6 +19,7 @@ import pandas as pd
 import starfile
 
 from cryopose.errors import UserError
+from cryopose.io.star_text import LoopLayout, check_values, scan_star
 from cryopose.particles import OPTICS_COLUMNS, ORIGIN_ANGST_COLUMNS, ORIGIN_PX_COLUMNS, ParticleSet
 
 __all__ = ["read_star", "write_star"]
@@ -71,18 +72,8 @@ def _format_floats(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _header_columns(path: Path) -> set[str]:
-    names = set()
-    with open(path, "r", errors="replace") as fh:
-        for line in fh:
-            s = line.strip()
-            if s.startswith("_"):
-                names.add(s.split()[0][1:])
-    return names
-
-
-def _string_columns(path: Path) -> list[str]:
-    return sorted(c for c in _header_columns(path) if c in _STRING_COLUMNS or c.endswith("Name"))
+def _string_columns(names: set[str]) -> list[str]:
+    return sorted(c for c in names if c in _STRING_COLUMNS or c.endswith("Name"))
 
 
 def _pick_particle_block(blocks: dict[str, Any], path: Path) -> str:
@@ -109,9 +100,19 @@ def _merge_optics(particles: pd.DataFrame, optics: pd.DataFrame, path: Path) -> 
             particles = particles.assign(rlnOpticsGroup=optics["rlnOpticsGroup"].iloc[0])
         else:
             raise UserError(f"{path}: particles have no rlnOpticsGroup but there are {len(optics)} optics groups")
-    unknown = set(particles["rlnOpticsGroup"].unique()) - set(optics["rlnOpticsGroup"].unique())
-    if unknown:
-        raise UserError(f"{path}: particles refer to optics groups {sorted(unknown)} that data_optics does not define")
+    groups = optics["rlnOpticsGroup"]
+    twice = groups.duplicated(keep=False).to_numpy()
+    if twice.any():
+        raise UserError(
+            f"{path}: data_optics defines optics group {groups[twice].iloc[0]} more than once; keep one row per group"
+        )
+    known = particles["rlnOpticsGroup"].isin(groups).to_numpy()
+    if not known.all():
+        unknown = ", ".join(str(g) for g in pd.unique(particles["rlnOpticsGroup"][~known])[:5])
+        raise UserError(
+            f"{path}: particles refer to optics groups {unknown} that data_optics does not define "
+            f"(first: particle {int(np.argmin(known)) + 1}); fix rlnOpticsGroup or add the groups"
+        )
     extra = [c for c in optics.columns if c != "rlnOpticsGroup" and c not in particles.columns]
     merged = particles.merge(optics[["rlnOpticsGroup", *extra]], on="rlnOpticsGroup", how="left", sort=False)
     merged.index = particles.index
@@ -127,15 +128,23 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
     path = Path(path)
     if not path.is_file():
         raise UserError(f"star file {path} does not exist; check the path")
-    try:
-        blocks = starfile.read(path, always_dict=True, parse_as_string=_string_columns(path))
-    except Exception as exc:  # starfile/pandas raise many kinds
-        raise UserError(f"could not parse {path} as a STAR file ({type(exc).__name__}: {exc}); is it a RELION .star?") from None
-    if not blocks:
+    layout = scan_star(path)  # structure, field counts, truncation: UserError naming the line
+    if not layout.blocks:
         raise UserError(f"{path} has no data blocks; is it a RELION .star file?")
+    strings = _string_columns(layout.names())
+    try:
+        blocks = starfile.read(path, always_dict=True, parse_as_string=strings)
+    except Exception as exc:  # starfile/pandas raise many kinds
+        layout.count_values()  # a row without one value per column: UserError naming its line
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise UserError(f"could not parse {path} as a STAR file ({reason}); is it a RELION .star?") from None
+    check_values(blocks, layout, set(strings))  # a value that is not a number: UserError naming its line
     blocks = dict(blocks)
     particle_name = _pick_particle_block(blocks, path)
     particles = blocks.pop(particle_name).reset_index(drop=True)
+    spec = layout.block(particle_name)
+    if len(particles) == 0 and isinstance(spec, LoopLayout):
+        raise UserError(f"{path}: data_{particle_name} (line {spec.line}) has no particle rows; nothing to read")
     optics = blocks.pop("optics", None) if particle_name != "optics" else None
     if optics is not None and not isinstance(optics, pd.DataFrame):
         optics = pd.DataFrame([optics])

@@ -88,6 +88,10 @@ class ParticleSet:
     source_dir: Path | None = None
     source_file: Path | None = field(default=None, repr=False, compare=False)
     """The file this set was read from (write_star refuses to overwrite it); None if built."""
+    particle_block: str | None = field(default=None, repr=False, compare=False)
+    """Name of the STAR block the particles came from ("particles", "", "model_class_1")."""
+    star_blocks: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    """Names of all data blocks of the STAR file read, in file order (for round trips)."""
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:

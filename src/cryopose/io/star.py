@@ -19,7 +19,7 @@ import pandas as pd
 import starfile
 
 from cryopose.errors import UserError
-from cryopose.io.star_text import LoopLayout, check_values, scan_star
+from cryopose.io.star_text import NOTE_PREFIX, LoopLayout, check_values, scan_star
 from cryopose.particles import OPTICS_COLUMNS, ORIGIN_ANGST_COLUMNS, ORIGIN_PX_COLUMNS, ParticleSet
 
 __all__ = ["read_star", "write_star"]
@@ -140,11 +140,16 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
         raise UserError(f"could not parse {path} as a STAR file ({reason}); is it a RELION .star?") from None
     check_values(blocks, layout, set(strings))  # a value that is not a number: UserError naming its line
     blocks = dict(blocks)
+    order = tuple(blocks)
     particle_name = _pick_particle_block(blocks, path)
     particles = blocks.pop(particle_name).reset_index(drop=True)
     spec = layout.block(particle_name)
     if len(particles) == 0 and isinstance(spec, LoopLayout):
         raise UserError(f"{path}: data_{particle_name} (line {spec.line}) has no particle rows; nothing to read")
+    block_name = particle_name
+    note = layout.particle_block_note
+    if note is not None and particle_name == "particles" and "optics" in order and note not in order:
+        block_name = note  # a RELION 3.0 particle block name kept through a 3.1 file
     optics = blocks.pop("optics", None) if particle_name != "optics" else None
     if optics is not None and not isinstance(optics, pd.DataFrame):
         optics = pd.DataFrame([optics])
@@ -155,7 +160,8 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
         table = particles.copy()
 
     pset = ParticleSet(
-        table=table, optics=optics, extra_blocks=blocks, source_dir=path.resolve().parent, source_file=path.resolve()
+        table=table, optics=optics, extra_blocks=blocks, source_dir=path.resolve().parent, source_file=path.resolve(),
+        particle_block=block_name, star_blocks=tuple(block_name if n == particle_name else n for n in order),
     )
     if apix is not None and pset._pixel_size_or_none() is None:
         pset = _set_pixel_size(pset, float(apix))
@@ -195,6 +201,13 @@ def _constant_within(table: pd.DataFrame, column: str, groups: pd.Series) -> boo
     return bool((table.groupby(groups, sort=False)[column].nunique(dropna=False) <= 1).all())
 
 
+# What RELION needs as one value per optics group.
+_GROUP_SETTINGS = (
+    "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality", "rlnVoltage", "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+)
+
+
 def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(optics, particles) blocks for RELION 3.1 from a set's merged table."""
     table = pset.table.copy()
@@ -231,23 +244,26 @@ def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
         particles = table.drop(columns=movable)
         return base, particles
 
-    # No optics table (RELION 3.0 or cryoSPARC): one group per distinct optics setting.
+    # No optics table (RELION 3.0 or cryoSPARC). The file's own rlnOpticsGroup numbers (a
+    # 3.0 file written from 3.1 keeps them) are kept when the settings RELION needs per group
+    # agree within each group; otherwise one group per distinct setting. Columns that vary
+    # within a group stay per particle.
     candidates = [c for c in OPTICS_COLUMNS if c in table.columns]
+    settings = [c for c in candidates if c in _GROUP_SETTINGS]
     if "rlnOpticsGroup" in table.columns and all(
-        _constant_within(table, c, table["rlnOpticsGroup"]) for c in candidates
+        _constant_within(table, c, table["rlnOpticsGroup"]) for c in settings
     ):
         group_ids = table["rlnOpticsGroup"].to_numpy()
-    elif candidates:
-        keys = table[candidates].astype(str).agg("\x1f".join, axis=1)
-        codes, _ = pd.factorize(keys, sort=False)
-        group_ids = codes + 1
+    elif settings:
+        group_ids = table.groupby(settings, sort=False, dropna=False).ngroup().to_numpy() + 1
     else:
         group_ids = np.ones(len(table), dtype=np.int64)
     table["rlnOpticsGroup"] = group_ids
-    firsts = table.groupby("rlnOpticsGroup", sort=False)[candidates].first().reset_index()
+    movable = [c for c in candidates if _constant_within(table, c, table["rlnOpticsGroup"])]
+    firsts = table.groupby("rlnOpticsGroup", sort=True)[movable].first().reset_index()
     if "rlnOpticsGroupName" not in firsts.columns:
         firsts.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in firsts["rlnOpticsGroup"]])
-    particles = table.drop(columns=candidates)
+    particles = table.drop(columns=movable)
     return firsts, particles
 
 
@@ -266,19 +282,63 @@ def _to_30(pset: ParticleSet) -> pd.DataFrame:
         # RELION 3.0: pixel size (A) = rlnDetectorPixelSize (um) * 1e4 / rlnMagnification.
         table["rlnMagnification"] = 10000.0
         table["rlnDetectorPixelSize"] = apix
-    # Optics-only bookkeeping has no meaning in a 3.0 file.
-    return table.drop(
-        columns=[c for c in ("rlnOpticsGroup", "rlnOpticsGroupName", "rlnImagePixelSize") if c in table.columns]
-    )
+    # rlnOpticsGroup and rlnOpticsGroupName stay (RELION 3.0 ignores them), so that a 3.1 file
+    # written from this one gets the same groups back.
+    return table.drop(columns=[c for c in ("rlnImagePixelSize",) if c in table.columns])
 
 
-def _block_text(name: str, block: Any, version_line: str) -> str:
+def _check_writable(name: str, block: pd.DataFrame) -> None:
+    """UserError for text values STAR cannot hold (quotes, '#', tabs, line breaks)."""
+    for col in block.columns:
+        values = block[col]
+        if values.dtype.kind in "biufcmM" or len(values) == 0:
+            continue
+        bad = values.astype(str).str.contains(r"[\x00-\x1f\x7f\"'#]", regex=True).to_numpy(dtype=bool)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise UserError(
+                f"{col} of row {i + 1} in data_{name} is {str(values.iloc[i])[:60]!r}: a STAR file cannot hold quotes, "
+                "'#', tabs or line breaks in a value; rename it"
+            )
+
+
+def _block_text(name: str, block: Any, version_line: str, note: str = "") -> str:
     if isinstance(block, pd.DataFrame):
+        _check_writable(name, block)
         block = _format_floats(block)
-    text = starfile.to_string({name: block}, sep=" ")
+    # starfile quotes values with spaces ("a b"); pandas' csv writer refuses a separator inside
+    # a value, so write with a separator no value holds and make it a blank afterwards.
+    text = starfile.to_string({name: block}, sep="\x1f").replace("\x1f", " ")
     # drop starfile's own "created by" header; keep RELION's version comment instead
     body = text.split("\n", 1)[1].lstrip("\n")
-    return f"\n{version_line}\n\n{body}"
+    return f"\n{version_line}\n{note}\n{body}"
+
+
+def _file_order(particles: ParticleSet, main: list[tuple[str, Any]], version: str) -> list[tuple[str, Any]]:
+    """The blocks to write: the particle (and optics) blocks where the file read had them,
+    the extra blocks in their file order. RELION 3.0 reads the first block, so a 3.0 file
+    made from a 3.1 one starts with the particles."""
+    extras = dict(particles.extra_blocks)
+    order = list(particles.star_blocks)
+    own = particles.particle_block
+    if own not in order:
+        return main + list(extras.items())
+    if version == "3.0" and "optics" in order:
+        order.remove(own)
+        order.insert(0, own)
+    by_name = dict(main)
+    out: list[tuple[str, Any]] = []
+    for name in order:
+        if name == own:
+            if "optics" in by_name and "optics" not in order:
+                out.append(("optics", by_name["optics"]))
+            out.append(main[-1])
+        elif name == "optics":
+            if "optics" in by_name:
+                out.append(("optics", by_name["optics"]))
+        elif name in extras:
+            out.append((name, extras.pop(name)))
+    return out + list(extras.items())
 
 
 def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "3.1") -> None:
@@ -296,15 +356,24 @@ def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "
     if particles.source_file is not None and path.exists():
         if path.resolve() == Path(particles.source_file).resolve():
             raise UserError(f"refusing to overwrite the input file {path}; choose another output name")
+    own = particles.particle_block
     if version == "3.1":
         optics, table = _split_optics(particles)
-        blocks: list[tuple[str, Any]] = [("optics", optics), ("particles", table)]
+        main: list[tuple[str, Any]] = [("optics", optics), ("particles", table)]
         version_line = "# version 30001"
+        # a RELION 3.0 block name (data_model_class_1) survives a 3.1 file as a comment
+        note = f"{NOTE_PREFIX}{own}\n" if own not in (None, "", "particles") else ""
     else:
-        blocks = [("", _to_30(particles))]
-        version_line = "# version 30000"
-    blocks += list(particles.extra_blocks.items())
-    text = "".join(_block_text(name, block, version_line) for name, block in blocks)
+        name = own if own not in (None, "particles") else ""
+        if name in particles.extra_blocks:
+            name = "particles"
+        main = [(name, _to_30(particles))]
+        version_line, note = "# version 30000", ""
+    blocks = _file_order(particles, main, version)
+    particle_block = main[-1][0]
+    text = "".join(
+        _block_text(name, block, version_line, note if name == particle_block else "") for name, block in blocks
+    )
     _write_text_atomic(path, text)
 
 

@@ -1,4 +1,4 @@
-"""Seeded fuzzing of real STAR files: a few hundred corruptions (cut at a random byte, lines
+"""Seeded fuzzing of real STAR files: 440 corruptions (cut at a random byte, lines
 deleted, duplicated or swapped, a value swapped for garbage, header lines duplicated,
 non-ASCII text or random bytes inserted, empty and optics-only files, ...).
 
@@ -30,8 +30,9 @@ SOURCES = [
     "metadata/relion31.star",
     "metadata/sample_particles_relion31.star",  # two optics groups, tabs in the optics rows
     "metadata/sample_particles_relion30.star",  # RELION 3.0, origins in pixels
+    "quoted:metadata/relion31.star",  # the same with image names in "double quotes", with spaces
 ]
-CASES_PER_SOURCE = int(os.environ.get("CRYOPOSE_FUZZ_CASES", 110))
+CASES_PER_SOURCE = int(os.environ.get("CRYOPOSE_FUZZ_CASES", 110))  # 4 x 110 cases, ~5 s
 SEED = int(os.environ.get("CRYOPOSE_FUZZ_SEED", 7))
 GARBAGE = ["abc", "1.2.3", "nan", "inf", "-", "12x", "1e999", "0x10", '"', "'q", "#x", "a#b", "é", "\u00a0", "",
            "1,5", "--1", "_rlnFoo", "data_x", "loop_", "3", "-0.0", '"a b"', "NaN", "<NA>", "1e-400"]
@@ -153,14 +154,22 @@ def _use(p: ParticleSet) -> None:
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_fuzzed_star_files(shared_data: Path, tmp_path: Path, source: str) -> None:
-    src = shared_data / source
+    src = shared_data / source.removeprefix("quoted:")
     text = src.read_text()
+    if source.startswith("quoted:"):
+        text = "\n".join(
+            " ".join(f'"{t.replace("@", "@my ")}"' if "@" in t else t for t in line.split()) if "@" in line else line
+            for line in text.split("\n")
+        )
+        src = tmp_path / "quoted.star"
+        src.write_text(text)
     clean = read_star(src)
     raw = starfile.read(src, always_dict=True)
     raw_particles = raw.get("particles", next(iter(raw.values())))
     # columns of the particle block as written in the file (not merged or computed ones)
     particle_columns = [c for c in raw_particles.columns if c not in ("rlnOriginX", "rlnOriginY")]
     assert not clean.table.isna().any().any()
+    assert source != SOURCES[-1] or clean.table["rlnImageName"].str.contains("@my ").all()
     rng = np.random.default_rng(SEED + SOURCES.index(source))
     old = signal.signal(signal.SIGALRM, _alarm)
     outcomes: Counter = Counter()

@@ -59,25 +59,27 @@ class LoopLayout:
     line: int
     columns: list[str]
     rows: np.ndarray
-    text: str = field(default="", repr=False)
-    """The file's text; the rows lie in text[start:stop] (for ``count_values``)."""
     start: int = 0
     stop: int = 0
+    """The rows lie in text[start:stop] of the file's text."""
     exact: bool = False
     """True when every row's values were counted (the slow path); else only rows that
     starfile padded (NaN or "") or a parse error get counted, by ``count_values``."""
 
-    def count_values(self, path: Path, rows: np.ndarray | None = None) -> None:
+    def count_values(self, path: Path, text: str, rows: np.ndarray | None = None) -> None:
         """UserError at the first of these rows (indices; None: all) without one value per column."""
         if self.exact:
             return
-        lines = self.text[self.start : self.stop].split("\n")
-        if self.stop > self.start and self.text[self.stop - 1] == "\n":
+        lines = text[self.start : self.stop].split("\n")
+        if self.stop > self.start and text[self.stop - 1] == "\n":
             lines.pop()
+        # not exact: ASCII rows without quotes, '#' or blank lines between them, one row a line
         first = int(self.rows[0]) if len(self.rows) else 0
-        picked = range(len(lines)) if rows is None else (int(self.rows[r]) - first for r in rows)
-        for i in picked:
-            _check_count(path, self, first + i, None, lines[i])
+        picked = np.arange(len(lines)) if rows is None else np.asarray(rows, dtype=np.int64)
+        chosen = [lines[i] for i in picked]
+        counts = np.fromiter(map(len, map(str.split, chosen)), dtype=np.int64, count=len(chosen))
+        for k in np.flatnonzero(counts != len(self.columns))[:1]:
+            _check_count(path, self, first + int(picked[k]), int(counts[k]), chosen[k])
 
 
 @dataclass
@@ -106,11 +108,14 @@ class StarLayout:
     def block(self, name: str) -> LoopLayout | SimpleLayout | None:
         return next((b for b in self.blocks if b.name == name), None)
 
-    def count_values(self) -> None:
-        """Count the values of every row (after starfile failed): UserError at the first bad row."""
-        for b in self.blocks:
+    def count_values(self, loop: LoopLayout | None = None, rows: np.ndarray | None = None) -> None:
+        """Count the values of these rows of loop (None: every row of every loop, after starfile
+        failed): UserError at the first bad row. Reads the file again (the scan keeps no text,
+        to spare memory while starfile parses)."""
+        text = _read_text(self.path)
+        for b in self.blocks if loop is None else [loop]:
             if isinstance(b, LoopLayout):
-                b.count_values(self.path)
+                b.count_values(self.path, text, rows)
 
 
 # write_star records a RELION 3.0 particle block name (data_model_class_1) in a 3.1 file,
@@ -167,11 +172,32 @@ def _tokens(line: str) -> list[str]:
     return out
 
 
+def _count(line: str) -> int:
+    """Number of values in one stripped data row (ValueError as ``_tokens``), fast for rows
+    without special characters and for rows whose only specials are "double quotes"."""
+    if line.isascii() and "#" not in line and "'" not in line:
+        if '"' not in line:
+            return len(line.split())
+        parts = line.split('"')  # even parts unquoted, odd parts quoted values
+        if len(parts) % 2:
+            n = len(parts) // 2
+            for k in range(0, len(parts), 2):
+                part = parts[k]
+                if (k > 0 and part[:1] not in ("", " ", "\t", "\r")) or (
+                    k < len(parts) - 1 and part[-1:] not in ("", " ", "\t")
+                ):
+                    break  # a quote inside a value: _tokens says so
+                n += len(part.split())
+            else:
+                return n
+    return len(_tokens(line))
+
+
 def _check_count(path: Path, loop: LoopLayout, line_no: int, n: int | None, line: str) -> None:
     """UserError when a row of ``loop`` at line_no does not hold one value per column."""
     if n is None:
         try:
-            n = len(_tokens(line.strip()))
+            n = _count(line.strip())
         except ValueError as exc:
             raise _fail(path, line_no, f"{exc} (data_{loop.name})") from None
     n_cols = len(loop.columns)
@@ -293,6 +319,8 @@ def _scan_simple(path: Path, walk: _Lines, name: str, block_line: int, pos: int,
 
 
 _BLANK_LINE = re.compile(r"\n[ \t\r]*\n")
+# a "double quoted" value: after a blank or line start, before a blank or line end
+_QUOTED = re.compile(r'"(?<=[ \t\n]")[^"\n]*"(?=[ \t\r\n]|\Z)')
 
 
 def _scan_loop(path: Path, walk: _Lines, name: str, block_line: int, pos: int, line_no: int, end: int) -> LoopLayout:
@@ -331,8 +359,8 @@ def _scan_loop(path: Path, walk: _Lines, name: str, block_line: int, pos: int, l
         if not _is_blank_or_comment(text[begin:stop]):
             break
         stop = begin
-    loop = LoopLayout(name=name, line=block_line, columns=columns, rows=np.zeros(0, dtype=np.int64), text=text,
-                      start=pos, stop=stop)
+    loop = LoopLayout(name=name, line=block_line, columns=columns, rows=np.zeros(0, dtype=np.int64), start=pos,
+                      stop=stop)
     if stop == pos:
         return loop
     n_lines = text.count("\n", pos, stop) + (text[stop - 1] != "\n")
@@ -342,22 +370,33 @@ def _scan_loop(path: Path, walk: _Lines, name: str, block_line: int, pos: int, l
         cut = columns[min(max(n, 1), len(columns)) - 1]
         raise _fail(path, line_no + n_lines - 1, f"the file ends in the middle of this row of data_{name} (no final "
                     f"newline; the value of {cut} may be cut); it looks truncated, re-copy or re-export it")
-    special = any(text.find(c, pos, stop) >= 0 for c in _SPECIAL) or not (
-        text.isascii() or text[pos:stop].isascii()
-    )
-    if special or _BLANK_LINE.search(text, pos, stop):
+    has = {c: text.find(c, pos, stop) >= 0 for c in _SPECIAL}
+    ascii_text = text.isascii() or text[pos:stop].isascii()
+    if any(has.values()) or not ascii_text or _BLANK_LINE.search(text, pos, stop):
         # count every row now (comments, quotes, blank lines or non-ASCII text)
-        lines = text[pos:stop].split("\n")
+        region = text[pos:stop]
+        plain = None
+        if ascii_text and not has["#"] and not has["'"]:
+            # "double quoted" values (names with spaces) become one plain token each
+            plain = _QUOTED.sub("Q", "\n" + region)[1:] if has['"'] else region
+            if '"' in plain:
+                plain = None  # a quote the rule above does not take: count line by line
+        lines = (region if plain is None else plain).split("\n")
         if text[stop - 1] == "\n":
             lines.pop()
-        counts = np.zeros(len(lines), dtype=np.int64)
-        for i, line in enumerate(lines):
-            try:
-                counts[i] = len(_tokens(line.strip()))
-            except ValueError as exc:
-                raise _fail(path, line_no + i, f"{exc} (data_{name})") from None
-            if counts[i] != len(columns):
-                _check_count(path, loop, line_no + i, int(counts[i]), line)
+        if plain is not None:
+            counts = np.fromiter(map(len, map(str.split, lines)), dtype=np.int64, count=len(lines))
+        else:
+            counts = np.zeros(len(lines), dtype=np.int64)
+            for i, line in enumerate(lines):
+                try:
+                    counts[i] = _count(line.strip())
+                except ValueError as exc:
+                    raise _fail(path, line_no + i, f"{exc} (data_{name})") from None
+        bad = np.flatnonzero((counts != len(columns)) & (counts > 0))
+        if bad.size:
+            i = int(bad[0])
+            _check_count(path, loop, line_no + i, int(counts[i]), region.split("\n")[i])
         loop.rows = (np.flatnonzero(counts > 0) + line_no).astype(np.int64)
         loop.exact = True
     else:
@@ -382,7 +421,7 @@ def check_values(blocks: dict, layout: StarLayout, string_columns: set[str]) -> 
                 raise UserError(f"could not parse data_{spec.name} of {path} (line {spec.line}) as _name value pairs")
             continue
         if not isinstance(block, pd.DataFrame) or list(block.columns) != spec.columns or len(block) != len(spec.rows):
-            spec.count_values(path)
+            layout.count_values(spec)
             raise UserError(f"could not parse the loop of data_{spec.name} of {path} (line {spec.line})")
         if not spec.exact and len(block):
             # starfile pads a short row with NaN (numbers) or "" (text): count the values of those rows
@@ -391,7 +430,7 @@ def check_values(blocks: dict, layout: StarLayout, string_columns: set[str]) -> 
                 if block[column].dtype.kind not in "biufc":
                     suspect |= (block[column] == "").to_numpy(dtype=bool, na_value=False)
             if suspect.any():
-                spec.count_values(path, np.flatnonzero(suspect))
+                layout.count_values(spec, np.flatnonzero(suspect))
         for column in spec.columns:
             values = block[column]
             if column in string_columns or values.dtype.kind in "biufc":

@@ -8,8 +8,12 @@ every row, a last row without its newline) and raises ``UserError`` with one lin
 the file, the line and the column. What it returns (the blocks, their columns and the line
 of every row) lets ``check_values`` name the line of a value that is not a number.
 
-Speed: the per-row work is ``str.split`` through ``map`` (C loops, no Python per value);
-only lines with quotes, ``#`` or non-ASCII text are tokenised again by a regex.
+Speed (10^6 rows must stay quick): the scan works on offsets and C-level string methods
+and does not split rows in the common case. Rows are counted only where needed: all rows
+of a loop with quotes, ``#``, blank lines between rows or non-ASCII text (``str.split`` in
+bulk; a regex per line only for ``#``, single quotes or non-ASCII), otherwise only the
+rows starfile padded (NaN or "") or all rows after starfile failed. A 200k-row file (86 MB)
+reads in 0.65 s -> 0.80 s; 10^6 rows in about 7 -> 8 s, with the same peak memory.
 """
 
 from __future__ import annotations

@@ -66,6 +66,13 @@ _CTF_COLUMNS: dict[str, tuple[str, float | None]] = {
 }
 
 
+def _show(value: Any) -> str:
+    """A value for a message: nan, inf, 1.5 (not np.float64(1.5)); text quoted."""
+    if isinstance(value, (float, np.floating, int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return repr(float(value))
+    return repr(str(value))
+
+
 @dataclass
 class ParticleTensors:
     """The per-particle numbers the algorithms need, as tensors (one row per particle).
@@ -150,6 +157,10 @@ class ParticleSet:
     source_dir: Path | None = None
     source_file: Path | None = field(default=None, repr=False, compare=False)
     """The file this set was read from (write_star refuses to overwrite it); None if built."""
+    particle_block: str | None = field(default=None, repr=False, compare=False)
+    """Name of the STAR block the particles came from ("particles", "", "model_class_1")."""
+    star_blocks: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    """Names of all data blocks of the STAR file read, in file order (for round trips)."""
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -176,7 +187,7 @@ class ParticleSet:
         """
         if not all(c in self.table.columns for c in ANGLE_COLUMNS):
             return None
-        angles = np.deg2rad(self.table[list(ANGLE_COLUMNS)].to_numpy(dtype=np.float64))
+        angles = np.deg2rad(self._finite_columns(ANGLE_COLUMNS))
         t = torch.from_numpy(angles)
         return euler_to_matrix(t[:, 0], t[:, 1], t[:, 2]).numpy().astype(np.float64)
 
@@ -184,47 +195,88 @@ class ParticleSet:
     def shifts_angstrom(self) -> np.ndarray:
         """Origins (x, y) in Angstrom, (n, 2) float64, from rlnOriginX/YAngst; zeros if absent."""
         if all(c in self.table.columns for c in ORIGIN_ANGST_COLUMNS):
-            return self.table[list(ORIGIN_ANGST_COLUMNS)].to_numpy(dtype=np.float64)
+            return self._finite_columns(ORIGIN_ANGST_COLUMNS)
         if all(c in self.table.columns for c in ORIGIN_PX_COLUMNS):
-            px = self.table[list(ORIGIN_PX_COLUMNS)].to_numpy(dtype=np.float64)
+            px = self._finite_columns(ORIGIN_PX_COLUMNS)
             return px * self.pixel_size[:, None]
         return np.zeros((len(self), 2), dtype=np.float64)
 
     # ------------------------------------------------------------------ optics
-    def _pixel_size_or_none(self) -> np.ndarray | None:
+    def _pixel_size_source(self) -> tuple[np.ndarray, str] | None:
         cols = self.table.columns
         if "rlnImagePixelSize" in cols:
-            return self._column("rlnImagePixelSize")
+            return self._column("rlnImagePixelSize"), "rlnImagePixelSize"
         if "rlnPixelSize" in cols:
-            return self._column("rlnPixelSize")
+            return self._column("rlnPixelSize"), "rlnPixelSize"
         if "rlnDetectorPixelSize" in cols and "rlnMagnification" in cols:
             # RELION 3.0: pixel size (A) = detector pixel size (um) * 1e4 / magnification
-            return self._column("rlnDetectorPixelSize") * 1e4 / self._column("rlnMagnification")
+            # (1e4 / magnification first: exact for the magnification 10000 that write_star uses)
+            with np.errstate(divide="ignore", invalid="ignore"):  # a magnification of 0: reported by pixel_size
+                apix = self._column("rlnDetectorPixelSize") * (1e4 / self._column("rlnMagnification"))
+            return apix, "rlnDetectorPixelSize*1e4/rlnMagnification"
         return None
+
+    def _pixel_size_or_none(self) -> np.ndarray | None:
+        source = self._pixel_size_source()
+        return None if source is None else source[0]
 
     @property
     def pixel_size(self) -> np.ndarray:
         """Pixel size in Angstrom per particle, (n,) float64.
 
         From rlnImagePixelSize (merged from optics), else rlnPixelSize, else RELION 3.0's
-        rlnDetectorPixelSize * 1e4 / rlnMagnification. Raises UserError if unknown.
+        rlnDetectorPixelSize * 1e4 / rlnMagnification. Raises UserError if unknown, or
+        naming the particles whose pixel size is not a positive number.
         """
-        apix = self._pixel_size_or_none()
-        if apix is None or not np.all(np.isfinite(apix)) or np.any(apix <= 0):
+        source = self._pixel_size_source()
+        if source is None:
             raise UserError(
                 f"{self._name()} has no pixel size (rlnImagePixelSize); give the pixel size", option="apix"
             )
+        apix, column = source
+        self._reject(~(np.isfinite(apix) & (apix > 0)), column, apix, "not a positive number",
+                     "give the right pixel size in the file")
         return apix
 
     def _name(self) -> str:
+        if self.source_file is not None:
+            return f"the particle metadata in {self.source_file}"
         return "the particle metadata" if self.source_dir is None else f"the particle metadata in {self.source_dir}"
+
+    def _reject(self, bad: np.ndarray, column: str, values: np.ndarray, problem: str, fix: str) -> None:
+        """UserError naming the first few particles (1-based rows) where ``bad`` is True."""
+        if not bad.any():
+            return
+        rows = np.flatnonzero(bad)
+        shown = ", ".join(str(int(r) + 1) for r in rows[:5]) + (", ..." if rows.size > 5 else "")
+        first = int(rows[0])
+        which = f"row {first + 1}"
+        if "rlnImageName" in self.table.columns and column != "rlnImageName":
+            which = str(self.table["rlnImageName"].iloc[first])
+        raise UserError(
+            f"{self._name()}: {column} is {problem} for {rows.size} of {len(self)} particles "
+            f"(row{'s' if rows.size > 1 else ''} {shown}, counted from 1; {which} has {_show(values[first])}); "
+            f"{fix} or remove {'them' if rows.size > 1 else 'it'}"
+        )
+
+    def _finite_columns(self, columns: tuple[str, ...] | list[str]) -> np.ndarray:
+        """The columns as (n, k) float64; UserError naming the particles with NaN or infinity."""
+        out = np.empty((len(self), len(columns)), dtype=np.float64)
+        for j, col in enumerate(columns):
+            values = self._column(col)
+            self._reject(~np.isfinite(values), col, values, "not finite", "fix")
+            out[:, j] = values
+        return out
 
     @property
     def image_size(self) -> int | None:
         """Box size in pixels (rlnImageSize, the first particle's) or None if absent."""
         if "rlnImageSize" not in self.table.columns or len(self) == 0:
             return None
-        return int(self.table["rlnImageSize"].iloc[0])
+        size = self._column("rlnImageSize")[:1]
+        self._reject(~(np.isfinite(size) & (size > 0) & (size == np.round(size))), "rlnImageSize", size,
+                     "not a positive whole number", "fix the box size")
+        return int(size[0])
 
     def ctf_parameters(self) -> dict[str, np.ndarray] | None:
         """CTF parameters per particle, each (n,) float64, or None without rlnDefocusU.
@@ -245,16 +297,22 @@ class ParticleSet:
         n = len(self)
         out: dict[str, np.ndarray] = {}
         for key, (col, default) in _CTF_COLUMNS.items():
-            out[key] = self._column(col) if col in self.table.columns else np.full(n, float(default), dtype=np.float64)
+            if col in self.table.columns:
+                out[key] = self._finite_columns([col])[:, 0]
+            else:
+                out[key] = np.full(n, float(default), dtype=np.float64)
+        self._reject(out["voltage"] <= 0, "rlnVoltage", out["voltage"], "not positive", "give the voltage in kV")
         return out
 
     # ------------------------------------------------------------------ images
     def _split_names(self) -> tuple[list[str], np.ndarray]:
         if "rlnImageName" not in self.table.columns:
             raise UserError(f"{self._name()} has no rlnImageName column; cannot locate particle images")
+        names = self.table["rlnImageName"]
+        self._reject(names.isna().to_numpy(), "rlnImageName", names.to_numpy(), "missing", "give the image names")
         paths: list[str] = []
         indices = np.zeros(len(self), dtype=np.int64)
-        for i, name in enumerate(self.table["rlnImageName"].astype(str)):
+        for i, name in enumerate(names.astype(str)):
             if "@" in name:
                 number, path = name.split("@", 1)
                 try:
@@ -289,14 +347,19 @@ class ParticleSet:
         """rlnRandomSubset (1 or 2) per particle, int64, or None."""
         if "rlnRandomSubset" not in self.table.columns:
             return None
-        return self.table["rlnRandomSubset"].to_numpy().astype(np.int64)
+        return self._whole_numbers("rlnRandomSubset")
 
     @property
     def class_numbers(self) -> np.ndarray | None:
         """rlnClassNumber per particle, int64, or None."""
         if "rlnClassNumber" not in self.table.columns:
             return None
-        return self.table["rlnClassNumber"].to_numpy().astype(np.int64)
+        return self._whole_numbers("rlnClassNumber")
+
+    def _whole_numbers(self, column: str) -> np.ndarray:
+        values = self._column(column)
+        self._reject(~np.isfinite(values) | (values != np.round(values)), column, values, "not a whole number", "fix")
+        return values.astype(np.int64)
 
     def confidence(self) -> np.ndarray:
         """rlnMaxValueProbDistribution per particle (float64), 1 where the column is absent."""

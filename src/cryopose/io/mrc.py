@@ -42,13 +42,20 @@ def _check_size(path: Path, mrc: mrcfile.mrcfile.MrcFile) -> None:
             f"{path} is truncated: its header announces {nx}x{ny}x{nz} values ({expected} bytes) "
             f"but the file has {actual} bytes; re-copy or re-export it"
         )
+    if actual > expected:
+        raise UserError(
+            f"{path} has {actual - expected} bytes more than its header announces ({nx}x{ny}x{nz} values, "
+            f"{expected} bytes): the header does not describe the data; re-export the file"
+        )
 
 
 def _open(path: Path, mmap: bool) -> mrcfile.mrcfile.MrcFile:
     if not path.is_file():
         raise UserError(f"{path} does not exist; check the path")
-    if path.stat().st_size < 1024:
-        raise UserError(f"{path} is too short to be an MRC file (under 1024 bytes); is it truncated?")
+    size = path.stat().st_size
+    if size < 1024:
+        what = "is empty (0 bytes)" if size == 0 else f"has only {size} bytes, less than an MRC header"
+        raise UserError(f"{path} {what}; is it truncated? re-copy or re-export it")
     opener = mrcfile.mmap if mmap else mrcfile.open
     try:
         with warnings.catch_warnings():
@@ -77,14 +84,33 @@ def _voxel_size(mrc: mrcfile.mrcfile.MrcFile) -> float:
 
 
 def read_map(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """Read a cubic 3-D map: (volume float32 (z, y, x), pixel size in A; 0.0 if unknown)."""
+    """Read a cubic 3-D map: (volume float32 (z, y, x), pixel size in A; 0.0 if unknown).
+
+    A header pixel size of 0 (mrcfile's default) means unknown and gives 0.0: callers must
+    not divide by it. Refused: an image stack (a .mrcs file, or MRC space group 0 with
+    mz = 1), a 2-D image, a stack of several volumes (one volume in a volume stack, space
+    group 401 as ASPIRE writes, is a map), non-cubic maps, NaN or infinite values.
+    """
     path = Path(path)
     mrc = _open(path, mmap=False)
     try:
         data = np.asarray(mrc.data)
         apix = _voxel_size(mrc)
+        ispg, mz = int(mrc.header.ispg), int(mrc.header.mz)
     finally:
         mrc.close()
+    if data.ndim == 4:  # a volume stack
+        if data.shape[0] != 1:
+            raise UserError(f"{path} is a stack of {data.shape[0]} volumes; cryopose needs one map (split the stack)")
+        data = data[0]
+    elif data.ndim == 3 and (path.suffix.lower() == ".mrcs" or (ispg == 0 and mz == 1)):
+        kind = "a .mrcs file" if path.suffix.lower() == ".mrcs" else "its header says so: space group 0, mz 1"
+        raise UserError(
+            f"{path} is a stack of {data.shape[0]} images of {data.shape[2]}x{data.shape[1]} ({kind}), not a 3-D map; "
+            "give a map (volume) file"
+        )
+    elif data.ndim == 2:
+        raise UserError(f"{path} is a single 2-D image ({data.shape[1]}x{data.shape[0]}), not a 3-D map; give a map file")
     if data.ndim != 3:
         raise UserError(f"map {path} has {data.ndim} dimensions {data.shape}; cryopose needs a 3-D map")
     nz, ny, nx = data.shape
@@ -191,6 +217,8 @@ class ParticleImages:
         paths = particles.image_paths
         indices = particles.image_indices
         unique, file_ids = np.unique(paths, return_inverse=True)
+        # a name without "NNN@" is a single-image file: index 0 of a 2-D (or one-image) MRC
+        bare = ~particles.table["rlnImageName"].astype(str).str.contains("@", regex=False).to_numpy(dtype=bool)
         try:
             star_apix = particles._pixel_size_or_none()
         except Exception:
@@ -204,6 +232,10 @@ class ParticleImages:
                 )
             with open_stack(stack_path) as reader:
                 mine = file_ids == fid
+                if len(reader) > 1 and bare[mine].any():
+                    name = particles.table["rlnImageName"].to_numpy()[mine & bare][0]
+                    raise UserError(f"image name {name} has no NNN@ image number, so it names a single image, but "
+                                    f"{stack_path} holds {len(reader)}; write the image names as NNN@{name}")
                 idx = indices[mine]
                 if idx.min() < 0:
                     raise UserError(f"star asks for image {int(idx.min()) + 1} of {stack_path}; image numbers start at 1")

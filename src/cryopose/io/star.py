@@ -19,6 +19,7 @@ import starfile
 
 from cryopose.errors import UserError
 from cryopose.io.atomic import write_text_atomic
+from cryopose.io.star_text import NOTE_PREFIX, LoopLayout, check_values, scan_star
 from cryopose.particles import OPTICS_COLUMNS, ORIGIN_ANGST_COLUMNS, ORIGIN_PX_COLUMNS, ParticleSet
 
 __all__ = ["read_star", "write_star", "relink_image_names"]
@@ -71,18 +72,8 @@ def _format_floats(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _header_columns(path: Path) -> set[str]:
-    names = set()
-    with open(path, "r", errors="replace") as fh:
-        for line in fh:
-            s = line.strip()
-            if s.startswith("_"):
-                names.add(s.split()[0][1:])
-    return names
-
-
-def _string_columns(path: Path) -> list[str]:
-    return sorted(c for c in _header_columns(path) if c in _STRING_COLUMNS or c.endswith("Name"))
+def _string_columns(names: set[str]) -> list[str]:
+    return sorted(c for c in names if c in _STRING_COLUMNS or c.endswith("Name"))
 
 
 def _pick_particle_block(blocks: dict[str, Any], path: Path) -> str:
@@ -109,9 +100,19 @@ def _merge_optics(particles: pd.DataFrame, optics: pd.DataFrame, path: Path) -> 
             particles = particles.assign(rlnOpticsGroup=optics["rlnOpticsGroup"].iloc[0])
         else:
             raise UserError(f"{path}: particles have no rlnOpticsGroup but there are {len(optics)} optics groups")
-    unknown = set(particles["rlnOpticsGroup"].unique()) - set(optics["rlnOpticsGroup"].unique())
-    if unknown:
-        raise UserError(f"{path}: particles refer to optics groups {sorted(unknown)} that data_optics does not define")
+    groups = optics["rlnOpticsGroup"]
+    twice = groups.duplicated(keep=False).to_numpy()
+    if twice.any():
+        raise UserError(
+            f"{path}: data_optics defines optics group {groups[twice].iloc[0]} more than once; keep one row per group"
+        )
+    known = particles["rlnOpticsGroup"].isin(groups).to_numpy()
+    if not known.all():
+        unknown = ", ".join(str(g) for g in pd.unique(particles["rlnOpticsGroup"][~known])[:5])
+        raise UserError(
+            f"{path}: particles refer to optics groups {unknown} that data_optics does not define "
+            f"(first: particle {int(np.argmin(known)) + 1}); fix rlnOpticsGroup or add the groups"
+        )
     extra = [c for c in optics.columns if c != "rlnOpticsGroup" and c not in particles.columns]
     merged = particles.merge(optics[["rlnOpticsGroup", *extra]], on="rlnOpticsGroup", how="left", sort=False)
     merged.index = particles.index
@@ -127,15 +128,28 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
     path = Path(path)
     if not path.is_file():
         raise UserError(f"star file {path} does not exist; check the path")
-    try:
-        blocks = starfile.read(path, always_dict=True, parse_as_string=_string_columns(path))
-    except Exception as exc:  # starfile/pandas raise many kinds
-        raise UserError(f"could not parse {path} as a STAR file ({type(exc).__name__}: {exc}); is it a RELION .star?") from None
-    if not blocks:
+    layout = scan_star(path)  # structure, field counts, truncation: UserError naming the line
+    if not layout.blocks:
         raise UserError(f"{path} has no data blocks; is it a RELION .star file?")
+    strings = _string_columns(layout.names())
+    try:
+        blocks = starfile.read(path, always_dict=True, parse_as_string=strings)
+    except Exception as exc:  # starfile/pandas raise many kinds
+        layout.count_values()  # a row without one value per column: UserError naming its line
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise UserError(f"could not parse {path} as a STAR file ({reason}); is it a RELION .star?") from None
+    check_values(blocks, layout, set(strings))  # a value that is not a number: UserError naming its line
     blocks = dict(blocks)
+    order = tuple(blocks)
     particle_name = _pick_particle_block(blocks, path)
     particles = blocks.pop(particle_name).reset_index(drop=True)
+    spec = layout.block(particle_name)
+    if len(particles) == 0 and isinstance(spec, LoopLayout):
+        raise UserError(f"{path}: data_{particle_name} (line {spec.line}) has no particle rows; nothing to read")
+    block_name = particle_name
+    note = layout.particle_block_note
+    if note is not None and particle_name == "particles" and "optics" in order and note not in order:
+        block_name = note  # a RELION 3.0 particle block name kept through a 3.1 file
     optics = blocks.pop("optics", None) if particle_name != "optics" else None
     if optics is not None and not isinstance(optics, pd.DataFrame):
         optics = pd.DataFrame([optics])
@@ -146,7 +160,8 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
         table = particles.copy()
 
     pset = ParticleSet(
-        table=table, optics=optics, extra_blocks=blocks, source_dir=path.resolve().parent, source_file=path.resolve()
+        table=table, optics=optics, extra_blocks=blocks, source_dir=path.resolve().parent, source_file=path.resolve(),
+        particle_block=block_name, star_blocks=tuple(block_name if n == particle_name else n for n in order),
     )
     if apix is not None and pset._pixel_size_or_none() is None:
         pset = _set_pixel_size(pset, float(apix))
@@ -187,6 +202,13 @@ def _constant_within(table: pd.DataFrame, column: str, groups: pd.Series) -> boo
     return bool((table.groupby(groups, sort=False)[column].nunique(dropna=False) <= 1).all())
 
 
+# What RELION needs as one value per optics group.
+_GROUP_SETTINGS = (
+    "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality", "rlnVoltage", "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+)
+
+
 def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(optics, particles) blocks for RELION 3.1 from a set's merged table."""
     table = pset.table.copy()
@@ -223,23 +245,26 @@ def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
         particles = table.drop(columns=movable)
         return base, particles
 
-    # No optics table (RELION 3.0 or cryoSPARC): one group per distinct optics setting.
+    # No optics table (RELION 3.0 or cryoSPARC). The file's own rlnOpticsGroup numbers (a
+    # 3.0 file written from 3.1 keeps them) are kept when the settings RELION needs per group
+    # agree within each group; otherwise one group per distinct setting. Columns that vary
+    # within a group stay per particle.
     candidates = [c for c in OPTICS_COLUMNS if c in table.columns]
+    settings = [c for c in candidates if c in _GROUP_SETTINGS]
     if "rlnOpticsGroup" in table.columns and all(
-        _constant_within(table, c, table["rlnOpticsGroup"]) for c in candidates
+        _constant_within(table, c, table["rlnOpticsGroup"]) for c in settings
     ):
         group_ids = table["rlnOpticsGroup"].to_numpy()
-    elif candidates:
-        keys = table[candidates].astype(str).agg("\x1f".join, axis=1)
-        codes, _ = pd.factorize(keys, sort=False)
-        group_ids = codes + 1
+    elif settings:
+        group_ids = table.groupby(settings, sort=False, dropna=False).ngroup().to_numpy() + 1
     else:
         group_ids = np.ones(len(table), dtype=np.int64)
     table["rlnOpticsGroup"] = group_ids
-    firsts = table.groupby("rlnOpticsGroup", sort=False)[candidates].first().reset_index()
+    movable = [c for c in candidates if _constant_within(table, c, table["rlnOpticsGroup"])]
+    firsts = table.groupby("rlnOpticsGroup", sort=True)[movable].first().reset_index()
     if "rlnOpticsGroupName" not in firsts.columns:
         firsts.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in firsts["rlnOpticsGroup"]])
-    particles = table.drop(columns=candidates)
+    particles = table.drop(columns=movable)
     return firsts, particles
 
 
@@ -258,19 +283,63 @@ def _to_30(pset: ParticleSet) -> pd.DataFrame:
         # RELION 3.0: pixel size (A) = rlnDetectorPixelSize (um) * 1e4 / rlnMagnification.
         table["rlnMagnification"] = 10000.0
         table["rlnDetectorPixelSize"] = apix
-    # Optics-only bookkeeping has no meaning in a 3.0 file.
-    return table.drop(
-        columns=[c for c in ("rlnOpticsGroup", "rlnOpticsGroupName", "rlnImagePixelSize") if c in table.columns]
-    )
+    # rlnOpticsGroup and rlnOpticsGroupName stay (RELION 3.0 ignores them), so that a 3.1 file
+    # written from this one gets the same groups back.
+    return table.drop(columns=[c for c in ("rlnImagePixelSize",) if c in table.columns])
 
 
-def _block_text(name: str, block: Any, version_line: str) -> str:
+def _check_writable(name: str, block: pd.DataFrame) -> None:
+    """UserError for text values STAR cannot hold (quotes, '#', tabs, line breaks)."""
+    for col in block.columns:
+        values = block[col]
+        if values.dtype.kind in "biufcmM" or len(values) == 0:
+            continue
+        bad = values.astype(str).str.contains(r"[\x00-\x1f\x7f\"'#]", regex=True).to_numpy(dtype=bool)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise UserError(
+                f"{col} of row {i + 1} in data_{name} is {str(values.iloc[i])[:60]!r}: a STAR file cannot hold quotes, "
+                "'#', tabs or line breaks in a value; rename it"
+            )
+
+
+def _block_text(name: str, block: Any, version_line: str, note: str = "") -> str:
     if isinstance(block, pd.DataFrame):
+        _check_writable(name, block)
         block = _format_floats(block)
-    text = starfile.to_string({name: block}, sep=" ")
+    # starfile quotes values with spaces ("a b"); pandas' csv writer refuses a separator inside
+    # a value, so write with a separator no value holds and make it a blank afterwards.
+    text = starfile.to_string({name: block}, sep="\x1f").replace("\x1f", " ")
     # drop starfile's own "created by" header; keep RELION's version comment instead
     body = text.split("\n", 1)[1].lstrip("\n")
-    return f"\n{version_line}\n\n{body}"
+    return f"\n{version_line}\n{note}\n{body}"
+
+
+def _file_order(particles: ParticleSet, main: list[tuple[str, Any]], version: str) -> list[tuple[str, Any]]:
+    """The blocks to write: the particle (and optics) blocks where the file read had them,
+    the extra blocks in their file order. RELION 3.0 reads the first block, so a 3.0 file
+    made from a 3.1 one starts with the particles."""
+    extras = dict(particles.extra_blocks)
+    order = list(particles.star_blocks)
+    own = particles.particle_block
+    if own not in order:
+        return main + list(extras.items())
+    if version == "3.0" and "optics" in order:
+        order.remove(own)
+        order.insert(0, own)
+    by_name = dict(main)
+    out: list[tuple[str, Any]] = []
+    for name in order:
+        if name == own:
+            if "optics" in by_name and "optics" not in order:
+                out.append(("optics", by_name["optics"]))
+            out.append(main[-1])
+        elif name == "optics":
+            if "optics" in by_name:
+                out.append(("optics", by_name["optics"]))
+        elif name in extras:
+            out.append((name, extras.pop(name)))
+    return out + list(extras.items())
 
 
 def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "3.1") -> None:
@@ -290,15 +359,24 @@ def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "
         if path.resolve() == Path(particles.source_file).resolve():
             raise UserError(f"refusing to overwrite the input file {path}; choose another output name")
     particles = relink_image_names(particles, path.resolve().parent)
+    own = particles.particle_block
     if version == "3.1":
         optics, table = _split_optics(particles)
-        blocks: list[tuple[str, Any]] = [("optics", optics), ("particles", table)]
+        main: list[tuple[str, Any]] = [("optics", optics), ("particles", table)]
         version_line = "# version 30001"
+        # a RELION 3.0 block name (data_model_class_1) survives a 3.1 file as a comment
+        note = f"{NOTE_PREFIX}{own}\n" if own not in (None, "", "particles") else ""
     else:
-        blocks = [("", _to_30(particles))]
-        version_line = "# version 30000"
-    blocks += list(particles.extra_blocks.items())
-    text = "".join(_block_text(name, block, version_line) for name, block in blocks)
+        name = own if own not in (None, "particles") else ""
+        if name in particles.extra_blocks:
+            name = "particles"
+        main = [(name, _to_30(particles))]
+        version_line, note = "# version 30000", ""
+    blocks = _file_order(particles, main, version)
+    particle_block = main[-1][0]
+    text = "".join(
+        _block_text(name, block, version_line, note if name == particle_block else "") for name, block in blocks
+    )
     write_text_atomic(path, text)
 
 

@@ -177,7 +177,17 @@ def _zero_mask(ws):
 
 
 def _nan_angle(ws):
-    _replace_names(ws, lambda x: x.replace(x.split()[1], "nan", 1) if x.startswith("000002@") else x)
+    lines = _star_lines(ws)
+    block = lines.index("data_particles")
+    names = [x.split()[0] for x in lines[block:] if x.startswith("_rln")]
+    col = names.index("_rlnAngleTilt")
+
+    def nan_tilt(row: str) -> str:
+        fields = row.split()
+        fields[col] = "nan"
+        return " ".join(fields)
+
+    _replace_names(ws, lambda x: nan_tilt(x) if x.startswith("000002@") else x)
 
 
 def _read_only_out(ws):
@@ -211,7 +221,7 @@ CASES = [
     ("no image names", ["reconstruct", "validate"], lambda ws: _drop_column(ws, "rlnImageName"), "rlnImageName"),
     ("no angles", ["reconstruct"], lambda ws: _drop_column(ws, "rlnAngleTilt"), "angles"),
     ("no defocus column", ["reconstruct"], lambda ws: _drop_column(ws, "rlnDefocusU"), "CTF"),
-    ("NaN angle", ["reconstruct", "validate"], _nan_angle, "rlnAngle"),
+    ("NaN angle", ["reconstruct", "validate"], _nan_angle, "rlnAngleTilt is not finite"),
     ("truncated map", MAP_COMMANDS, _truncated_map, "map.mrc"),
     ("zero-size map", MAP_COMMANDS, _zero_size_map, "map.mrc"),
     ("header claims 32^3 over 64^3", MAP_COMMANDS, _header_claims_smaller, "map.mrc"),

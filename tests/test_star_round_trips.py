@@ -62,7 +62,8 @@ def test_30_to_31_to_30_keeps_the_block_name(shared_data: Path, tmp_path: Path) 
     assert block_names(tmp_path / "d30.star") == ["model_class_1"]
     d = read_star(tmp_path / "d30.star")
     np.testing.assert_allclose(d.pixel_size, a.pixel_size, rtol=1e-12)  # as magnification 10000 now
-    for col in a.table.columns.drop(["rlnMagnification", "rlnDetectorPixelSize"]):
+    assert d.image_paths.tolist() == a.image_paths.tolist()  # names relinked to the same stack
+    for col in a.table.columns.drop(["rlnMagnification", "rlnDetectorPixelSize", "rlnImageName"]):
         x, y = a.table[col], d.table[col]
         if x.dtype.kind in "fiu":
             np.testing.assert_allclose(y.to_numpy(float), x.to_numpy(float), rtol=1e-9, err_msg=col)

@@ -212,6 +212,34 @@ def test_reconstruct_resumes_from_checkpoint(small_sim, tmp_path, capsys, monkey
     assert np.allclose(a, b, atol=1e-5 * np.abs(b).max())
 
 
+def test_a_stale_checkpoint_is_discarded(small_sim, tmp_path, capsys, monkeypatch):
+    """A checkpoint made with other settings (here: the symmetry) is not resumed from: the
+    rerun starts over, says why, and gives the map of a fresh run."""
+    import cryopose.jobs.reconstruct as rec
+
+    monkeypatch.setattr(rec, "CHECKPOINT_SECONDS", -1.0)
+    original = rec.insert_images
+    calls = {"n": 0}
+
+    def interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rec, "insert_images", interrupt)
+    args = ["reconstruct", small_sim / "particles.star", "--chunk-size", "8", "--out", tmp_path / "a"]
+    code, _, _ = run(args, capsys)
+    assert code == 130 and (tmp_path / "a" / rec.CHECKPOINT).exists()
+    monkeypatch.setattr(rec, "insert_images", original)
+    code, _, err = run([*args, "--sym", "C2"], capsys)
+    assert code == 0 and "discarding checkpoint" in err and "symmetry" in err and "resuming" not in err, err
+    run(["reconstruct", small_sim / "particles.star", "--sym", "C2", "--out", tmp_path / "b"], capsys)
+    a = mrcfile.read(tmp_path / "a" / "map.mrc")
+    b = mrcfile.read(tmp_path / "b" / "map.mrc")
+    assert np.allclose(a, b, atol=1e-5 * np.abs(b).max())
+
+
 def test_simulate_sym_draws_in_asymmetric_unit(tmp_path, capsys):
     import torch
 

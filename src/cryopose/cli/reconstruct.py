@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cryopose.cli.common import device_option, progress_bar, resolve_device
+from cryopose.cli.common import cluster_options, device_option, progress_bar, resolve_device
 
 
 @click.command("reconstruct")
@@ -18,7 +18,8 @@ from cryopose.cli.common import device_option, progress_bar, resolve_device
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the half-set split when rlnRandomSubset is absent.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=256, show_default=True, help="Particles read and inserted at a time.")
 @device_option
-def command(particles: Path, out: Path, sym: str, ctf: bool, apix: float | None, seed: int, chunk_size: int, device: str) -> None:
+@cluster_options
+def command(particles: Path, out: Path, sym: str, ctf: bool, apix: float | None, seed: int, chunk_size: int, device: str, executor=None) -> None:
     """Reconstruct a map from PARTICLES.star with known poses.
 
     CTF-weighted direct Fourier insertion on a 2x padded grid (trilinear), gridding
@@ -35,7 +36,7 @@ def command(particles: Path, out: Path, sym: str, ctf: bool, apix: float | None,
     settings = ReconstructSettings(symmetry=sym, ctf=ctf, seed=seed, chunk_size=chunk_size)
     make_output_folder(out)
     with progress_bar("reconstruct") as update:
-        s = run_reconstruct(particles, out, settings, apix=apix, device=dev, progress=update)
+        s = run_reconstruct(particles, out, settings, apix=apix, device=dev, progress=update, executor=executor)
     click.echo(
         f"Reconstructed {s['n_particles']} particles in {s['seconds']:.1f} s: half-map FSC {s['resolution_0143']:.2f} A "
         f"at 0.143, {s['resolution_05']:.2f} A at 0.5 -> {out}/map.mrc"

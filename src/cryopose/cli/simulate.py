@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cryopose.cli.common import device_option, progress_bar, resolve_device
+from cryopose.cli.common import cluster_options, device_option, progress_bar, resolve_device
 
 
 @click.command("simulate")
@@ -34,7 +34,8 @@ from cryopose.cli.common import device_option, progress_bar, resolve_device
 @click.option("--cs", type=float, default=2.7, show_default=True, help="Spherical aberration (mm).")
 @click.option("--amplitude-contrast", type=float, default=0.1, show_default=True)
 @device_option
-def command(map_path, n, out, snr, ctf, defocus, max_shift, apix, box, sym, seed, from_star, particle_diameter, voltage, cs, amplitude_contrast, device):
+@cluster_options
+def command(map_path, n, out, snr, ctf, defocus, max_shift, apix, box, sym, seed, from_star, particle_diameter, voltage, cs, amplitude_contrast, device, executor):
     """Simulate particles from a map; the poses in DIR/particles.star are the ground truth.
 
     Writes DIR/particles.star (RELION 3.1, optics block) and DIR/particles.mrcs.
@@ -52,7 +53,7 @@ def command(map_path, n, out, snr, ctf, defocus, max_shift, apix, box, sym, seed
     )
     make_output_folder(out)
     with progress_bar("simulate") as update:
-        s = run_simulate(map_path, out, settings, device=dev, progress=update)
+        s = run_simulate(map_path, out, settings, device=dev, progress=update, executor=executor)
     click.echo(
         f"Simulated {s['n_particles']} particles ({s['box']} px, {s['pixel_size']:.3f} A/px, SNR {s['snr']:g}, "
         f"CTF {'on' if s['ctf'] else 'off'}) -> {s['star']}, {s['stack']}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cryopose.cli.common import device_option, progress_bar, resolve_device
+from cryopose.cli.common import cluster_options, device_option, progress_bar, resolve_device
 from cryopose.errors import UserError
 
 
@@ -29,8 +29,9 @@ from cryopose.errors import UserError
 @click.option("--chunk-size", default=64, show_default=True, help="Particles read and searched at a time (results do not depend on it).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the noise references.")
 @device_option
+@cluster_options
 def command(maps, particles, out, angular_sampling, max_shift, resolution, xi, sym, ctf_references, noise_draws,
-            precision_threshold, accuracy_threshold, convention, by_class, apix, chunk_size, seed, device) -> None:
+            precision_threshold, accuracy_threshold, convention, by_class, apix, chunk_size, seed, device, executor) -> None:
     """Validate the alignment of PARTICLES against MAP: per-particle precision and accuracy, Q, pruning.
 
     An interrupted run resumes from the chunks it finished (kept in DIR/.cryopose_validate).
@@ -55,7 +56,7 @@ def command(maps, particles, out, angular_sampling, max_shift, resolution, xi, s
                              accuracy_threshold=accuracy_threshold, convention=convention, seed=seed, chunk_size=chunk_size)
     make_output_folder(out)
     with progress_bar("validate") as update:
-        summary = run_validate(list(maps), particles, out, opts, by_class=by_class, apix=apix, device=dev, progress=update)
+        summary = run_validate(list(maps), particles, out, opts, by_class=by_class, apix=apix, device=dev, progress=update, executor=executor)
     if "ranking" in summary:
         for r in summary["ranking"]:
             click.echo(f"#{r['rank']} {r['map']}: precision {r['precision_fraction']:.3f}" + (f", Q {r['Q']:.3f}" if r["Q"] is not None else ""))

@@ -105,6 +105,8 @@ def test_workers_have_their_torch_threads(executor):
 
     expected = local_cluster_shape(2)[1]
     assert set(executor.client.run(threads).values()) == {expected}
+    # Dask's MALLOC_TRIM_THRESHOLD_ would turn off glibc's adaptive mmap threshold (slow)
+    assert not any(executor.client.run(lambda: "MALLOC_TRIM_THRESHOLD_" in os.environ).values())
 
 
 def _square(shared, part):
@@ -122,13 +124,17 @@ def test_run_chunks_in_any_order_and_chunk_size(executor, tmp_path):
     np.testing.assert_array_equal(run_chunks(23, 4, work)["y"], expected)
 
 
-def test_map_reduce_covers_every_range_once(executor):
+@pytest.mark.parametrize("flush", [None, -1.0])
+def test_map_reduce_covers_every_range_once(executor, flush):
     work = ChunkWork(_square, 0.0, lambda idx: idx)
     ranges = [(a, min(a + 3, 31)) for a in range(0, 31, 3)]
-    out = list(executor.map_reduce(work, ranges, _add_dicts, flush_seconds=-1.0))
-    covered = sorted(r for rs, _ in out for r in rs)
-    assert covered == ranges
-    assert sum(v["y"].sum() for _, v in out) == (np.arange(31.0) ** 2).sum()
+    seen = []
+    out = list(executor.map_reduce(work, ranges, _add_dicts, flush_seconds=flush, on_chunk=seen.append))
+    assert sorted(seen) == ranges
+    assert sorted(r for rs, _ in out for r in rs) == ranges
+    values = np.sort(np.concatenate([v["y"] for _, v in out]))
+    np.testing.assert_array_equal(values, np.arange(31.0) ** 2)
+    assert len(out) == (1 if flush is None else len(ranges))  # a tree on the workers, or every chunk brought back
 
 
 def _add_dicts(a, b):

@@ -304,7 +304,7 @@ def open_executor(
         # mmap threshold (see restore_allocator); our workers keep the normal allocator.
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                                   dashboard_address=None, silence_logs=logging.CRITICAL)
+                                   dashboard_address=":0", silence_logs=logging.CRITICAL)
         try:
             client = Client(cluster)
         except BaseException:

@@ -208,6 +208,8 @@ def test_to_tensors_matches_the_accessors(sim):
 
 def test_user_error_is_a_value_error_and_the_cli_names_the_option(tmp_path, capsys):
     assert issubclass(UserError, ValueError)
+    back = pickle.loads(pickle.dumps(UserError("no pixel size; give the pixel size", option="apix")))
+    assert str(back) == "no pixel size; give the pixel size" and back.option == "apix"  # survives a Dask worker
     star = tmp_path / "p.star"
     star.write_text("data_\nloop_\n_rlnImageName #1\n_rlnOriginX #2\n_rlnOriginY #3\n000001@s.mrcs 1.0 2.0\n")
     code, _, err = run(["reconstruct", star, "--out", tmp_path / "o"], capsys)

@@ -23,3 +23,6 @@ class UserError(ValueError):
     def __init__(self, message: str, option: str | None = None) -> None:
         super().__init__(message)
         self.option = option
+
+    def __reduce__(self):  # keep ``option`` when raised in a Dask worker and sent back
+        return (type(self), (str(self), self.option))

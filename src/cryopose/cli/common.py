@@ -6,6 +6,7 @@ imported), so a bad value gets one line at once.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ import click
 
 from cryopose.errors import UserError
 
-__all__ = ["resolve_device", "device_option", "force_option", "progress_bar", "Number", "POSITIVE", "NON_NEGATIVE", "COUNT"]
+__all__ = ["resolve_device", "device_option", "force_option", "cluster_options", "progress_bar", "Number", "POSITIVE", "NON_NEGATIVE", "COUNT"]
 
 
 class Number(click.ParamType):
@@ -92,6 +93,31 @@ force_option = click.option(
     "--force", is_flag=True,
     help="Replace existing files in the output that cryopose did not write (inputs are never replaced).",
 )
+
+
+def cluster_options(command: Callable) -> Callable:
+    """Add ``--workers N`` and ``--scheduler ADDRESS`` to a command and pass it
+    ``executor``: None (this process) without them, else a Dask executor on a local
+    cluster of N processes or on the running cluster at ADDRESS, closed when the command
+    returns. Use it under ``@click.command`` on every per-particle command, and hand
+    ``executor`` to the job."""
+
+    @click.option("--workers", type=click.IntRange(min=1), default=None,
+                  help="Run the chunks on a local Dask cluster of this many processes (cores shared among them).")
+    @click.option("--scheduler", metavar="ADDRESS", default=None,
+                  help="Run the chunks on a running Dask cluster (e.g. tcp://node:8786, from dask-jobqueue on SLURM).")
+    @functools.wraps(command)
+    def wrapper(*args, workers: int | None, scheduler: str | None, **kwargs):
+        if workers is not None and scheduler is not None:
+            raise UserError("--workers starts a local cluster and --scheduler uses a running one; give one of them")
+        if workers is None and scheduler is None:
+            return command(*args, executor=None, **kwargs)
+        from cryopose.jobs.executor import open_executor
+
+        with open_executor(workers=workers, scheduler=scheduler) as executor:
+            return command(*args, executor=executor, **kwargs)
+
+    return wrapper
 
 
 @contextmanager

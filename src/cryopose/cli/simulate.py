@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cryopose.cli.common import COUNT, NON_NEGATIVE, POSITIVE, Number, device_option, force_option, progress_bar, resolve_device
+from cryopose.cli.common import COUNT, NON_NEGATIVE, POSITIVE, Number, cluster_options, device_option, force_option, progress_bar, resolve_device
 
 
 @click.command("simulate")
@@ -36,8 +36,9 @@ from cryopose.cli.common import COUNT, NON_NEGATIVE, POSITIVE, Number, device_op
               help="Fraction of amplitude contrast, in [0, 1).")
 @force_option
 @device_option
+@cluster_options
 def command(map_path, n, out, snr, ctf, defocus, max_shift, apix, box, sym, seed, from_star, particle_diameter, voltage, cs,
-            amplitude_contrast, force, device):
+            amplitude_contrast, force, device, executor):
     """Simulate particles from a map; the poses in DIR/particles.star are the ground truth.
 
     Writes DIR/particles.star (RELION 3.1, optics block) and DIR/particles.mrcs.
@@ -53,7 +54,8 @@ def command(map_path, n, out, snr, ctf, defocus, max_shift, apix, box, sym, seed
         amplitude_contrast=amplitude_contrast,
     )
     with progress_bar("simulate") as update:
-        s = run_simulate(map_path, out, settings, device=dev, progress=update, force=force)
+        s = run_simulate(map_path, out, settings, device=dev, progress=update, force=force,
+                         executor=executor)
     click.echo(
         f"Simulated {s['n_particles']} particles ({s['box']} px, {s['pixel_size']:.3f} A/px, SNR {s['snr']:g}, "
         f"CTF {'on' if s['ctf'] else 'off'}) -> {s['star']}, {s['stack']}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cryopose.cli.common import COUNT, NON_NEGATIVE, POSITIVE, Number, device_option, force_option, progress_bar, resolve_device
+from cryopose.cli.common import COUNT, NON_NEGATIVE, POSITIVE, Number, cluster_options, device_option, force_option, progress_bar, resolve_device
 
 
 @click.command("validate")
@@ -29,8 +29,10 @@ from cryopose.cli.common import COUNT, NON_NEGATIVE, POSITIVE, Number, device_op
 @click.option("--seed", default=0, show_default=True, help="Seed of the noise references.")
 @force_option
 @device_option
+@cluster_options
 def command(maps, particles, out, angular_sampling, max_shift, resolution, xi, sym, ctf_references, noise_draws,
-            precision_threshold, accuracy_threshold, convention, by_class, apix, chunk_size, seed, force, device) -> None:
+            precision_threshold, accuracy_threshold, convention, by_class, apix, chunk_size, seed, force, device,
+            executor) -> None:
     """Validate the alignment of PARTICLES against MAP: per-particle precision and accuracy, Q, pruning.
 
     An interrupted run resumes from the chunks it finished (kept in DIR/.cryopose_validate).
@@ -48,7 +50,7 @@ def command(maps, particles, out, angular_sampling, max_shift, resolution, xi, s
                              accuracy_threshold=accuracy_threshold, convention=convention, seed=seed, chunk_size=chunk_size)
     with progress_bar("validate") as update:
         summary = run_validate(list(maps), particles, out, opts, by_class=by_class, apix=apix, device=dev, progress=update,
-                               force=force)
+                               force=force, executor=executor)
     if "ranking" in summary:
         for r in summary["ranking"]:
             click.echo(f"#{r['rank']} {r['map']}: precision {r['precision_fraction']:.3f}" + (f", Q {r['Q']:.3f}" if r["Q"] is not None else ""))

@@ -5,17 +5,46 @@ indices. Chunks already in the run's ``ChunkStore`` are skipped, each finished c
 stored the moment it is done, and the final arrays are assembled in particle order. Because
 a chunk's result depends only on its particles, the result is the same whatever the chunk
 size, order or interruption.
+
+On a Dask cluster (an ``executor`` from :mod:`cryopose.jobs.executor`) the same loop runs
+the chunks as tasks: give ``compute`` as a :class:`ChunkWork`, whose ``run(shared, part)``
+runs on the workers; finished chunks come back in any order and are stored by this process
+the moment they arrive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 
 from cryopose.io.checkpoints import ChunkStore
 
-__all__ = ["pending_ranges", "run_chunks", "assemble"]
+__all__ = ["ChunkWork", "pending_ranges", "run_chunks", "assemble", "torch_threads"]
+
+
+@dataclass(frozen=True)
+class ChunkWork:
+    """A per-particle computation split so that its chunks can run in other processes.
+
+    ``run(shared, part)`` computes the result of one chunk (a dict of arrays, one row per
+    particle); it must be a module-level function (workers import it by name). ``shared``
+    is what every chunk needs (a gallery, a map, model weights): it is sent to each worker
+    once per run, not with every chunk. ``part(indices)`` runs in the driving process and
+    gives the chunk's own small inputs, e.g. ``(images.take(indices), tensors[indices])``.
+    Called in-process, ``work(indices)`` is ``run(shared, part(indices))``.
+    """
+
+    run: Callable[[Any, Any], Any]
+    shared: Any
+    part: Callable[[np.ndarray], Any]
+
+    def __call__(self, indices: np.ndarray) -> Any:
+        return self.run(self.shared, self.part(np.asarray(indices)))
 
 
 def pending_ranges(n: int, chunk_size: int, done: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
@@ -45,26 +74,48 @@ def run_chunks(
     compute: Callable[[np.ndarray], dict[str, np.ndarray]],
     store: ChunkStore | None = None,
     progress: Callable[[int, int], None] | None = None,
+    executor: Any = None,
 ) -> dict[str, np.ndarray]:
     """Run ``compute(indices)`` over particles 0..n-1 in chunks and return the assembled
     arrays (each of n rows, in particle order). With a ``store``, finished chunks are kept
     and a rerun computes only the missing ones; ``progress(k, n)`` is called after each
-    chunk of k particles (and once for the particles found done)."""
+    chunk of k particles (and once for the particles found done).
+
+    ``executor``: None runs the chunks here, in order; a ``DaskExecutor`` runs them as
+    tasks on its cluster (``compute`` then a :class:`ChunkWork`, or any picklable callable,
+    which is sent once to each worker), storing each as it arrives."""
     done = store.completed() if store is not None else []
     done = [(a, b) for a, b in done if 0 <= a < b <= n]
     parts: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     if done and progress is not None:
         progress(sum(b - a for a, b in done), n)
-    for a, b in pending_ranges(n, chunk_size, done):
-        result = {k: np.asarray(v) for k, v in compute(np.arange(a, b)).items()}
-        if store is not None:
-            store.save(a, b, result)
-        parts[(a, b)] = result
-        if progress is not None:
-            progress(b - a, n)
+    todo = pending_ranges(n, chunk_size, done)
+    if executor is None:
+        results = ((rng, compute(np.arange(*rng))) for rng in todo)
+    else:
+        work = compute if isinstance(compute, ChunkWork) else ChunkWork(_call, compute, _identity)
+        results = executor.map(work, todo)
+    try:
+        for (a, b), chunk in results:
+            result = {k: np.asarray(v) for k, v in chunk.items()}
+            if store is not None:
+                store.save(a, b, result)
+            parts[(a, b)] = result
+            if progress is not None:
+                progress(b - a, n)
+    finally:
+        results.close()  # an interrupted run cancels its queued tasks
     for a, b in done:
         parts[(a, b)] = store.load(a, b)
     return assemble(n, parts)
+
+
+def _call(compute: Callable[[np.ndarray], Any], indices: np.ndarray) -> Any:
+    return compute(indices)
+
+
+def _identity(indices: np.ndarray) -> np.ndarray:
+    return indices
 
 
 def assemble(n: int, parts: dict[tuple[int, int], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -80,3 +131,19 @@ def assemble(n: int, parts: dict[tuple[int, int], dict[str, np.ndarray]]) -> dic
             arr[a:b] = values[name]
         out[name] = arr
     return out
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch threads (process-wide), then restore the count. Some
+    CPU kernels (MKL's FFT) round differently with another thread count; a computation
+    whose bytes must not depend on the machine or the worker runs with a fixed count."""
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,13 +29,16 @@ from cryopose.io.mrc import ParticleImages, write_map
 from cryopose.io.outputs import output_folder
 from cryopose.io.plots import plot_fsc_curves, write_fsc_csv
 from cryopose.io import read_particles
-from cryopose.jobs.chunks import pending_ranges
+from cryopose.jobs.chunks import ChunkWork, pending_ranges
 from cryopose.jobs.resources import require_memory
 from cryopose.particles import ParticleSet, ParticleTensors
 from cryopose.reconstruct.backproject import FourierAccumulator, finalise_reconstruction, insert_images
 from cryopose.reconstruct.fsc import fourier_shell_correlation
 
-__all__ = ["ReconstructSettings", "single_pixel_size", "half_set_labels", "reconstruct_halves", "run_reconstruct"]
+if TYPE_CHECKING:  # pragma: no cover
+    from cryopose.jobs.executor import DaskExecutor
+
+__all__ = ["ReconstructSettings", "single_pixel_size", "half_set_labels", "reconstruct_halves", "run_reconstruct", "task_size"]
 
 log = logging.getLogger("cryopose")
 
@@ -80,6 +84,77 @@ def half_set_labels(ps: ParticleSet, seed: int) -> tuple[np.ndarray, bool]:
     return labels, True
 
 
+@dataclass
+class _InsertShared:
+    """What every chunk of a reconstruction needs (sent once to each Dask worker)."""
+
+    box: int
+    pixel_size: float
+    symmetry: torch.Tensor
+    chunk_size: int
+    device: str
+
+
+def _insert_range(
+    accs: list[FourierAccumulator],
+    images: np.ndarray,
+    rows: ParticleTensors,
+    halves: np.ndarray,
+    pixel_size: float,
+    symmetry: torch.Tensor,
+    ctf: CTFParameters | None,
+) -> None:
+    """Insert the particles of one chunk (their images (k, N, N), ``rows`` of poses and
+    half sets) into the accumulator of their half."""
+    device = accs[0].sums.device
+    batch = torch.from_numpy(images).to(device)
+    rotations = rows.rotations.float()
+    shifts_px = (rows.shifts_angstrom / pixel_size).float()
+    for h in (1, 2):
+        sel = torch.from_numpy(np.nonzero(halves == h)[0])
+        if len(sel) == 0:
+            continue
+        insert_images(
+            accs[h - 1],
+            batch[sel.to(device)],
+            rotations[sel].to(device),
+            shifts_px[sel].to(device),
+            None if ctf is None else ctf[sel].to(device),
+            pixel_size,
+            symmetry,
+        )
+
+
+def _insert_part(shared: _InsertShared, part: tuple) -> torch.Tensor:
+    """Fourier sums (2, rows, 3) of half 1 and half 2 for one task's particles (a Dask
+    task; ``part`` is (image source, ParticleTensors rows, half sets, CTF or None)),
+    inserted ``chunk_size`` at a time."""
+    images, rows, halves, ctf = part
+    device = torch.device(shared.device)
+    accs = [FourierAccumulator.zeros(shared.box, device=device) for _ in range(2)]
+    symmetry = shared.symmetry.to(device)
+    try:
+        for lo in range(0, len(halves), shared.chunk_size):
+            sl = np.arange(lo, min(lo + shared.chunk_size, len(halves)))
+            _insert_range(accs, images.read(sl), rows[sl], halves[sl], shared.pixel_size, symmetry,
+                          None if ctf is None else ctf[torch.from_numpy(sl)])
+    finally:
+        images.close()
+    return torch.stack([accs[0].sums, accs[1].sums]).cpu()
+
+
+def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a + b
+
+
+def task_size(n: int, chunk_size: int, n_workers: int, per_worker: int = 4, most: int = 16) -> int:
+    """Particles per Dask task of a reconstruction. Each task returns whole Fourier sums
+    (2 halves x (2N)^3 x 3 float32: 50 MB at 64 px, 400 MB at 128 px), so tasks are large:
+    about ``per_worker`` per worker, but at most ``most`` chunks (so that workers that join
+    later still find work) and at least one chunk."""
+    return max(chunk_size, min(-(-n // max(1, n_workers * per_worker)), most * chunk_size))
+
+
 def reconstruct_halves(
     tensors: ParticleTensors,
     images,
@@ -89,10 +164,17 @@ def reconstruct_halves(
     device: torch.device | str = "cpu",
     checkpoint: Checkpoint | None = None,
     progress: Callable[[int, int], None] | None = None,
+    executor: DaskExecutor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Half maps and full map (N, N, N) from particles with poses (``tensors``), images
     from ``images.read``, half set 1/2 per particle. Resumes from ``checkpoint`` if it
-    matches the run, and saves it every ``CHECKPOINT_SECONDS``."""
+    matches the run, and saves it every ``CHECKPOINT_SECONDS``.
+
+    With an ``executor`` the particles are inserted on its Dask cluster: each task returns
+    the Fourier sums of its particles (numerator and CTF² per half, not images), the sums
+    are added in a tree on the workers, and partial sums come back to be checkpointed
+    every ``CHECKPOINT_SECONDS`` (the same checkpoint as here, so either path resumes the
+    other's run). The maps equal the single-process ones to float rounding."""
     device = torch.device(device)
     if tensors.rotations is None:
         raise UserError("the particles have no angles (rlnAngleRot/Tilt/Psi); reconstruction needs poses")
@@ -103,8 +185,6 @@ def reconstruct_halves(
         ctf_all = CTFParameters(**{k: v.float() for k, v in vars(tensors.ctf).items()})
     n = len(tensors)
     box = images.image_shape[0]
-    rotations = tensors.rotations.float()
-    shifts_px = (tensors.shifts_angstrom / pixel_size).float()
     symmetry = symmetry_matrices(settings.symmetry, dtype=torch.float32, device=device)
     accs = [FourierAccumulator.zeros(box, device=device) for _ in range(2)]
     done: list[tuple[int, int]] = []
@@ -117,30 +197,48 @@ def reconstruct_halves(
         log.info("resuming from %s: %d of %d particles already inserted", checkpoint.path.name, held, n)
         if progress is not None:
             progress(held, n)
+
+    def save() -> None:
+        checkpoint.save({"sums1": accs[0].sums.cpu(), "sums2": accs[1].sums.cpu(), "done": done})
+
     last_save = time.monotonic()
-    for lo, hi in pending_ranges(n, settings.chunk_size, done):
-        idx = np.arange(lo, hi)
-        batch = torch.from_numpy(images.read(idx)).to(device)
-        for h in (1, 2):
-            sel = torch.from_numpy(np.nonzero(halves[idx] == h)[0])
-            if len(sel) == 0:
-                continue
-            gidx = torch.from_numpy(idx)[sel]
-            insert_images(
-                accs[h - 1],
-                batch[sel.to(device)],
-                rotations[gidx].to(device),
-                shifts_px[gidx].to(device),
-                None if ctf_all is None else ctf_all[gidx].to(device),
-                pixel_size,
-                symmetry,
-            )
-        done.append((lo, hi))
-        if progress is not None:
-            progress(hi - lo, n)
-        if checkpoint is not None and time.monotonic() - last_save > CHECKPOINT_SECONDS and hi < n:
-            checkpoint.save({"sums1": accs[0].sums.cpu(), "sums2": accs[1].sums.cpu(), "done": done})
-            last_save = time.monotonic()
+    if executor is None:
+        for lo, hi in pending_ranges(n, settings.chunk_size, done):
+            idx = np.arange(lo, hi)
+            _insert_range(accs, images.read(idx), tensors[idx], halves[idx], pixel_size, symmetry,
+                          None if ctf_all is None else ctf_all[torch.from_numpy(idx)])
+            done.append((lo, hi))
+            if progress is not None:
+                progress(hi - lo, n)
+            if checkpoint is not None and time.monotonic() - last_save > CHECKPOINT_SECONDS and hi < n:
+                save()
+                last_save = time.monotonic()
+    else:
+        shared = _InsertShared(box, pixel_size, symmetry.cpu(), settings.chunk_size, str(device))
+
+        def part(idx: np.ndarray) -> tuple:
+            return (images.take(idx), tensors[idx], halves[idx],
+                    None if ctf_all is None else ctf_all[torch.from_numpy(idx)])
+
+        size = task_size(n - sum(b - a for a, b in done), settings.chunk_size, executor.n_workers)
+        on_chunk = None if progress is None else (lambda r: progress(r[1] - r[0], n))
+        flush = CHECKPOINT_SECONDS if checkpoint is not None else None
+        partials = executor.map_reduce(ChunkWork(_insert_part, shared, part), pending_ranges(n, size, done), _add,
+                                       flush, on_chunk)
+        try:
+            for covered, sums in partials:
+                accs[0].sums += sums[0].to(device)
+                accs[1].sums += sums[1].to(device)
+                done.extend(covered)
+                if checkpoint is not None and sum(b - a for a, b in done) < n:
+                    save()
+        finally:
+            partials.close()
+        held = np.zeros(n, dtype=np.int64)
+        for a, b in done:
+            held[a:b] += 1
+        if not np.all(held == 1):  # every particle inserted exactly once, whatever failed and was redone
+            raise RuntimeError(f"reconstruction covered particles {np.unique(held).tolist()} times; this is a bug")
     half1 = finalise_reconstruction(accs[0])
     half2 = finalise_reconstruction(accs[1])
     accs[0].add(accs[1])
@@ -159,11 +257,13 @@ def run_reconstruct(
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     force: bool = False,
+    executor: DaskExecutor | None = None,
 ) -> dict:
     """The ``cryopose reconstruct`` job on files; returns the summary (out/summary.json).
 
     Inputs and the output folder are checked before any work (``io.outputs``); files in
-    ``out`` that cryopose did not write are replaced only with ``force``."""
+    ``out`` that cryopose did not write are replaced only with ``force``. With an
+    ``executor`` the insertion runs on its Dask cluster (see :func:`reconstruct_halves`)."""
     settings = settings or ReconstructSettings()
     out = Path(out)
     t0 = time.perf_counter()
@@ -188,7 +288,8 @@ def run_reconstruct(
     signature.pop("chunk_size")
     with output_folder(out, inputs=[particles, *images.paths], outputs=OUTPUTS, force=force):
         checkpoint = Checkpoint(out / CHECKPOINT, signature)
-        half1, half2, full = reconstruct_halves(tensors, images, halves, pixel_size, settings, device, checkpoint, progress)
+        half1, half2, full = reconstruct_halves(tensors, images, halves, pixel_size, settings, device, checkpoint, progress,
+                                                executor)
         elapsed = time.perf_counter() - t0
         for name, vol in (("map.mrc", full), ("half1.mrc", half1), ("half2.mrc", half2)):
             write_map(out / name, vol.cpu().numpy(), pixel_size)

@@ -2,8 +2,8 @@
 
 Writes out/particles.star (RELION 3.1, the ground truth) and out/particles.mrcs. Noise is
 drawn per fixed block of ``BLOCK`` particles from a generator seeded by (seed, block), so
-the bytes depend only on the settings, and an interrupted run resumes from its partial
-stack.
+the bytes depend only on the settings (not on the order the blocks are made in, nor on
+where: here or on Dask workers), and an interrupted run resumes from its partial stack.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ import torch
 from cryopose.errors import UserError
 from cryopose.geometry.grids import poses_in_asymmetric_unit
 from cryopose.imaging.ctf import CTFParameters
-from cryopose.imaging.projection import fourier_volume
+from cryopose.imaging.projection import FourierVolume, fourier_volume
 from cryopose.imaging.resample import resample_map
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
 from cryopose.io.checkpoints import Checkpoint, file_identity
@@ -28,8 +29,12 @@ from cryopose.io.mrc import StackWriter, read_map
 from cryopose.io.outputs import output_folder
 from cryopose.io import read_particles
 from cryopose.io.star import write_star
+from cryopose.jobs.chunks import ChunkWork, torch_threads
 from cryopose.jobs.resources import require_memory
 from cryopose.particles import ParticleSet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cryopose.jobs.executor import DaskExecutor
 
 __all__ = ["SimulateSettings", "run_simulate", "BLOCK"]
 
@@ -111,6 +116,33 @@ def _from_star(star: Path, apix: float | None, use_ctf: bool):
     return ps, tensors
 
 
+@dataclass
+class _BlockShared:
+    """What every block of a simulation needs (sent once to each Dask worker)."""
+
+    volume: FourierVolume
+    snr: float
+    seed: int
+    mask_radius: float | None
+    pixel_size: float
+    device: str
+
+
+def _simulate_block(shared: _BlockShared, part: tuple) -> np.ndarray:
+    """Images (float32) of one block: ``part`` is (block number, its poses, origins in px,
+    CTF or None); the noise comes from a generator seeded by (seed, block) only. One torch
+    thread computes it (MKL's FFTs round differently with other thread counts), so the
+    bytes do not depend on the machine, nor on the Dask worker that made them."""
+    block, rotations, shifts_px, ctf = part
+    device = torch.device(shared.device)
+    c = None if ctf is None else ctf.to(device)
+    with torch_threads(1):
+        images = clean_particle_images(shared.volume, rotations.to(device), shifts_px.to(device), c, shared.pixel_size)
+        noise_gen = torch.Generator().manual_seed(shared.seed * 1_000_003 + block + 1)
+        images = add_noise(images, shared.snr, noise_gen, shared.mask_radius)
+    return images.cpu().numpy()
+
+
 def run_simulate(
     map_path: Path,
     out: Path,
@@ -118,12 +150,15 @@ def run_simulate(
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     force: bool = False,
+    executor: DaskExecutor | None = None,
 ) -> dict:
     """The ``cryopose simulate`` job on files; returns a summary (n, box, pixel size, paths).
 
     Inputs, settings, the memory needed and the output folder are checked before any work;
     files in ``out`` that cryopose did not write are replaced only with ``force`` and an input
-    never is."""
+    never is. With an ``executor`` the blocks are computed on its Dask cluster and this
+    process writes each into the stack as it arrives (no worker writes the partial stack,
+    so no shared file system is needed for the output and the bytes equal a run here)."""
     s = settings
     device = torch.device(device)
     out = Path(out)
@@ -168,26 +203,38 @@ def run_simulate(
     with output_folder(out, inputs=inputs, outputs=OUTPUTS, force=force):
         shifts_px = shifts_a / pixel_size
         checkpoint = Checkpoint(out / PROGRESS, signature)
+        ctf_float = None if ctf_params is None else CTFParameters(**{k: v.float() for k, v in vars(ctf_params).items()})
+        shared = _BlockShared(fv, s.snr, s.seed, mask_radius, pixel_size, str(device))
+        blocks = -(-n // BLOCK)
+
+        def part(block: int) -> tuple:
+            sl = slice(block * BLOCK, min((block + 1) * BLOCK, n))
+            return block, rotations[sl].float(), shifts_px[sl].float(), None if ctf_float is None else ctf_float[sl]
+
         with StackWriter(out / "particles.mrcs", n, (size, size), pixel_size, resumable=True) as writer:
-            done = 0
             state = checkpoint.load() if writer.resumed else None
+            done: set[int] = set()
             if state is not None:
-                done = int(state["done_blocks"])
-                log.info("resuming: %d of %d particles already simulated", min(done * BLOCK, n), n)
+                done = set(range(int(state["done_blocks"]))) if "done_blocks" in state else {int(b) for b in state["done"]}
+                held = sum(min((b + 1) * BLOCK, n) - b * BLOCK for b in done)
+                log.info("resuming: %d of %d particles already simulated", held, n)
                 if progress is not None:
-                    progress(min(done * BLOCK, n), n)
-            for block in range(done, -(-n // BLOCK)):
-                sl = slice(block * BLOCK, min((block + 1) * BLOCK, n))
-                c = None if ctf_params is None else ctf_params[sl].to(device)
-                if c is not None:
-                    c = CTFParameters(**{k: v.float() for k, v in vars(c).items()})
-                images = clean_particle_images(fv, rotations[sl].float().to(device), shifts_px[sl].float().to(device), c, pixel_size)
-                noise_gen = torch.Generator().manual_seed(s.seed * 1_000_003 + block + 1)
-                images = add_noise(images, s.snr, noise_gen, mask_radius)
-                writer.write(sl.start, images.cpu().numpy())
-                checkpoint.save({"done_blocks": block + 1})
-                if progress is not None:
-                    progress(sl.stop - sl.start, n)
+                    progress(held, n)
+            todo = [b for b in range(blocks) if b not in done]
+            if executor is None:
+                results = (((b, b + 1), _simulate_block(shared, part(b))) for b in todo)
+            else:  # workers compute, this process writes: one writer of the stack, same bytes
+                work = ChunkWork(_simulate_block, shared, lambda idx: part(int(idx[0])))
+                results = executor.map(work, [(b, b + 1) for b in todo])
+            try:
+                for (block, _), images in results:
+                    writer.write(block * BLOCK, images)
+                    done.add(block)
+                    checkpoint.save({"done": sorted(done)})
+                    if progress is not None:
+                        progress(len(images), n)
+            finally:
+                results.close()
         checkpoint.remove()
         names = [f"{i + 1:06d}@particles.mrcs" for i in range(n)]
         ctf_dict = None

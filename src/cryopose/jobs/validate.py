@@ -18,13 +18,14 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from cryopose.align.projection_matching import MatchSettings, build_gallery
+from cryopose.align.projection_matching import Gallery, MatchSettings, build_gallery
 from cryopose.errors import UserError
-from cryopose.imaging.projection import fourier_volume
+from cryopose.imaging.projection import FourierVolume, fourier_volume
 from cryopose.io.atomic import write_json_atomic
 from cryopose.io.checkpoints import ChunkStore, discard, file_identity
 from cryopose.io.mrc import ParticleImages, read_map
@@ -32,10 +33,13 @@ from cryopose.io.outputs import output_folder
 from cryopose.io import read_particles
 from cryopose.io.star import write_star
 from cryopose.io.validation_plots import soft_validation_figure
-from cryopose.jobs.chunks import run_chunks
+from cryopose.jobs.chunks import ChunkWork, run_chunks
 from cryopose.particles import ParticleSet
 from cryopose.validate import scores as sc
-from cryopose.validate.pipeline import noise_references, score_chunk
+from cryopose.validate.pipeline import NoiseReferences, noise_references, score_chunk
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cryopose.jobs.executor import DaskExecutor
 
 __all__ = ["ValidationOptions", "validate_particles", "rank_maps", "run_validate", "COLUMN_NAMES"]
 
@@ -125,6 +129,34 @@ def _check_classes(particles: ParticleSet, n_maps: int) -> np.ndarray:
     return classes
 
 
+@dataclass
+class _ScoreShared:
+    """What every chunk of a validation run needs (sent once to each Dask worker)."""
+
+    gallery: Gallery
+    clean_volume: FourierVolume
+    noise: NoiseReferences
+    apix: float
+    convention: str
+    device: str
+
+
+def _score_part(shared: _ScoreShared, part: tuple) -> dict[str, np.ndarray]:
+    """Scores of one chunk: ``part`` is (its image source, its rows of ParticleTensors)."""
+    images, rows = part
+    device = torch.device(shared.device)
+    try:
+        imgs = torch.as_tensor(images.read(np.arange(len(images))), device=device)
+    finally:
+        images.close()
+    ctf = None if rows.ctf is None else rows.ctf.to(device)
+    ctf = None if ctf is None else type(ctf)(**{k: v.float() for k, v in vars(ctf).items()})
+    shifts = rows.shifts_angstrom if rows.rotations is not None else None
+    out = score_chunk(shared.gallery, shared.clean_volume, imgs, ctf, rows.rotations, shifts, shared.apix, shared.noise,
+                      shared.convention)
+    return {k: v.numpy() for k, v in out.items()}
+
+
 def _score_one_map(
     particles: ParticleSet,
     images,
@@ -135,6 +167,7 @@ def _score_one_map(
     device: torch.device,
     progress: Callable[[int, int], None] | None,
     store: ChunkStore | None,
+    executor: DaskExecutor | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     settings = opts.resolved_match(volume.shape[-1], apix)
     xi = settings.xi
@@ -147,20 +180,14 @@ def _score_one_map(
     clean_volume = fourier_volume(torch.as_tensor(volume, dtype=torch.float32, device=device))
     noise = noise_references(gallery, xi, settings.symmetry, opts.convention, opts.noise_draws, opts.seed)
     tensors = particles.to_tensors()
-    has_poses = tensors.rotations is not None
+    shared = _ScoreShared(gallery, clean_volume, noise, apix, opts.convention, str(device))
 
-    def compute(local: np.ndarray) -> dict[str, np.ndarray]:
+    def part(local: np.ndarray) -> tuple:
         idx = indices[local]
-        sel = torch.from_numpy(idx)
-        imgs = torch.as_tensor(images.read(idx), device=device)
-        ctf = None if tensors.ctf is None else tensors.ctf[sel].to(device)
-        ctf = None if ctf is None else type(ctf)(**{k: v.float() for k, v in vars(ctf).items()})
-        rot = tensors.rotations[sel] if has_poses else None
-        sh = tensors.shifts_angstrom[sel] if has_poses else None
-        out = score_chunk(gallery, clean_volume, imgs, ctf, rot, sh, apix, noise, opts.convention)
-        return {k: v.numpy() for k, v in out.items()}
+        return images.take(idx), tensors[idx]
 
-    raw = run_chunks(len(indices), opts.chunk_size, compute, store, progress)
+    work = ChunkWork(_score_part, shared, part)
+    raw = run_chunks(len(indices), opts.chunk_size, work, store, progress, executor)
     conv = opts.convention
     qp = raw["qp"]
     prec = sc.passes(torch.as_tensor(qp), opts.precision_threshold, conv).numpy()
@@ -181,7 +208,7 @@ def _score_one_map(
         "max_shift_angstrom": settings.max_shift,
         "xi": xi,
     }
-    if has_poses:
+    if tensors.rotations is not None:
         qa = raw["qa"]
         acc = sc.passes(torch.as_tensor(qa), opts.accuracy_threshold, conv).numpy()
         both = prec & acc
@@ -215,6 +242,7 @@ def validate_particles(
     checkpoint_dir: Path | None = None,
     signature: dict | None = None,
     progress_total: int | None = None,
+    executor: DaskExecutor | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Validate ``particles`` (images from ``images.read``) against one map, or with
     ``by_class`` against the map of each particle's rlnClassNumber (class k -> maps[k-1]).
@@ -225,7 +253,8 @@ def validate_particles(
     (None without poses), thresholds, settings and, with ``by_class``, one row per class.
     With ``checkpoint_dir`` every finished chunk is kept there (for ``signature``) and a
     rerun with the same signature computes only the missing chunks. ``progress(k, total)``
-    is called as chunks finish (``progress_total`` overrides the total).
+    is called as chunks finish (``progress_total`` overrides the total). ``executor``: run
+    the chunks on a Dask cluster (see :mod:`cryopose.jobs.executor`; None: here).
     """
     opts = options or ValidationOptions()
     device = torch.device(device)
@@ -246,7 +275,7 @@ def validate_particles(
             raise ValueError("validate_particles takes one map unless by_class is set")
         vol, map_apix = maps[0]
         apix = _check_geometry(vol, map_apix, particles, box)
-        cols, summary = _score_one_map(particles, images, np.arange(n), vol, apix, opts, device, step, store("all"))
+        cols, summary = _score_one_map(particles, images, np.arange(n), vol, apix, opts, device, step, store("all"), executor)
     else:
         classes = _check_classes(particles, len(maps))
         cols = {}
@@ -255,7 +284,7 @@ def validate_particles(
             idx = np.nonzero(classes == k)[0]
             vol, map_apix = maps[k - 1]
             apix = _check_geometry(vol, map_apix, particles, box)
-            c, s = _score_one_map(particles, images, idx, vol, apix, opts, device, step, store(f"class{k}"))
+            c, s = _score_one_map(particles, images, idx, vol, apix, opts, device, step, store(f"class{k}"), executor)
             for name, values in c.items():
                 if name not in cols:
                     cols[name] = np.full(n, np.nan) if values.dtype.kind == "f" else np.zeros(n, dtype=values.dtype)
@@ -314,6 +343,7 @@ def run_validate(
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     force: bool = False,
+    executor: DaskExecutor | None = None,
 ) -> dict:
     """The ``cryopose validate`` job on files; returns the summary written to out/summary.json.
 
@@ -323,7 +353,8 @@ def run_validate(
     One map: scores in out/particles.star, out/pruned.star, out/summary.json and
     out/soft_validation.png. Several maps without ``by_class``: each in out/map<i>/, and a
     ranking in out/summary.json. Finished chunks are kept in out/.cryopose_validate and a
-    rerun with the same inputs and settings resumes from them.
+    rerun with the same inputs and settings resumes from them. With an ``executor`` the
+    chunks run on its Dask cluster (the stacks must be readable by its workers).
     """
     opts = options or ValidationOptions()
     out = Path(out)
@@ -346,14 +377,16 @@ def run_validate(
     store_root = out / STORE
     with output_folder(out, inputs=[particles, *maps, *images.paths], outputs=outputs, force=force):
         if not several:
-            cols, summary = validate_particles(ps, images, volumes, opts, by_class, device, progress, store_root, base)
+            cols, summary = validate_particles(ps, images, volumes, opts, by_class, device, progress, store_root, base,
+                                               executor=executor)
             summary["maps"] = [str(m) for m in maps]
             _write_outputs(out, ps, cols, summary, opts)
         else:
             summaries = []
             for i, (m, vol) in enumerate(zip(maps, volumes), start=1):
                 cols, s = validate_particles(ps, images, [vol], opts, False, device, progress,
-                                             store_root / f"map{i}", {**base, "map_index": i}, len(ps) * len(maps))
+                                             store_root / f"map{i}", {**base, "map_index": i}, len(ps) * len(maps),
+                                             executor)
                 s["map"] = str(m)
                 _write_outputs(out / f"map{i}", ps, cols, s, opts)
                 summaries.append(s)

@@ -373,6 +373,12 @@ def test_per_particle_star_is_itself_a_prediction_with_its_truth(sim, tmp_path, 
     for key in ("MAnE_deg", "wMAnE_deg", "median_angular_error_deg"):
         assert again["pose"][key] == pytest.approx(first["pose"][key], abs=1e-6)
     assert again["pose"]["shift_error_angstrom"]["mean"] == pytest.approx(first["pose"]["shift_error_angstrom"]["mean"], abs=1e-6)
+    # without the true origins there is no shift error to report
+    pp = read_particles(tmp_path / "a" / "per_particle.star")
+    write_star(pp._new(pp.table.drop(columns=["cryoposeTrueOriginXAngst", "cryoposeTrueOriginYAngst"])), tmp_path / "c.star")
+    third = _evaluate(["--pred", tmp_path / "c.star", "--out", tmp_path / "c", "--no-maps"], capsys)
+    assert third["pose"]["shift_error_angstrom"] is None
+    assert third["pose"]["MAnE_deg"] == pytest.approx(first["pose"]["MAnE_deg"], abs=1e-6)
 
 
 def test_predictions_without_origins_are_reconstructed_with_the_true_ones(sim, tmp_path, capsys):

@@ -23,6 +23,8 @@ Conventions:
   ``cryoposeTrueAngleRot/Tilt/Psi`` and ``cryoposeTrueOriginX/YAngst`` columns (what
   ``cryopose predict`` writes); the other columns (CTF, half sets, image names,
   ``rlnMaxValueProbDistribution``) are the prediction file's, which are its input's.
+  Without the origin columns the truth's origins are the prediction's, and no shift error
+  is reported.
 - Origins: a prediction without origin columns is reconstructed with the true origins (as
   CESPED does for estimators that predict rotations only) and has no shift error.
 - Half sets: the truth's ``rlnRandomSubset``; else the predictions' (all must have it);
@@ -324,6 +326,10 @@ def truth_from_predictions(predictions: list[ParticleSet]) -> ParticleSet:
 
 
 # ---------------------------------------------------------------------------- helpers
+def _without_origins(ps: ParticleSet) -> ParticleSet:
+    return ps._new(ps.table.drop(columns=[c for c in (*ORIGIN_ANGST_COLUMNS, *ORIGIN_PX_COLUMNS) if c in ps.table.columns]))
+
+
 def _digest(*arrays: np.ndarray) -> str:
     h = hashlib.sha1()
     for a in arrays:
@@ -745,7 +751,12 @@ def run_evaluate(
     settings = settings or EvaluateSettings()
     out = Path(out)
     preds = [read_particles(p, apix=apix) for p in predictions]
-    truth_ps = read_particles(truth, apix=apix) if truth is not None else truth_from_predictions(preds)
+    if truth is not None:
+        truth_ps = read_particles(truth, apix=apix)
+    else:
+        truth_ps = truth_from_predictions(preds)
+        # without cryoposeTrueOrigin* the truth's origins are the prediction's: no shift error to report
+        preds = [ps if all(c in ps.table.columns for c in TRUE_ORIGIN_COLUMNS) else _without_origins(ps) for ps in preds]
     if len(truth_ps) == 0:
         raise UserError(f"{truth} has no particles; nothing to evaluate")
     gt_vol = mask_vol = None

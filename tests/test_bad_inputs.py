@@ -28,6 +28,7 @@ OUTPUTS = {
     "align-maps": ["aligned_map.mrc", "transforms.json", "fsc.png", "align_maps.log"],
     "convert": [],
     "demo": ["report.md", "summary.json"],
+    "evaluate": ["metrics.json", "per_particle.star", "report.md", "errors.png", "directions.png", "gt_half1.mrc"],
 }
 FAST_VALIDATE = ["--angular-sampling", "20", "--noise-draws", "10", "--resolution", "20"]
 
@@ -207,36 +208,89 @@ def _out_is_input_folder(ws):
     return {"out": ws}
 
 
-STAR_COMMANDS = ["reconstruct", "validate", "convert"]
-MAP_COMMANDS = ["simulate", "fsc", "validate", "align-maps"]
-ALL = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "convert"]
+def _pred_star(ws, fn) -> dict:
+    """A prediction file pred.star: the particles' star with its data lines changed by ``fn``."""
+    lines = _star_lines(ws)
+    (ws / "pred.star").write_text("\n".join(fn(lines)) + "\n")
+    return {"pred": ws / "pred.star"}
+
+
+def _pred_not_in_truth(ws):
+    return _pred_star(ws, lambda ls: [x.replace("000003@", "000099@") for x in ls])
+
+
+def _pred_twice(ws):
+    return _pred_star(ws, lambda ls: ls + [next(x for x in ls if x.startswith("000002@"))])
+
+
+def _truth_twice(ws):
+    _edit_star(ws, lambda ls: ls + [next(x for x in ls if x.startswith("000002@"))])
+
+
+def _pred_without_truth_columns(ws):
+    return {"truth": None}
+
+
+def _other_box_mask(ws):
+    _write_map(ws / "mask.mrc", np.ones((32, 32, 32)))
+
+
+def _one_half_only(ws):
+    lines = _star_lines(ws)
+    block = lines.index("data_particles")
+    at = max(i for i, x in enumerate(lines) if i > block and x.startswith("_rln")) + 1  # a last column
+    lines.insert(at, "_rlnRandomSubset")
+    lines = [x + " 1" if "@particles.mrcs" in x else x for x in lines]
+    (ws / "particles.star").write_text("\n".join(lines) + "\n")
+
+
+def _negative_confidence(ws):
+    lines = _star_lines(ws)
+    block = lines.index("data_particles")
+    at = max(i for i, x in enumerate(lines) if i > block and x.startswith("_rln")) + 1  # a last column
+    lines.insert(at, "_rlnMaxValueProbDistribution")
+    lines = [x + (" -0.5" if x.startswith("000004@") else " 0.9") if "@particles.mrcs" in x else x for x in lines]
+    (ws / "particles.star").write_text("\n".join(lines) + "\n")
+
+
+STAR_COMMANDS = ["reconstruct", "validate", "convert", "evaluate"]
+MAP_COMMANDS = ["simulate", "fsc", "validate", "align-maps", "evaluate"]
+ALL = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "convert", "evaluate"]
+WRITERS = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "evaluate"]
 
 CASES = [
-    ("missing stack", ["reconstruct", "validate"], _stack_missing, "particles.mrcs"),
-    ("stack shorter than star", ["reconstruct", "validate"], _stack_short, "has 3"),
-    ("image index 0", ["reconstruct", "validate"], _index_zero, "start at 1"),
-    ("image index past the end", ["reconstruct", "validate"], _index_past_end, "9"),
+    ("missing stack", ["reconstruct", "validate", "evaluate"], _stack_missing, "particles.mrcs"),
+    ("stack shorter than star", ["reconstruct", "validate", "evaluate"], _stack_short, "has 3"),
+    ("image index 0", ["reconstruct", "validate", "evaluate"], _index_zero, "start at 1"),
+    ("image index past the end", ["reconstruct", "validate", "evaluate"], _index_past_end, "9"),
     ("empty star", STAR_COMMANDS, _empty_star, "particles.star"),
     ("optics only", STAR_COMMANDS, _optics_only, "particle"),
-    ("no image names", ["reconstruct", "validate"], lambda ws: _drop_column(ws, "rlnImageName"), "rlnImageName"),
-    ("no angles", ["reconstruct"], lambda ws: _drop_column(ws, "rlnAngleTilt"), "angles"),
-    ("no defocus column", ["reconstruct"], lambda ws: _drop_column(ws, "rlnDefocusU"), "CTF"),
-    ("NaN angle", ["reconstruct", "validate"], _nan_angle, "rlnAngleTilt is not finite"),
+    ("no image names", ["reconstruct", "validate", "evaluate"], lambda ws: _drop_column(ws, "rlnImageName"), "rlnImageName"),
+    ("no angles", ["reconstruct", "evaluate"], lambda ws: _drop_column(ws, "rlnAngleTilt"), "angles"),
+    ("no defocus column", ["reconstruct", "evaluate"], lambda ws: _drop_column(ws, "rlnDefocusU"), "CTF"),
+    ("NaN angle", ["reconstruct", "validate", "evaluate"], _nan_angle, "rlnAngleTilt is not finite"),
     ("truncated map", MAP_COMMANDS, _truncated_map, "map.mrc"),
     ("zero-size map", MAP_COMMANDS, _zero_size_map, "map.mrc"),
     ("header claims 32^3 over 64^3", MAP_COMMANDS, _header_claims_smaller, "map.mrc"),
     ("2-D image as map", MAP_COMMANDS, _image_as_map, "map.mrc"),
     ("particle stack as map", MAP_COMMANDS, _stack_as_map, "map.mrc"),
     ("non-cubic map", MAP_COMMANDS, _non_cubic_map, "map.mrc"),
-    ("map box differs from particles", ["validate"], _other_box_map, "px"),
-    ("map pixel size differs from particles", ["validate"], _other_pixel_map, "A/px"),
+    ("map box differs from particles", ["validate", "evaluate"], _other_box_map, "px"),
+    ("map pixel size differs from particles", ["validate", "evaluate"], _other_pixel_map, "A/px"),
     ("all-zero map", ["simulate", "align-maps"], _zero_map, "zeros"),
     ("2^3 map", ["align-maps"], _tiny_map, "map.mrc"),
     ("map header without pixel size", ["align-maps"], _no_pixel_size_map, "--apix"),
-    ("all-zero mask", ["align-maps", "fsc"], _zero_mask, "zeros"),
-    ("read-only out", ["simulate", "reconstruct", "fsc", "validate", "align-maps"], _read_only_out, "cannot"),
-    ("out is a file", ["simulate", "reconstruct", "fsc", "validate", "align-maps"], _out_is_file, "afile"),
-    ("out is the input folder", ["validate"], _out_is_input_folder, "is one of the inputs"),
+    ("all-zero mask", ["align-maps", "fsc", "evaluate"], _zero_mask, "zeros"),
+    ("mask box differs from particles", ["evaluate"], _other_box_mask, "px"),
+    ("read-only out", WRITERS, _read_only_out, "cannot"),
+    ("out is a file", WRITERS, _out_is_file, "afile"),
+    ("out is the input folder", ["validate", "evaluate"], _out_is_input_folder, "is one of the inputs"),
+    ("prediction not in the truth", ["evaluate"], _pred_not_in_truth, "not in the ground truth"),
+    ("particle predicted twice", ["evaluate"], _pred_twice, "predicted 2 times"),
+    ("truth lists a particle twice", ["evaluate"], _truth_twice, "2 times"),
+    ("no truth and no cryoposeTrue columns", ["evaluate"], _pred_without_truth_columns, "--truth"),
+    ("a half set is empty", ["evaluate"], _one_half_only, "half set 2"),
+    ("negative rlnMaxValueProbDistribution", ["evaluate"], _negative_confidence, "rlnMaxValueProbDistribution"),
     ("out is the input folder", ["reconstruct"], _out_is_input_folder, "map.mrc exists"),
 ]
 
@@ -260,6 +314,10 @@ def _argv(command: str, ws: Path, overrides: dict) -> list:
         return ["convert", star, overrides.get("target", ws / "converted.star"), *extra]
     if command == "demo":
         return ["demo", "--out", out, *extra]
+    if command == "evaluate":
+        truth = overrides.get("truth", star)
+        return ["evaluate", *(["--truth", truth] if truth is not None else []), "--pred", overrides.get("pred", star),
+                "--map", mp, "--mask", ws / "mask.mrc", "--out", out, *extra]
     raise ValueError(command)
 
 
@@ -333,6 +391,12 @@ OPTION_CASES = [
     ("align-maps", ["--lowpass", "0"], "--lowpass"),
     ("convert", ["--apix", "0"], "--apix"),
     ("demo", ["--n", "0"], "--n"),
+    ("evaluate", ["--sym", "Q7"], "Q7"),
+    ("evaluate", ["--chunk-size", "0"], "--chunk-size"),
+    ("evaluate", ["--apix", "-1"], "--apix"),
+    ("evaluate", ["--mask-lowpass", "nan"], "--mask-lowpass"),
+    ("evaluate", ["--mask-extend", "-1"], "--mask-extend"),
+    ("evaluate", ["--mask-threshold", "inf"], "--mask-threshold"),
     *[(cmd, ["--device", dev], "device") for cmd in ALL for dev in ("meta", "mps", "xpu")],
 ]
 

@@ -14,7 +14,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "cryopose"
 
 # What each part of the package may import from cryopose (besides itself).
-ALGORITHMS = {"align", "reconstruct", "validate", "learn"}
+ALGORITHMS = {"align", "reconstruct", "validate", "learn", "evaluate"}
 BASE = {"errors", "geometry", "imaging"}
 ALLOWED = {
     "errors": set(),
@@ -95,7 +95,7 @@ def test_library_messages_name_no_cli_option():
 
 
 @pytest.mark.parametrize("package", ["cryopose.geometry", "cryopose.imaging", "cryopose.io", "cryopose.align",
-                                     "cryopose.reconstruct", "cryopose.validate", "cryopose.jobs"])
+                                     "cryopose.reconstruct", "cryopose.validate", "cryopose.evaluate", "cryopose.jobs"])
 def test_every_subpackage_declares_its_public_names(package):
     module = importlib.import_module(package)
     assert isinstance(getattr(module, "__all__", None), list) and module.__all__, package

@@ -27,6 +27,7 @@ _API = {
     "fsc": "cryopose.api",
     "validate_alignment": "cryopose.api",
     "align_maps": "cryopose.api",
+    "evaluate_poses": "cryopose.api",
 }
 
 __all__ = ["__version__", *_API]

@@ -20,6 +20,7 @@ from cryopose.io import read_particles
 from cryopose.io.mrc import read_map, write_map
 from cryopose.io.star import write_star
 from cryopose.jobs.align_maps import run_align_maps
+from cryopose.jobs.evaluate import EvaluateSettings, run_evaluate
 from cryopose.jobs.fsc import run_fsc
 from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct
 from cryopose.jobs.simulate import SimulateSettings, run_simulate
@@ -37,6 +38,7 @@ __all__ = [
     "fsc",
     "validate_alignment",
     "align_maps",
+    "evaluate_poses",
 ]
 
 PathLike = str | os.PathLike
@@ -93,3 +95,18 @@ def align_maps(reference: PathLike, maps: list[PathLike], out: PathLike, device:
         particles=[Path(p) for p in particles or []], groups=[[Path(g) for g in grp] for grp in groups or []],
         device=device,
     )
+
+
+def evaluate_poses(predictions: PathLike | list[PathLike], out: PathLike, truth: PathLike | None = None,
+                   map_path: PathLike | None = None, mask: PathLike | None = None, apix: float | None = None,
+                   device: str | torch.device = "cpu", **settings: Any) -> dict:
+    """Benchmark predicted poses (one STAR or several, e.g. one per half) against the
+    ground truth ``truth`` (None: the predictions' cryoposeTrue* columns) the CESPED way;
+    writes metrics.json, per_particle.star, report.md, figures and maps into ``out``.
+    Settings as ``EvaluateSettings`` (symmetry, reconstruct, ctf, seed, mask_threshold,
+    ...). Returns the metrics. On ParticleSets in memory use
+    ``cryopose.jobs.evaluate.evaluate_predictions``."""
+    preds = [Path(p) for p in (predictions if isinstance(predictions, (list, tuple)) else [predictions])]
+    return run_evaluate(preds, Path(out), truth=None if truth is None else Path(truth),
+                        gt_map=None if map_path is None else Path(map_path), mask=None if mask is None else Path(mask),
+                        settings=EvaluateSettings(**settings), apix=apix, device=device)

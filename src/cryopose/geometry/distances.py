@@ -16,6 +16,7 @@ from cryopose.geometry.symmetry import direction_symmetry_matrices, pose_symmetr
 
 __all__ = [
     "rotation_distance",
+    "nearest_symmetry_mate",
     "direction_distance",
     "pairwise_direction_distance",
     "direction_distance_matrices",
@@ -29,17 +30,30 @@ def angle_between(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.atan2(torch.linalg.cross(u, v, dim=-1).norm(dim=-1), (u * v).sum(-1))
 
 
+def _mate_distances(a: torch.Tensor, b: torch.Tensor, sym: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(angles (..., G) between a and every mate L_g b R_g of b, the mates (..., G, 3, 3))."""
+    left, right = pose_symmetry_operators(sym, dtype=b.dtype, device=b.device)
+    mates = left @ b.unsqueeze(-3) @ right
+    return rotation_angle(a.unsqueeze(-3).transpose(-1, -2) @ mates), mates
+
+
 def rotation_distance(a: torch.Tensor, b: torch.Tensor, sym: str = "C1") -> torch.Tensor:
     """Geodesic distance (rad) between poses a and b (..., 3, 3), minimised over ``sym``.
 
     min over g of geodesic_distance(a, L_g b R_g); for chiral groups min over R of
     geodesic_distance(a, b R). Shapes broadcast; result has the broadcast batch shape.
     """
-    left, right = pose_symmetry_operators(sym, dtype=b.dtype, device=b.device)
-    # a^T L_g b R_g for every g: (..., G, 3, 3)
-    lb = left @ b.unsqueeze(-3)
-    rel = a.unsqueeze(-3).transpose(-1, -2) @ lb @ right
-    return rotation_angle(rel).amin(dim=-1)
+    return _mate_distances(a, b, sym)[0].amin(dim=-1)
+
+
+def nearest_symmetry_mate(a: torch.Tensor, b: torch.Tensor, sym: str = "C1") -> tuple[torch.Tensor, torch.Tensor]:
+    """(``rotation_distance(a, b, sym)`` in rad, the mate L_g b R_g of b (..., 3, 3) that
+    attains it): the pose equivalent to b under ``sym`` that is closest to a."""
+    angles, mates = _mate_distances(a, b, sym)
+    best = angles.argmin(dim=-1, keepdim=True)
+    mates = mates.expand(*angles.shape, 3, 3)
+    mate = mates.gather(-3, best[..., None, None].expand(*best.shape, 3, 3)).squeeze(-3)
+    return angles.gather(-1, best).squeeze(-1), mate
 
 
 def direction_distance(d1: torch.Tensor, d2: torch.Tensor, sym: str = "C1") -> torch.Tensor:

@@ -15,6 +15,7 @@ __all__ = [
     "lowpass_filter",
     "normalise_background",
     "lowpass_volume",
+    "soft_mask_from_map",
 ]
 
 
@@ -83,3 +84,36 @@ def normalise_background(images: torch.Tensor, radius: float | None = None) -> t
     mean = bg.mean(dim=-1)
     std = bg.std(dim=-1).clamp_min(1e-12)
     return (images - mean[..., None, None]) / std[..., None, None]
+
+
+def soft_mask_from_map(
+    volume: torch.Tensor,
+    pixel_size: float,
+    threshold: float | None = None,
+    lowpass: float = 15.0,
+    extend: float = 6.0,
+    soft_edge: float = 8.0,
+) -> tuple[torch.Tensor, float]:
+    """A soft mask (N, N, N) in [0, 1] around the density of ``volume``, and the threshold used.
+
+    Steps (lengths in Å; RELION's ``relion_mask_create`` recipe): low-pass the map to
+    ``lowpass`` Å (skipped when finer than Nyquist); keep voxels above ``threshold`` (None:
+    0.2 of the low-passed map's maximum, like cryoSPARC's dynamic mask); extend by
+    ``extend`` Å (at least 1 px); then a raised-cosine edge ``soft_edge`` Å wide (at least
+    3 px), by the exact Euclidean distance to the extended mask. Returns the mask on
+    ``volume``'s device and dtype float32.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    vol = volume.float()
+    if lowpass > 2 * pixel_size:
+        vol = lowpass_volume(vol, lowpass, pixel_size)
+    thr = 0.2 * float(vol.max()) if threshold is None else float(threshold)
+    core = (vol > thr).cpu().numpy()
+    if not core.any():
+        raise ValueError(f"no voxel of the map is above the mask threshold {thr:g}")
+    extend_px = max(1.0, extend / pixel_size)
+    edge_px = max(3.0, soft_edge / pixel_size)
+    distance = torch.from_numpy(distance_transform_edt(~core)).to(volume.device)
+    mask = _soft_edge(distance, extend_px, edge_px)
+    return mask.float(), thr

@@ -22,6 +22,7 @@ from cryopose.io.star import write_star
 from cryopose.jobs.align_maps import run_align_maps
 from cryopose.jobs.fsc import run_fsc
 from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct
+from cryopose.jobs.refine import RefineSettings, run_refine
 from cryopose.jobs.simulate import SimulateSettings, run_simulate
 from cryopose.jobs.validate import ValidationOptions, run_validate
 from cryopose.particles import ParticleSet
@@ -37,6 +38,7 @@ __all__ = [
     "fsc",
     "validate_alignment",
     "align_maps",
+    "refine_poses",
 ]
 
 PathLike = str | os.PathLike
@@ -93,3 +95,13 @@ def align_maps(reference: PathLike, maps: list[PathLike], out: PathLike, device:
         particles=[Path(p) for p in particles or []], groups=[[Path(g) for g in grp] for grp in groups or []],
         device=device,
     )
+
+
+def refine_poses(particles: PathLike, map_path: PathLike, out: PathLike, half_maps: tuple[PathLike, PathLike] | None = None,
+                 apix: float | None = None, device: str | torch.device = "cpu", **settings: Any) -> dict:
+    """Gold-standard local refinement of a particle file's poses into ``out`` (particles.star,
+    half maps, map, FSC, summary.json); settings as ``RefineSettings`` (symmetry,
+    sigma_angle, max_shift, iterations, score, ctf, seed, chunk_size). Returns the summary."""
+    return run_refine(Path(particles), Path(map_path), Path(out),
+                      None if half_maps is None else (Path(half_maps[0]), Path(half_maps[1])),
+                      RefineSettings(**settings), apix=apix, device=device)

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fsc": ("fsc", "Fourier shell correlation between two maps and their resolution."),
     "validate": ("validate", "Alignment precision/accuracy of a refinement (Vargas et al. 2017), Q and pruning."),
     "align-maps": ("align_maps", "Align 3D maps to a reference and carry particle poses along."),
+    "refine": ("refine", "Refine particle poses locally, gold standard (each half against its own half map)."),
 }
 
 

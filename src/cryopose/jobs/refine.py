@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +36,15 @@ import torch
 
 from cryopose.align.local_search import LocalSearchSettings, local_search
 from cryopose.align.refinement import fsc_reference_weights, local_search_schedule, resolution_improved, shell_noise_power
-from cryopose.align.scoring import GaussianNoise, Reference, make_reference, prepare_particles, residual_shell_power, shell_sizes
+from cryopose.align.scoring import (
+    GaussianNoise,
+    PreparedParticles,
+    Reference,
+    make_reference,
+    prepare_particles,
+    residual_shell_power,
+    shell_sizes,
+)
 from cryopose.errors import UserError
 from cryopose.geometry.rotations import geodesic_distance
 from cryopose.geometry.symmetry import symmetry_matrices
@@ -155,18 +163,6 @@ class _SearchShared:
     device: str
 
 
-def _chunk_inputs(shared: _SearchShared, part: tuple) -> tuple[torch.Tensor, CTFParameters | None]:
-    images = part[0]
-    device = torch.device(shared.device)
-    try:
-        imgs = torch.as_tensor(images.read(np.arange(len(images))), device=device)
-    finally:
-        images.close()
-    rows: ParticleTensors = part[1]
-    ctf = None if rows.ctf is None else CTFParameters(**{k: v.float() for k, v in vars(rows.ctf.to(device)).items()})
-    return imgs, ctf
-
-
 def _reference_on(shared: _SearchShared, h: int) -> Reference:
     ref = shared.references[h - 1]
     device = torch.device(shared.device)
@@ -175,23 +171,37 @@ def _reference_on(shared: _SearchShared, h: int) -> Reference:
     return ref
 
 
-def _noise_part(shared: _SearchShared, part: tuple) -> dict[str, np.ndarray]:
-    """Residual power per shell (k, R+1) and amplitude scale (k,) of one chunk's particles
-    at their current poses, each against its own half's reference."""
-    imgs, ctf = _chunk_inputs(shared, part)
-    rows, halves = part[1], part[2]
-    k = len(halves)
-    radius = shared.references[0].radius
-    power = np.zeros((k, radius + 1), dtype=np.float32)
-    scale = np.zeros(k, dtype=np.float32)
+def _by_half(shared: _SearchShared, part: tuple) -> Iterator[tuple[int, np.ndarray, Reference, PreparedParticles]]:
+    """For each half set with particles in the chunk: (h, their rows in the chunk, half h's
+    reference, those particles prepared against it). ``part`` starts (image source, rows,
+    half sets)."""
+    images, rows, halves = part[:3]
+    device = torch.device(shared.device)
+    try:
+        imgs = torch.as_tensor(images.read(np.arange(len(images))), device=device)
+    finally:
+        images.close()
+    ctf = None if rows.ctf is None else CTFParameters(**{k: v.float() for k, v in vars(rows.ctf.to(device)).items()})
     for h in (1, 2):
         sel = np.nonzero(halves == h)[0]
         if len(sel) == 0:
             continue
         ref = _reference_on(shared, h)
         t = torch.from_numpy(sel)
-        prep = prepare_particles(ref, imgs[t.to(imgs.device)], None if ctf is None else ctf[t], ctf_references=True,
+        prep = prepare_particles(ref, imgs[t.to(device)], None if ctf is None else ctf[t], ctf_references=True,
                                  mask_radius=MASK_RADIUS)
+        yield h, sel, ref, prep
+
+
+def _noise_part(shared: _SearchShared, part: tuple) -> dict[str, np.ndarray]:
+    """Residual power per shell (k, R+1) and amplitude scale (k,) of one chunk's particles
+    at their current poses, each against its own half's reference; ``part`` is (image
+    source, rows with the current poses, half sets)."""
+    rows, halves = part[1], part[2]
+    power = np.zeros((len(halves), shared.references[0].radius + 1), dtype=np.float32)
+    scale = np.zeros(len(halves), dtype=np.float32)
+    for _, sel, ref, prep in _by_half(shared, part):
+        t = torch.from_numpy(sel)
         p, a = residual_shell_power(ref, prep, rows.rotations[t].float(), (rows.shifts_angstrom[t] / ref.work_pixel_size).float())
         power[sel] = p.cpu().numpy()
         scale[sel] = a.cpu().numpy()
@@ -202,20 +212,13 @@ def _search_part(shared: _SearchShared, part: tuple) -> dict[str, np.ndarray]:
     """Refined poses, origins and scores of one chunk: each particle searched against its
     own half's reference only. ``part`` is (image source, rows with the current poses,
     half sets, prior rotations, prior origins Å, amplitude scales or None)."""
-    imgs, ctf = _chunk_inputs(shared, part)
     _, rows, halves, prior_rot, prior_shift, scale = part
     k = len(halves)
     rotations = np.zeros((k, 3, 3), dtype=np.float32)
     shifts = np.zeros((k, 2), dtype=np.float32)
     scores = np.zeros(k, dtype=np.float32)
-    for h in (1, 2):
-        sel = np.nonzero(halves == h)[0]
-        if len(sel) == 0:
-            continue
-        ref = _reference_on(shared, h)
+    for h, sel, ref, prep in _by_half(shared, part):
         t = torch.from_numpy(sel)
-        prep = prepare_particles(ref, imgs[t.to(imgs.device)], None if ctf is None else ctf[t], ctf_references=True,
-                                 mask_radius=MASK_RADIUS)
         noise = None
         if shared.noise_power is not None:
             noise = GaussianNoise(shared.noise_power[h - 1], torch.as_tensor(scale[sel]))
@@ -270,21 +273,9 @@ def refine_particles(
     s = settings or RefineSettings()
     device = torch.device(device)
     n = len(particles)
-    if n == 0:
-        raise UserError("the particle set is empty; nothing to refine")
-    tensors = particles.to_tensors(ctf=s.ctf)
-    if tensors.rotations is None:
-        raise UserError("the particles have no angles (rlnAngleRot/Tilt/Psi); local refinement starts from poses")
-    if s.ctf and tensors.ctf is None:
-        raise UserError("the particles have no CTF columns (rlnDefocusU ...); refine without CTF", option="no-ctf")
-    apix = single_pixel_size(particles)
+    tensors, apix, halves, drawn = _checked_particles(particles, s, "the particles")
     box = int(images.image_shape[0])
     s.check(box, apix)
-    halves, drawn = half_set_labels(particles, s.seed)
-    for h in (1, 2):
-        if not np.any(halves == h):
-            raise UserError(f"half set {h} is empty (rlnRandomSubset); give both halves particles "
-                            "or drop the column to split at random")
     prior_rot, prior_shift = tensors.rotations.clone(), tensors.shifts_angstrom.clone()
     diameter = 2 * MASK_RADIUS * box * apix
     rec = s.reconstruct_settings()
@@ -437,6 +428,25 @@ def _iterate(
     return {"rotations": rotations, "shifts": shifts, "scores": torch.from_numpy(raw["scores"]), "record": record}
 
 
+def _checked_particles(ps: ParticleSet, s: RefineSettings, name: str) -> tuple[ParticleTensors, float, np.ndarray, bool]:
+    """(tensors, pixel size Å, half sets, whether drawn at random) of particles that can be
+    refined; UserError naming ``name`` otherwise."""
+    if len(ps) == 0:
+        raise UserError(f"{name} has no particles; nothing to refine")
+    tensors = ps.to_tensors(ctf=s.ctf)
+    if tensors.rotations is None:
+        raise UserError(f"{name} has no angles (rlnAngleRot/Tilt/Psi); local refinement starts from poses")
+    if s.ctf and tensors.ctf is None:
+        raise UserError(f"{name} has no CTF columns (rlnDefocusU ...); refine without CTF", option="no-ctf")
+    apix = single_pixel_size(ps)
+    halves, drawn = half_set_labels(ps, s.seed)
+    for h in (1, 2):
+        if not np.any(halves == h):
+            raise UserError(f"half set {h} of {name} is empty (rlnRandomSubset); give both halves particles "
+                            "or drop the column to split at random")
+    return tensors, apix, halves, drawn
+
+
 # ----------------------------------------------------------------------------- on files
 def _check_map(volume: np.ndarray, map_apix: float, box: int, apix: float, path: Path) -> None:
     if volume.shape[-1] != box:
@@ -477,14 +487,7 @@ def run_refine(
     out = Path(out)
     t0 = time.perf_counter()
     ps = read_particles(particles, apix=apix)
-    if len(ps) == 0:
-        raise UserError(f"{particles} has no particles; nothing to refine")
-    tensors = ps.to_tensors(ctf=s.ctf)
-    if tensors.rotations is None:
-        raise UserError(f"{particles} has no angles (rlnAngleRot/Tilt/Psi); local refinement starts from poses")
-    if s.ctf and tensors.ctf is None:
-        raise UserError(f"{particles} has no CTF columns (rlnDefocusU ...); refine without CTF", option="no-ctf")
-    pixel_size = single_pixel_size(ps)
+    tensors, pixel_size, _, _ = _checked_particles(ps, s, str(particles))
     images = ParticleImages(ps)
     box = images.image_shape[0]
     s.check(box, pixel_size)
@@ -497,11 +500,6 @@ def run_refine(
             vol, vol_apix = read_map(path)
             _check_map(vol, vol_apix, box, pixel_size, path)
             halves_given.append(vol)
-    labels, _ = half_set_labels(ps, s.seed)
-    for h in (1, 2):
-        if not np.any(labels == h):
-            raise UserError(f"half set {h} of {particles} is empty (rlnRandomSubset); give both halves particles "
-                            "or drop the column to split at random")
     require_memory(2 * 4 * 3 * (2 * box) ** 3 * 2.5, f"reconstructing {box} px images",
                    "bin the particles to a smaller box", device)
     inputs = [particles, map_path, *(half_maps or ()), *images.paths]

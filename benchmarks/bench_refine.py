@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--score", default="ncc", choices=["ncc", "likelihood"])
+    p.add_argument("--min-improvement", type=float, default=RefineSettings().min_improvement)
     p.add_argument("--out", default=None, help="write the JSON here instead of benchmarks/results/refine.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,7 +80,7 @@ def main() -> None:
         write_star(truth.with_poses(start.numpy(), origins.numpy()), tmp / "start.star")
         simulate_seconds = time.perf_counter() - t0
 
-        settings = RefineSettings(iterations=iterations, score=args.score)
+        settings = RefineSettings(iterations=iterations, score=args.score, min_improvement=args.min_improvement)
         t1 = time.perf_counter()
         summary = run_refine(tmp / "start.star", MAP, tmp / "refined", settings=settings, device=args.device)
         wall = time.perf_counter() - t1
@@ -112,6 +113,7 @@ def main() -> None:
         "data": {"n": n, "box": 64, "pixel_size": apix, "snr": 0.1, "defocus_um": [1.0, 2.5], "max_origin_angstrom": 10.0,
                  "start": "Gaussian rotation vector (median 4 deg), origins + N(0, 1.5 A) per axis, 10% random rotations"},
         "settings": {"sigma_angle": settings.sigma_angle, "max_shift": settings.max_shift, "iterations_max": iterations,
+                     "min_improvement": settings.min_improvement,
                      "score": settings.score, "symmetry": settings.symmetry},
         "targets": {"median_error_after_deg": 2.0, "particles_per_second": 15.0},
         "angular_error_deg": {

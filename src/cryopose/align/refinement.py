@@ -3,13 +3,13 @@
 Per iteration, each particle's pose is searched by :func:`cryopose.align.local_search.local_search`
 with a schedule that follows the current resolution d (FSC 0.143 of the half maps, Å):
 
-- the references are the half maps weighted per shell by sqrt(2 FSC / (1 + FSC)) (the
-  expected correlation of a half map with the truth, as RELION weights its references;
-  :func:`fsc_reference_weights`), and the comparison band, so their low-pass, is d;
+- the references are the half maps Wiener-filtered shell by shell with the gain their FSC
+  gives, sqrt(2 FSC / (1 + FSC)) as in RELION (:func:`fsc_reference_weights`), and the
+  comparison band, so their low-pass, is d;
 - the rotation neighbourhood is a ball of ``sigma_angle`` on SO(3) (a cone that includes
   psi) with a first step of ``sigma_angle / 3``; steps halve level by level until the
   finest is at most :func:`angular_step_for_resolution` (d), the angle that moves a point
-  at the edge of the particle (diameter D) by d / 8: degrees(d / (4 D)). So the finest
+  at the edge of the particle (diameter D) by d / 16: degrees(d / (8 D)). So the finest
   step shrinks as the resolution improves;
 - origins: a disc of ``max_shift`` Å with a first step of min(max_shift / 2, d / 4),
   halving with the angular step;
@@ -37,15 +37,18 @@ MAX_LEVELS = 6  # levels of one search at most (the first step / 32)
 
 
 def fsc_reference_weights(fsc: torch.Tensor) -> torch.Tensor:
-    """Per-shell weights sqrt(2 FSC / (1 + FSC)) of a half-map FSC curve (shells 0..N//2),
-    FSC clamped to [0, 1]: 1 where the halves agree, 0 where they do not."""
+    """Wiener gain per shell (shells 0..N//2) of a half map from the FSC of the two halves,
+    as RELION's gold-standard refinement regularises its references: the FSC of the
+    combined map with the truth, C = sqrt(2 FSC / (1 + FSC)), taken as the ratio
+    SNR / (1 + SNR) of the reference (FSC clamped to [0, 1]; 1 where the halves agree,
+    0 where they do not)."""
     f = fsc.double().clamp(0, 1)
     return torch.sqrt(2 * f / (1 + f)).float()
 
 
 def angular_step_for_resolution(resolution: float, diameter: float) -> float:
     """Finest angular step (deg) that resolution ``resolution`` Å needs for a particle of
-    ``diameter`` Å: the rotation that moves a point at its edge by resolution / 8."""
+    ``diameter`` Å: the rotation that moves a point at its edge by resolution / 16."""
     return math.degrees(resolution / (8.0 * diameter))
 
 

@@ -5,9 +5,9 @@ is the job on files behind ``cryopose refine``. Iteration 0 gives each half set
 (rlnRandomSubset, or a seeded random split) its own reference: the half maps given, or
 reconstructed from that half's input poses. Iteration i then
 
-1. searches every particle of half h against half h's map only, weighted per shell by
-   sqrt(2 FSC / (1 + FSC)) and low-passed at the current resolution (the FSC 0.143 of
-   the two half maps), on the schedule of
+1. searches every particle of half h against half h's map only, Wiener-filtered per
+   shell (gain sqrt(2 FSC / (1 + FSC)), :func:`fsc_reference_weights`) and low-passed
+   at the current resolution (the FSC 0.143 of the two half maps), on the schedule of
    :mod:`cryopose.align.refinement` (neighbourhoods about the current pose, bounded
    about the input pose; steps that shrink with the resolution), scored by NCC or by the
    Gaussian likelihood of the scoring kernel with per-shell noise power measured from

@@ -326,14 +326,14 @@ def refine_particles(
                  "record": {"iteration": 0, "references": source, **_fsc_record(fsc), **compare(full),
                             "seconds": time.perf_counter() - t0}}
         save(cp0, state)
-    states = [state]
+    records = [state["record"]]
     log.info("iteration 0 (%s): half maps agree to %.2f A (FSC 0.143)", state["record"]["references"],
              state["fsc"].resolution_0143)
     total = n * s.iterations
     step = None if progress is None else (lambda k, _n: progress(k, total))
     stop_reason = f"reached the iteration limit ({s.iterations})"
+    prev, best = state, None  # only these are held (maps of every iteration would not fit for large boxes)
     for i in range(1, s.iterations + 1):
-        prev = states[-1]
         cp = checkpoint(f"iteration_{i:02d}.pt")
         state = cp.load() if cp is not None else None
         if state is None:
@@ -348,21 +348,22 @@ def refine_particles(
             save(cp, state)
         elif progress is not None:
             progress(n, total)
-        states.append(state)
+        records.append(state["record"])
         r = state["record"]
         log.info("iteration %d: %.2f A (FSC 0.143), median pose change %.2f deg, %.1f particles/s", i,
                  r["resolution_0143"], r["pose_change_median_deg"], r["particles_per_second"])
+        if best is None or state["fsc"].resolution_0143 <= best["fsc"].resolution_0143:  # ties: the later one
+            best = state
         if not resolution_improved(prev["fsc"].resolution_0143, state["fsc"].resolution_0143, s.min_improvement):
             stop_reason = (f"the resolution stopped improving ({prev['fsc'].resolution_0143:.2f} -> "
                            f"{state['fsc'].resolution_0143:.2f} A)")
             break
-    # the best iteration after 0 (ties: the later one)
-    best = min(range(1, len(states)), key=lambda j: (states[j]["fsc"].resolution_0143, -j))
-    b = states[best]
+        prev = state
+    b = best
     return RefineResult(
         rotations=b["rotations"].double(), shifts_angstrom=b["shifts"].double(), scores=b["scores"].double(),
         halves=halves, halves_drawn=drawn, half1=b["half1"], half2=b["half2"], full=b["full"], fsc=b["fsc"],
-        iterations=[st["record"] for st in states], best_iteration=best, stop_reason=stop_reason,
+        iterations=records, best_iteration=b["record"]["iteration"], stop_reason=stop_reason,
     )
 
 
@@ -413,8 +414,9 @@ def _iterate(
         return (images.take(idx), current[idx], halves[idx], prior_rot[t], prior_shift[t],
                 None if scale is None else scale[t].numpy())
 
-    raw = run_chunks(n, s.chunk_size, ChunkWork(_search_part, shared, part), store(f"iteration_{i:02d}_search"), progress,
-                     executor)
+    search_store = store(f"iteration_{i:02d}_search")
+    resumed = 0 if search_store is None else sum(b - a for a, b in search_store.completed())
+    raw = run_chunks(n, s.chunk_size, ChunkWork(_search_part, shared, part), search_store, progress, executor)
     seconds = time.perf_counter() - t0
     rotations = torch.from_numpy(raw["rotations"])
     shifts = torch.from_numpy(raw["shifts"])
@@ -423,7 +425,7 @@ def _iterate(
     record.update(
         pose_change_median_deg=float(change.median()), pose_change_mean_deg=float(change.mean()),
         origin_change_median_angstrom=float(moved.median()),
-        search_seconds=seconds, particles_per_second=n / max(seconds, 1e-9),
+        search_seconds=seconds, particles_per_second=(n - resumed) / max(seconds, 1e-9),
     )
     return {"rotations": rotations, "shifts": shifts, "scores": torch.from_numpy(raw["scores"]), "record": record}
 

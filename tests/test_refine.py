@@ -23,7 +23,6 @@ from cryopose.align.refinement import angular_step_for_resolution, local_search_
 from cryopose.align.scoring import GaussianNoise, make_reference, prepare_particles, residual_shell_power, score_poses, shell_sizes
 from cryopose.align.map_alignment import apply_transform
 from cryopose.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
-from cryopose.imaging.fourier import radial_shell_index
 from cryopose.imaging.projection import fourier_volume
 from cryopose.imaging.resample import resample_map
 from cryopose.imaging.shifts import shift_rfft2

@@ -29,6 +29,7 @@ OUTPUTS = {
     "convert": [],
     "demo": ["report.md", "summary.json"],
     "evaluate": ["metrics.json", "per_particle.star", "report.md", "errors.png", "directions.png", "gt_half1.mrc"],
+    "refine": ["particles.star", "half1.mrc", "half2.mrc", "map.mrc", "fsc.csv", "fsc.png", "summary.json"],
 }
 FAST_VALIDATE = ["--angular-sampling", "20", "--noise-draws", "10", "--resolution", "20"]
 
@@ -191,6 +192,21 @@ def _nan_angle(ws):
     _replace_names(ws, lambda x: nan_tilt(x) if x.startswith("000002@") else x)
 
 
+def _one_half_set(ws):
+    lines = _star_lines(ws)
+    block = lines.index("data_particles")
+    last = max(i for i, x in enumerate(lines) if i > block and x.startswith("_"))
+    out = [*lines[: last + 1], "_rlnRandomSubset", *lines[last + 1 :]]
+    (ws / "particles.star").write_text("\n".join(x + " 1" if "@particles.mrcs" in x else x for x in out) + "\n")
+
+
+def _half_maps_of_another_box(ws):
+    small = mrcfile.read(ws / "map.mrc")[16:48, 16:48, 16:48]
+    _write_map(ws / "h1.mrc", small)
+    _write_map(ws / "h2.mrc", small)
+    return {"extra": ["--half-maps", ws / "h1.mrc", ws / "h2.mrc"]}
+
+
 def _read_only_out(ws):
     if os.geteuid() == 0:  # root ignores folder permissions: use a read-only file system
         return {"out": Path("/proc/cryopose-ro/sub")}
@@ -253,38 +269,39 @@ def _negative_confidence(ws):
     (ws / "particles.star").write_text("\n".join(lines) + "\n")
 
 
-STAR_COMMANDS = ["reconstruct", "validate", "convert", "evaluate"]
-MAP_COMMANDS = ["simulate", "fsc", "validate", "align-maps", "evaluate"]
-ALL = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "convert", "evaluate"]
-WRITERS = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "evaluate"]
+STAR_COMMANDS = ["reconstruct", "validate", "convert", "evaluate", "refine"]
+MAP_COMMANDS = ["simulate", "fsc", "validate", "align-maps", "evaluate", "refine"]
+ALL = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "convert", "evaluate", "refine"]
+IMAGE_COMMANDS = ["reconstruct", "validate", "evaluate", "refine"]
+WRITERS = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "evaluate", "refine"]
 
 CASES = [
-    ("missing stack", ["reconstruct", "validate", "evaluate"], _stack_missing, "particles.mrcs"),
-    ("stack shorter than star", ["reconstruct", "validate", "evaluate"], _stack_short, "has 3"),
-    ("image index 0", ["reconstruct", "validate", "evaluate"], _index_zero, "start at 1"),
-    ("image index past the end", ["reconstruct", "validate", "evaluate"], _index_past_end, "9"),
+    ("missing stack", IMAGE_COMMANDS, _stack_missing, "particles.mrcs"),
+    ("stack shorter than star", IMAGE_COMMANDS, _stack_short, "has 3"),
+    ("image index 0", IMAGE_COMMANDS, _index_zero, "start at 1"),
+    ("image index past the end", IMAGE_COMMANDS, _index_past_end, "9"),
     ("empty star", STAR_COMMANDS, _empty_star, "particles.star"),
     ("optics only", STAR_COMMANDS, _optics_only, "particle"),
-    ("no image names", ["reconstruct", "validate", "evaluate"], lambda ws: _drop_column(ws, "rlnImageName"), "rlnImageName"),
-    ("no angles", ["reconstruct", "evaluate"], lambda ws: _drop_column(ws, "rlnAngleTilt"), "angles"),
-    ("no defocus column", ["reconstruct", "evaluate"], lambda ws: _drop_column(ws, "rlnDefocusU"), "CTF"),
-    ("NaN angle", ["reconstruct", "validate", "evaluate"], _nan_angle, "rlnAngleTilt is not finite"),
+    ("no image names", IMAGE_COMMANDS, lambda ws: _drop_column(ws, "rlnImageName"), "rlnImageName"),
+    ("no angles", ["reconstruct", "evaluate", "refine"], lambda ws: _drop_column(ws, "rlnAngleTilt"), "angles"),
+    ("no defocus column", ["reconstruct", "evaluate", "refine"], lambda ws: _drop_column(ws, "rlnDefocusU"), "CTF"),
+    ("NaN angle", IMAGE_COMMANDS, _nan_angle, "rlnAngleTilt is not finite"),
     ("truncated map", MAP_COMMANDS, _truncated_map, "map.mrc"),
     ("zero-size map", MAP_COMMANDS, _zero_size_map, "map.mrc"),
     ("header claims 32^3 over 64^3", MAP_COMMANDS, _header_claims_smaller, "map.mrc"),
     ("2-D image as map", MAP_COMMANDS, _image_as_map, "map.mrc"),
     ("particle stack as map", MAP_COMMANDS, _stack_as_map, "map.mrc"),
     ("non-cubic map", MAP_COMMANDS, _non_cubic_map, "map.mrc"),
-    ("map box differs from particles", ["validate", "evaluate"], _other_box_map, "px"),
-    ("map pixel size differs from particles", ["validate", "evaluate"], _other_pixel_map, "A/px"),
-    ("all-zero map", ["simulate", "align-maps"], _zero_map, "zeros"),
+    ("map box differs from particles", ["validate", "evaluate", "refine"], _other_box_map, "px"),
+    ("map pixel size differs from particles", ["validate", "evaluate", "refine"], _other_pixel_map, "A/px"),
+    ("all-zero map", ["simulate", "align-maps", "refine"], _zero_map, "zeros"),
     ("2^3 map", ["align-maps"], _tiny_map, "map.mrc"),
     ("map header without pixel size", ["align-maps"], _no_pixel_size_map, "--apix"),
     ("all-zero mask", ["align-maps", "fsc", "evaluate"], _zero_mask, "zeros"),
     ("mask box differs from particles", ["evaluate"], _other_box_mask, "px"),
     ("read-only out", WRITERS, _read_only_out, "cannot"),
     ("out is a file", WRITERS, _out_is_file, "afile"),
-    ("out is the input folder", ["validate", "evaluate"], _out_is_input_folder, "is one of the inputs"),
+    ("out is the input folder", ["validate", "evaluate", "refine"], _out_is_input_folder, "is one of the inputs"),
     ("prediction not in the truth", ["evaluate"], _pred_not_in_truth, "not in the ground truth"),
     ("particle predicted twice", ["evaluate"], _pred_twice, "predicted 2 times"),
     ("truth lists a particle twice", ["evaluate"], _truth_twice, "2 times"),
@@ -292,6 +309,8 @@ CASES = [
     ("a half set is empty", ["evaluate"], _one_half_only, "half set 2"),
     ("negative rlnMaxValueProbDistribution", ["evaluate"], _negative_confidence, "rlnMaxValueProbDistribution"),
     ("out is the input folder", ["reconstruct"], _out_is_input_folder, "map.mrc exists"),
+    ("one half set empty", ["refine"], _one_half_set, "half set 2"),
+    ("half maps of another box", ["refine"], _half_maps_of_another_box, "px"),
 ]
 
 
@@ -312,6 +331,8 @@ def _argv(command: str, ws: Path, overrides: dict) -> list:
                 "--out", out, *extra]
     if command == "convert":
         return ["convert", star, overrides.get("target", ws / "converted.star"), *extra]
+    if command == "refine":
+        return ["refine", "--particles", star, "--map", mp, "--out", out, *extra]
     if command == "demo":
         return ["demo", "--out", out, *extra]
     if command == "evaluate":
@@ -397,6 +418,17 @@ OPTION_CASES = [
     ("evaluate", ["--mask-lowpass", "nan"], "--mask-lowpass"),
     ("evaluate", ["--mask-extend", "-1"], "--mask-extend"),
     ("evaluate", ["--mask-threshold", "inf"], "--mask-threshold"),
+    ("refine", ["--sigma-angle", "0"], "--sigma-angle"),
+    ("refine", ["--sigma-angle", "120"], "--sigma-angle"),
+    ("refine", ["--sigma-angle", "nan"], "--sigma-angle"),
+    ("refine", ["--max-shift", "-1"], "--max-shift"),
+    ("refine", ["--max-shift", "1e5"], "quarter of the box"),
+    ("refine", ["--iterations", "0"], "--iterations"),
+    ("refine", ["--score", "chi2"], "--score"),
+    ("refine", ["--chunk-size", "0"], "--chunk-size"),
+    ("refine", ["--sym", "Q7"], "Q7"),
+    ("refine", ["--apix", "0"], "--apix"),
+    ("refine", ["--half-maps", "h1.mrc"], "--half-maps"),
     *[(cmd, ["--device", dev], "device") for cmd in ALL for dev in ("meta", "mps", "xpu")],
 ]
 

@@ -169,6 +169,26 @@ def test_simulate_on_two_workers_gives_the_same_bytes(executor, data, tmp_path, 
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
+def test_refine_on_two_workers_equals_one_process(executor, data, tmp_path):
+    """The search chunks and the reconstruction run on the cluster; given half maps (so that
+    the first search's references are the same bytes), the poses are the same and the maps
+    equal to float rounding."""
+    from cryopose.jobs.refine import RefineSettings, run_refine
+
+    halves = (data["root"] / "rec" / "half1.mrc", data["root"] / "rec" / "half2.mrc")
+    settings = RefineSettings(iterations=1, chunk_size=10, sigma_angle=4.0, max_shift=8.0)
+    with torch_threads(1):
+        run_refine(data["star"], data["map_file"], tmp_path / "one", halves, settings)
+    run_refine(data["star"], data["map_file"], tmp_path / "two", halves, settings, executor=executor)
+    one, two = read_star(tmp_path / "one" / "particles.star").table, read_star(tmp_path / "two" / "particles.star").table
+    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "cryoposeRefineScore"):
+        np.testing.assert_allclose(two[c].to_numpy(float), one[c].to_numpy(float), rtol=0, atol=1e-6, err_msg=c)
+    assert one["cryoposePoseChange"].to_numpy(float).max() > 0.5  # the search did move poses
+    for name in ("map", "half1"):
+        a, b = mrcfile.read(tmp_path / "one" / f"{name}.mrc"), mrcfile.read(tmp_path / "two" / f"{name}.mrc")
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max(), name
+
+
 def test_interrupted_validate_resumes_on_the_cluster(executor, data, tmp_path):
     calls = []
 

@@ -3,6 +3,7 @@
 >>> import cryopose
 >>> cryopose.simulate("map.mrc", "sim", n=2000, snr=0.1, max_shift=10)
 >>> cryopose.reconstruct_map("sim/particles.star", "rec")["resolution_0143"]
+>>> cryopose.refine_poses("predicted.star", "rec/map.mrc", "refined")["resolution_0143"]
 >>> particles = cryopose.read_particles("sim/particles.star")
 
 The names below are imported on first use, so ``import cryopose`` stays light.
@@ -28,6 +29,7 @@ _API = {
     "validate_alignment": "cryopose.api",
     "align_maps": "cryopose.api",
     "evaluate_poses": "cryopose.api",
+    "refine_poses": "cryopose.api",
 }
 
 __all__ = ["__version__", *_API]

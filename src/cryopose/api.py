@@ -23,6 +23,7 @@ from cryopose.jobs.align_maps import run_align_maps
 from cryopose.jobs.evaluate import EvaluateSettings, run_evaluate
 from cryopose.jobs.fsc import run_fsc
 from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct
+from cryopose.jobs.refine import RefineSettings, run_refine
 from cryopose.jobs.simulate import SimulateSettings, run_simulate
 from cryopose.jobs.validate import ValidationOptions, run_validate
 from cryopose.particles import ParticleSet
@@ -39,6 +40,7 @@ __all__ = [
     "validate_alignment",
     "align_maps",
     "evaluate_poses",
+    "refine_poses",
 ]
 
 PathLike = str | os.PathLike
@@ -110,3 +112,11 @@ def evaluate_poses(predictions: PathLike | list[PathLike], out: PathLike, truth:
     return run_evaluate(preds, Path(out), truth=None if truth is None else Path(truth),
                         gt_map=None if map_path is None else Path(map_path), mask=None if mask is None else Path(mask),
                         settings=EvaluateSettings(**settings), apix=apix, device=device)
+def refine_poses(particles: PathLike, map_path: PathLike, out: PathLike, half_maps: tuple[PathLike, PathLike] | None = None,
+                 apix: float | None = None, device: str | torch.device = "cpu", **settings: Any) -> dict:
+    """Gold-standard local refinement of a particle file's poses into ``out`` (particles.star,
+    half maps, map, FSC, summary.json); settings as ``RefineSettings`` (symmetry,
+    sigma_angle, max_shift, iterations, score, ctf, seed, chunk_size). Returns the summary."""
+    return run_refine(Path(particles), Path(map_path), Path(out),
+                      None if half_maps is None else (Path(half_maps[0]), Path(half_maps[1])),
+                      RefineSettings(**settings), apix=apix, device=device)

@@ -1,5 +1,5 @@
-"""Alignment: the scoring kernel, global projection matching, local search, map-to-map
-alignment (numerical code on tensors; no files)."""
+"""Alignment: the scoring kernel, global projection matching, local search, the rules of
+local refinement, map-to-map alignment (numerical code on tensors; no files)."""
 
 from cryopose.align.local_search import LocalSearchResult, LocalSearchSettings, local_search, rotation_ball
 from cryopose.align.map_alignment import (
@@ -10,7 +10,23 @@ from cryopose.align.map_alignment import (
     transform_poses,
 )
 from cryopose.align.projection_matching import MatchResult, MatchSettings, build_gallery, match_images
-from cryopose.align.scoring import PreparedParticles, Reference, make_reference, prepare_particles, score_poses
+from cryopose.align.refinement import (
+    angular_step_for_resolution,
+    fsc_reference_weights,
+    local_search_schedule,
+    resolution_improved,
+    shell_noise_power,
+)
+from cryopose.align.scoring import (
+    GaussianNoise,
+    PreparedParticles,
+    Reference,
+    make_reference,
+    prepare_particles,
+    residual_shell_power,
+    score_poses,
+    shell_sizes,
+)
 
 __all__ = [
     "LocalSearchResult",
@@ -31,4 +47,12 @@ __all__ = [
     "make_reference",
     "prepare_particles",
     "score_poses",
+    "GaussianNoise",
+    "residual_shell_power",
+    "shell_sizes",
+    "angular_step_for_resolution",
+    "fsc_reference_weights",
+    "local_search_schedule",
+    "resolution_improved",
+    "shell_noise_power",
 ]

@@ -8,6 +8,12 @@ and origins o' = o + s with s on a square grid of ``shift_step`` inside a disc o
 Coarse to fine: after each level the ``keep`` best candidates seed the next level, whose
 rotation ball and shift disc are one step of the previous level wide and whose steps are
 halved. Units: degrees and Å at the boundary (settings), radians and working pixels inside.
+
+Optional priors bound the search absolutely: with ``prior_rotations`` and
+``settings.prior_angle``, a candidate farther than ``prior_angle`` (geodesic, on SO(3))
+from its particle's prior pose is never chosen, and likewise origins farther than
+``settings.prior_shift`` from the prior origin; so an iterated search never wanders
+beyond them, whatever the number of levels or iterations.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cryopose.align.scoring import PreparedParticles, Reference, disc_offsets, score_poses
+from cryopose.align.scoring import GaussianNoise, PreparedParticles, Reference, disc_offsets, score_poses
 from cryopose.geometry.rotations import axis_angle_to_matrix
 
 __all__ = ["LocalSearchSettings", "LocalSearchResult", "rotation_ball", "local_search"]
@@ -33,6 +39,8 @@ class LocalSearchSettings:
     shift_step: float | None = None  # Å, origin grid step of the first level (default: one working px)
     levels: int = 3  # coarse-to-fine levels (steps halve each level)
     keep: int = 2  # candidates carried from one level to the next
+    prior_angle: float | None = None  # deg, largest distance from the prior pose (with prior_rotations)
+    prior_shift: float | None = None  # Å, largest distance from the prior origin (with prior_shifts_angstrom)
 
 
 @dataclass
@@ -62,9 +70,16 @@ def local_search(
     shifts_angstrom: torch.Tensor,
     settings: LocalSearchSettings | None = None,
     max_candidates: int = 4096,
+    prior_rotations: torch.Tensor | None = None,
+    prior_shifts_angstrom: torch.Tensor | None = None,
+    noise: GaussianNoise | None = None,
 ) -> LocalSearchResult:
     """Refine poses ``rotations`` (B, 3, 3) and origins ``shifts_angstrom`` (B, 2) of the
-    prepared ``particles`` against ``reference``; returns the best candidate found."""
+    prepared ``particles`` against ``reference``; returns the best candidate found.
+    ``prior_rotations`` (B, 3, 3) and ``prior_shifts_angstrom`` (B, 2) with the settings'
+    ``prior_angle``/``prior_shift`` bound the result (see the module docstring); the
+    current poses must lie within those bounds. ``noise``: score by the Gaussian
+    log-likelihood of the kernel instead of NCC."""
     s = settings or LocalSearchSettings()
     device = reference.device
     b = len(particles)
@@ -74,6 +89,12 @@ def local_search(
     # current candidates: (B, C, 3, 3) rotations and (B, C, 2) origins in working px
     rots = rotations.to(device, torch.float32)[:, None]
     origins = (shifts_angstrom.to(device, torch.float32) / apix)[:, None]
+    cone = None
+    if prior_rotations is not None and s.prior_angle is not None:
+        cone = (prior_rotations.to(device, torch.float64), math.cos(math.radians(s.prior_angle)))
+    disc = None
+    if prior_shifts_angstrom is not None and s.prior_shift is not None:
+        disc = (prior_shifts_angstrom.to(device, torch.float32) / apix, s.prior_shift / apix)
     best_scores = None
     for level in range(max(1, s.levels)):
         ball = rotation_ball(angle, angle_step, device=device)  # (K, 3, 3)
@@ -87,8 +108,15 @@ def local_search(
         flat_rots, flat_centres = cand.reshape(-1, 3, 3), centres.reshape(-1, 2)
         for start in range(0, pidx.shape[0], max_candidates):
             sl = slice(start, start + max_candidates)
-            scores.append(score_poses(reference, particles, pidx[sl], flat_rots[sl], offsets, flat_centres[sl]))
+            scores.append(score_poses(reference, particles, pidx[sl], flat_rots[sl], offsets, flat_centres[sl],
+                                      noise=noise))
         table = torch.cat(scores).reshape(b, c * k, -1)  # (B, C*K, T)
+        if cone is not None:  # cos of the angle to the prior = (trace(P^T A') - 1) / 2
+            cos = ((cone[0][:, None] * cand.double()).sum((-2, -1)) - 1) / 2
+            table = table.masked_fill((cos < cone[1] - 1e-9)[..., None], -math.inf)
+        if disc is not None:
+            away = (centres[:, :, None] + offsets[None, None] - disc[0][:, None, None]).norm(dim=-1)  # (B, C*K, T)
+            table = table.masked_fill(away > disc[1] + 1e-4, -math.inf)
         per_rot, t_idx = table.max(dim=-1)  # (B, C*K)
         keep = min(s.keep if level < s.levels - 1 else 1, c * k)
         best_scores, top = per_rot.topk(keep, dim=1)  # (B, keep)

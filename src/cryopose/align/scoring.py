@@ -17,6 +17,15 @@ box that holds the band (:func:`working_geometry`); shifts are in working pixels
 (``Reference.work_pixel_size`` Å each). Integer shift sets are scored through one inverse
 FFT per candidate; other shifts (sub-pixel, local search) through phase ramps. Both give the
 same numbers.
+
+With a :class:`GaussianNoise` model the same kernel returns instead the Gaussian
+log-likelihood of the particle given the candidate (up to the normalising constant, which
+does not depend on the pose):
+
+    log L = -1/2 sum_k w_k |X(k) - a G(k) exp(2 pi i k.t / n)|^2 / sigma^2(s(k)),  1 <= |k| <= R,
+
+sigma^2(s) the noise power of shell s = round(|k|) and a the particle's amplitude scale
+(both given; :func:`residual_shell_power` measures them from residuals at known poses).
 """
 
 from __future__ import annotations
@@ -29,9 +38,10 @@ import torch
 
 from cryopose.imaging.ctf import CTFParameters, ctf_rfft2, wiener_filter
 from cryopose.imaging.filters import soft_circular_mask
-from cryopose.imaging.fourier import centered_rfft2, rfft2_frequencies
-from cryopose.imaging.projection import FourierVolume, fourier_volume, project_fourier
+from cryopose.imaging.fourier import centered_rfft2, radial_shell_index, rfft2_frequencies
+from cryopose.imaging.projection import FourierVolume, fourier_volume, project_fourier, project_points
 from cryopose.imaging.resample import fourier_resize_images, fourier_resize_volume
+from cryopose.imaging.shifts import shift_rfft2
 
 __all__ = [
     "Reference",
@@ -41,6 +51,9 @@ __all__ = [
     "prepare_particles",
     "disc_offsets",
     "score_poses",
+    "GaussianNoise",
+    "residual_shell_power",
+    "shell_sizes",
 ]
 
 # Integer shift sets larger than this are scored through an inverse FFT per candidate.
@@ -163,6 +176,78 @@ def _is_integer(t: torch.Tensor) -> bool:
     return bool(torch.all(t == torch.round(t)))
 
 
+@dataclass
+class GaussianNoise:
+    """A Gaussian noise model for :func:`score_poses`: ``shell_power`` (R+1,) the noise power
+    sigma^2 per shell round(|k|) of the working half transform (units of |X(k)|^2; entry 0
+    unused), and ``scale`` (B,) the amplitude a of each prepared particle's reference."""
+
+    shell_power: torch.Tensor
+    scale: torch.Tensor
+
+    def inverse_power(self, reference: Reference) -> torch.Tensor:
+        """1 / sigma^2(round(|k|)) on the working half transform inside the band, 0 outside, (n, n//2+1)."""
+        shell = radial_shell_index(reference.work_box, 2, device=reference.device).clamp_max(reference.radius)
+        power = self.shell_power.to(reference.device, torch.float32)
+        return reference.band() / power[shell].clamp_min(1e-30)
+
+
+def _reference_spectra(reference: Reference, particles: PreparedParticles, particle_index: torch.Tensor,
+                       rotations: torch.Tensor) -> torch.Tensor:
+    """Band-limited projections (Q, n, n//2+1) at ``rotations`` (Q, 3, 3), times the CTF of
+    particle ``particle_index[q]`` when the references carry it."""
+    g = project_fourier(reference.volume, rotations.to(reference.device), max_frequency=reference.radius + 1)
+    g = g * reference.band()
+    if particles.ctf is not None:
+        g = g * particles.ctf[particle_index.to(reference.device)]
+    return g
+
+
+def shell_sizes(reference: Reference) -> torch.Tensor:
+    """Number of coefficients of the full transform in each shell round(|k|) = 0..R of the
+    band (the half transform counted with multiplicity), (R+1,) float."""
+    shell = radial_shell_index(reference.work_box, 2, device=reference.device).clamp_max(reference.radius)
+    weight = reference.band() * reference.multiplicity()
+    return torch.zeros(reference.radius + 1, device=reference.device).index_add_(0, shell.reshape(-1), weight.reshape(-1))
+
+
+def residual_shell_power(
+    reference: Reference,
+    particles: PreparedParticles,
+    rotations: torch.Tensor,
+    origins_px: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual power per shell of each particle at its pose, and its amplitude scale.
+
+    For particle b at pose ``rotations[b]`` (B, 3, 3) and origin ``origins_px[b]`` (B, 2,
+    working px): G_t = the reference spectrum (CTF applied when the references carry it)
+    moved to the origin, a = Re sum_k w_k X conj(G_t) / sum_k w_k |G_t|^2 (least squares,
+    clamped at 0), and P_s = sum_{round(|k|)=s} w_k |X(k) - a G_t(k)|^2 over the band.
+    Returns (P (B, R+1), a (B,)); the mean of P_s / shell_sizes(reference)[s] over
+    particles is the noise power sigma^2(s) of :class:`GaussianNoise`.
+    """
+    device = reference.device
+    b = len(particles)
+    band = reference.band()
+    hw = reference.multiplicity()
+    g = _reference_spectra(reference, particles, torch.arange(b, device=device), rotations)
+    g = shift_rfft2(g, -origins_px.to(device, torch.float32))  # image = projection shifted by -origin
+    x = particles.spectra * band
+    scale = (((x * g.conj()).real * hw).sum((-2, -1)) / ((g.abs() ** 2 * hw).sum((-2, -1))).clamp_min(1e-30)).clamp_min(0)
+    residual = (x - scale[:, None, None] * g).abs() ** 2 * hw * band
+    shell = radial_shell_index(reference.work_box, 2, device=device).clamp_max(reference.radius).reshape(-1)
+    power = torch.zeros(b, reference.radius + 1, device=device).index_add_(1, shell, residual.reshape(b, -1))
+    return power, scale
+
+
+def _combine(cross: torch.Tensor, xx: torch.Tensor, gg: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """NCC (scale None) or log-likelihood (Q, T) from the cross terms (Q, T) and the
+    (weighted) powers of particle (Q,) and reference (Q,)."""
+    if scale is None:
+        return cross / torch.sqrt(xx * gg).clamp_min(1e-20)[:, None]
+    return scale[:, None] * cross - 0.5 * (scale**2 * gg + xx)[:, None]
+
+
 def score_poses(
     reference: Reference,
     particles: PreparedParticles,
@@ -171,10 +256,12 @@ def score_poses(
     offsets_px: torch.Tensor,
     centres_px: torch.Tensor | None = None,
     max_batch: int = 1024,
+    noise: GaussianNoise | None = None,
 ) -> torch.Tensor:
     """Exact NCC (Q, T) of particle ``particle_index[q]`` (Q,) against the projection at pose
     ``rotations[q]`` (Q, 3, 3) for origins ``centres_px[q] + offsets_px[t]`` (working px;
-    centres default to 0). Batched over candidates; CPU or CUDA."""
+    centres default to 0); with ``noise``, the Gaussian log-likelihood instead (see the
+    module docstring). Batched over candidates; CPU or CUDA."""
     device = reference.device
     n = reference.work_box
     band = reference.band()
@@ -183,33 +270,49 @@ def score_poses(
     q_total = int(particle_index.shape[0])
     centres = torch.zeros(q_total, 2, device=device) if centres_px is None else centres_px.to(device, torch.float32)
     use_fft = offsets.shape[0] > _FFT_SHIFTS and _is_integer(offsets) and _is_integer(centres)
+    inverse = None if noise is None else noise.inverse_power(reference)
+    scale_all = None if noise is None else noise.scale.to(device, torch.float32)
+    keep = band > 0
     if not use_fft:
+        # only the band matters: work on its coefficients (K of them) as vectors
         ky, kx = rfft2_frequencies(n, 1.0 / n, device=device)
-        keep = band > 0
         kxy = torch.stack([kx[keep], ky[keep]], dim=-1)  # (K, 2) frequency indices
         weight = (hw.expand(n, -1))[keep]  # (K,)
+        if inverse is not None:
+            weight = weight * inverse[keep]
+        x_band = particles.spectra[:, keep]  # (B, K)
+        ctf_band = None if particles.ctf is None else particles.ctf[:, keep]
+        xx_all = ((x_band.abs() ** 2) * weight).sum(-1)  # (B,)
         ramp_o = torch.polar(torch.ones(1, device=device), -2 * math.pi * (kxy @ offsets.T) / n)  # (K, T)
+    else:
+        weight_grid = hw if inverse is None else hw * inverse
     out = []
     for start in range(0, q_total, max_batch):
         pi = particle_index[start : start + max_batch].to(device)
-        g = project_fourier(reference.volume, rotations[start : start + max_batch].to(device), max_frequency=reference.radius + 1)
-        g = g * band
-        if particles.ctf is not None:
-            g = g * particles.ctf[pi]
-        x = particles.spectra[pi] * band
-        norm = torch.sqrt(((x.abs() ** 2) * hw).sum((-2, -1)) * ((g.abs() ** 2) * hw).sum((-2, -1))).clamp_min(1e-20)
+        rots = rotations[start : start + max_batch].to(device)
         c = centres[start : start + max_batch]
+        scale = None if scale_all is None else scale_all[pi]
         if use_fft:
-            cmap = torch.fft.irfft2(x * g.conj(), s=(n, n)) * (n * n)  # cmap[-t mod n] = score numerator at origin t
+            g = _reference_spectra(reference, particles, pi, rots)
+            x = particles.spectra[pi] * band
+            xx = ((x.abs() ** 2) * weight_grid).sum((-2, -1))
+            gg = ((g.abs() ** 2) * weight_grid).sum((-2, -1))
+            xw = x if inverse is None else x * inverse
+            cmap = torch.fft.irfft2(xw * g.conj(), s=(n, n)) * (n * n)  # cmap[-t mod n] = cross term at origin t
             t = c[:, None, :] + offsets[None]  # (q, T, 2)
             iy = (-t[..., 1]).long() % n
             ix = (-t[..., 0]).long() % n
-            vals = cmap.reshape(cmap.shape[0], -1).gather(1, iy * n + ix)
+            cross = cmap.reshape(cmap.shape[0], -1).gather(1, iy * n + ix)
         else:
-            cross = (x * g.conj())[:, keep] * weight  # (q, K)
-            cross = cross * torch.polar(torch.ones(1, device=device), -2 * math.pi * (c @ kxy.T) / n)
-            vals = (cross @ ramp_o).real
-        out.append(vals / norm[:, None])
+            g = project_points(reference.volume, rots, kxy)  # (q, K)
+            if ctf_band is not None:
+                g = g * ctf_band[pi]
+            xx = xx_all[pi]
+            gg = ((g.abs() ** 2) * weight).sum(-1)
+            prod = x_band[pi] * g.conj() * weight  # (q, K)
+            prod = prod * torch.polar(torch.ones(1, device=device), -2 * math.pi * (c @ kxy.T) / n)
+            cross = (prod @ ramp_o).real
+        out.append(_combine(cross, xx, gg, scale))
     if not out:
         return torch.zeros(0, offsets.shape[0], device=device)
     return torch.cat(out)

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("validate", "Alignment precision/accuracy of a refinement (Vargas et al. 2017), Q and pruning."),
     "align-maps": ("align_maps", "Align 3D maps to a reference and carry particle poses along."),
     "evaluate": ("evaluate", "Benchmark predicted poses against a ground truth (CESPED metrics, maps, report)."),
+    "refine": ("refine", "Refine particle poses locally, gold standard (each half against its own half map)."),
 }
 
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from cryopose.imaging.fourier import rfft2_frequencies, rfftn_frequencies
+from cryopose.imaging.fourier import radial_shell_index, rfft2_frequencies, rfftn_frequencies
 
 __all__ = [
     "radial_distance",
@@ -16,6 +16,7 @@ __all__ = [
     "normalise_background",
     "lowpass_volume",
     "soft_mask_from_map",
+    "filter_shells",
 ]
 
 
@@ -70,6 +71,18 @@ def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float) -
     kz, ky, kx = rfftn_frequencies(n, pixel_size, device=volume.device, dtype=torch.float32)
     prof = _lowpass_profile(torch.sqrt(kx**2 + ky**2 + kz**2), 1.0 / resolution, 2.0 / (n * pixel_size))
     spec = torch.fft.rfftn(volume, dim=(-3, -2, -1)) * prof
+    return torch.fft.irfftn(spec, s=volume.shape[-3:], dim=(-3, -2, -1))
+
+
+def filter_shells(volume: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Multiply each Fourier shell round(|k|) = s of a real volume (N, N, N) by
+    ``weights[s]`` (shells past the end of ``weights`` get 0)."""
+    n = volume.shape[-1]
+    shell = radial_shell_index(n, 3, device=volume.device)
+    w = torch.zeros(int(shell.max()) + 1, dtype=volume.dtype, device=volume.device)
+    k = min(len(weights), len(w))
+    w[:k] = torch.as_tensor(weights, dtype=volume.dtype, device=volume.device)[:k]
+    spec = torch.fft.rfftn(volume, dim=(-3, -2, -1)) * w[shell]
     return torch.fft.irfftn(spec, s=volume.shape[-3:], dim=(-3, -2, -1))
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from cryopose.imaging.fourier import centered_irfft2, rfft2_frequencies
 
-__all__ = ["FourierVolume", "fourier_volume", "project_fourier", "project", "sinc2_gridding_kernel"]
+__all__ = ["FourierVolume", "fourier_volume", "project_fourier", "project_points", "project", "sinc2_gridding_kernel"]
 
 
 @dataclass
@@ -79,9 +79,15 @@ def project_fourier(
 
     Frequencies beyond ``max_frequency`` (frequency index; default N/2) are zero.
     """
-    n, m = volume.box, volume.padded_size
     rot = rotations.to(device=volume.data.device, dtype=volume.data.dtype)
-    coords, inside = slice_coordinates(rot, n, max_frequency)
+    coords, inside = slice_coordinates(rot, volume.box, max_frequency)
+    return _sample(volume, coords) * inside
+
+
+def _sample(volume: FourierVolume, coords: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples (B, H, W) complex of the padded transform at 3-D frequencies
+    ``coords`` (B, H, W, 3) (x, y, z; frequency indices of the N-box)."""
+    m = volume.padded_size
     # grid_sample wants (x, y, z) normalised to [-1, 1] with align_corners=True
     grid = (coords * volume.padding + m // 2) * (2.0 / (m - 1)) - 1.0
     sampled = F.grid_sample(
@@ -90,9 +96,18 @@ def project_fourier(
         mode="bilinear",
         padding_mode="zeros",
         align_corners=True,
-    )[0]  # (2, B, N, N//2+1)
-    spectra = torch.complex(sampled[0], sampled[1])
-    return spectra * inside
+    )[0]  # (2, B, H, W)
+    return torch.complex(sampled[0], sampled[1])
+
+
+def project_points(volume: FourierVolume, rotations: torch.Tensor, kxy: torch.Tensor) -> torch.Tensor:
+    """Central-slice values (B, K) of the projections at poses ``rotations`` (B, 3, 3) at
+    the 2-D frequencies ``kxy`` (K, 2) (x, y; frequency indices of the N-box): the entries
+    of :func:`project_fourier` at those frequencies, without computing the others."""
+    rot = rotations.to(device=volume.data.device, dtype=volume.data.dtype)
+    k = kxy.to(rot)
+    coords = k[None, :, 0, None] * rot[:, None, 0, :] + k[None, :, 1, None] * rot[:, None, 1, :]  # (B, K, 3)
+    return _sample(volume, coords[:, None])[:, 0]
 
 
 def project(volume: FourierVolume, rotations: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 
 from cryopose.io.atomic import atomic_path, atomic_write  # noqa: E402
 
-__all__ = ["save_figure", "plot_fsc_curves", "plot_difference_slices", "plot_central_slices", "plot_image_row", "write_fsc_csv"]
+__all__ = ["save_figure", "plot_fsc_curves", "plot_difference_slices", "plot_central_slices", "plot_image_row", "write_fsc_csv",
+           "write_table_csv", "plot_training_curves"]
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
@@ -106,4 +107,44 @@ def plot_image_row(images: np.ndarray, path: str | os.PathLike, title: str) -> N
         ax.imshow(img, cmap="gray", origin="lower")
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def write_table_csv(path: str | os.PathLike, records: Sequence[dict]) -> None:
+    """Records (dicts) as a CSV table, one row each; columns in order of first appearance."""
+    columns: list[str] = []
+    for record in records:
+        columns.extend(k for k in record if k not in columns)
+
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        return str(value)
+
+    with atomic_write(path) as fh:
+        fh.write(",".join(columns) + "\n")
+        for record in records:
+            fh.write(",".join(cell(record.get(c)) for c in columns) + "\n")
+
+
+def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, title: str) -> None:
+    """Training loss and validation angular error (median and mean, deg) per epoch."""
+    epochs = [r["epoch"] for r in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(epochs, [r.get("train_loss", np.nan) for r in history], "o-", ms=3, label="training loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.legend()
+    if any("val_median_deg" in r for r in history):
+        right.plot(epochs, [r.get("val_median_deg", np.nan) for r in history], "o-", ms=3, label="median")
+        right.plot(epochs, [r.get("val_mean_deg", np.nan) for r in history], "s--", ms=3, label="mean")
+        right.set_ylim(bottom=0)
+        right.legend()
+    else:
+        right.text(0.5, 0.5, "no validation particles", ha="center", va="center", transform=right.transAxes)
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation angular error (deg)")
+    fig.suptitle(title)
     save_figure(fig, path)

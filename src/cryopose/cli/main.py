@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "align-maps": ("align_maps", "Align 3D maps to a reference and carry particle poses along."),
     "evaluate": ("evaluate", "Benchmark predicted poses against a ground truth (CESPED metrics, maps, report)."),
     "refine": ("refine", "Refine particle poses locally, gold standard (each half against its own half map)."),
+    "train": ("train", "Train a pose estimator (cryo-forum or SO(3) grid) on aligned particles."),
+    "predict": ("predict", "Predict particle poses with a trained estimator; uncertainty clean-up."),
 }
 
 

@@ -5,8 +5,9 @@ its settings; loadable on its own), ``training.csv`` and ``training.png`` (loss 
 validation angular error per epoch), ``summary.json``. With ``halves`` one model per
 ``rlnRandomSubset`` half goes to ``half1/`` and ``half2/`` (for the evaluation protocol:
 each half is later predicted by the other half's model). The training state is saved after
-every epoch in ``.cryopose_train/``; a rerun with the same inputs and settings resumes from
-it (a rerun with other settings starts afresh and says why in the log).
+every epoch in ``.cryopose_train/`` (kept after the run); a rerun with the same inputs and
+settings resumes from it, or continues a finished run when given more epochs or minutes (a
+rerun with other settings starts afresh and says why in the log).
 
 Started by ``torchrun`` the job trains one model on all processes (DDP); only the first
 process writes.
@@ -29,7 +30,7 @@ import torch
 from cryopose.errors import UserError
 from cryopose.io import read_particles
 from cryopose.io.atomic import write_json_atomic
-from cryopose.io.checkpoints import Checkpoint, discard, file_identity
+from cryopose.io.checkpoints import Checkpoint, file_identity
 from cryopose.io.models import write_model_file
 from cryopose.io.mrc import ParticleImages
 from cryopose.io.outputs import output_folder
@@ -118,7 +119,8 @@ def run_train(
     parts = training_parts(len(ps), None if tensors.half_sets is None else tensors.half_sets.numpy(), settings.halves)
     signature_base = {"particles": file_identity(particles), "apix": apix, "image": asdict(settings.image),
                       "augment": asdict(settings.augment), "val_fraction": settings.val_fraction,
-                      "train": {k: v for k, v in asdict(settings.train).items()}}
+                      # the budget is not part of it: a rerun with more epochs or minutes continues
+                      "train": {k: v for k, v in asdict(settings.train).items() if k not in ("epochs", "minutes")}}
     summaries = []
     with distributed_context(device) as ctx:
         folder = (output_folder(out, inputs=[particles, *images.paths], outputs=_outputs([p[0] for p in parts]), force=force)
@@ -141,7 +143,6 @@ def run_train(
             }
             if ctx.is_main:
                 write_json_atomic(out / "summary.json", summary)
-                discard(out / STORE)
             ctx.barrier()
     return summary
 

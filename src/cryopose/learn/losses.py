@@ -48,9 +48,9 @@ def pairwise_distances(q: torch.Tensor, i: torch.Tensor, j: torch.Tensor, sym: s
 def pair_indices(true_quaternions: torch.Tensor, sym: str, scheme: str, generator: torch.Generator,
                  bins: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs (i, j) within a batch of n: ``"random"`` pairs each particle with a random other
-    one (n pairs); ``"stratified"`` draws 8n candidate pairs and keeps the same number in each
-    of ``bins`` bins of true distance over [0, pi] (as many as the sparsest bin holds, at
-    least one each where possible), so near and far pairs weigh alike."""
+    one (n pairs); ``"stratified"`` draws 8n candidate pairs and keeps the same number from
+    each of ``bins`` bins of true distance over [0, pi] (n / bins, or all a sparser bin
+    holds), so near and far pairs weigh alike."""
     n = true_quaternions.shape[0]
     device = true_quaternions.device
     if scheme == "random":
@@ -67,7 +67,7 @@ def pair_indices(true_quaternions: torch.Tensor, sym: str, scheme: str, generato
         d = pairwise_distances(true_quaternions, i, j, sym)
     which = (d / math.pi * bins).long().clamp(0, bins - 1)
     counts = torch.bincount(which, minlength=bins)
-    per_bin = max(int(counts[counts > 0].min()), max(1, n // bins)) if (counts > 0).any() else 0
+    per_bin = max(1, n // bins)
     chosen = [torch.nonzero(which == b).flatten()[:per_bin] for b in range(bins)]
     picked = torch.cat(chosen)
     return i[picked], j[picked]

@@ -97,6 +97,11 @@ def _progress(settings: TrainSettings, epoch: int, step_in_epoch: int, steps_per
     return min(1.0, max(parts))
 
 
+def _budget_spent(settings: TrainSettings, epoch: int, elapsed: float) -> bool:
+    return ((settings.epochs is not None and epoch >= settings.epochs)
+            or (settings.minutes is not None and elapsed >= 60.0 * settings.minutes))
+
+
 def _learning_rate(base: float, progress: float) -> float:
     warm = 0.03
     if progress < warm:
@@ -214,8 +219,8 @@ def train_estimator(
         epoch, elapsed = int(state["epoch"]), float(state["elapsed"])
         best_model, best_epoch = state.get("best_model"), int(state.get("best_epoch", -1))
         best_score = float(state.get("best_score", math.inf))
-        if state.get("finished"):
-            return state
+        if _budget_spent(settings, epoch, elapsed):
+            return {**state, "finished": True}
     per_rank = ctx.per_rank_batch_size(settings.batch_size)
     n = len(train)
     steps_per_epoch = n // settings.batch_size
@@ -263,7 +268,8 @@ def train_estimator(
                     total_steps = min(total_steps, estimate) if settings.epochs else estimate
                 progress(1, max(total_steps, epoch * steps_per_epoch + step + 1))
         elapsed += clock() - start_clock
-        if steps == 0 and epoch > 0:
+        if steps == 0 and epoch > 0 and state is not None:  # the budget ran out at an epoch's start
+            state = {**state, "finished": True, "elapsed": elapsed}
             break
         epoch += 1
         record = {"epoch": epoch, "steps": steps, "learning_rate": lr if steps else 0.0,
@@ -276,10 +282,7 @@ def train_estimator(
         if score <= best_score:
             best_score, best_epoch = score, epoch
             best_model = copy.deepcopy({k: v.detach().cpu() for k, v in plain.state_dict().items()})
-        if settings.epochs is not None and epoch >= settings.epochs:
-            finished = True
-        if settings.minutes is not None and _progress(settings, epoch, 0, steps_per_epoch, elapsed) >= 1.0:
-            finished = True
+        finished = finished or _budget_spent(settings, epoch, elapsed)
         state = {"config": config, "model": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
                  "best_model": best_model, "best_epoch": best_epoch, "best_score": best_score, "history": history,
                  "epoch": epoch, "elapsed": elapsed, "optimiser": optimiser.state_dict(),

@@ -1,0 +1,135 @@
+"""Benchmark of ``cryopose train`` / ``cryopose predict`` (writes benchmarks/results/learn.json).
+
+10,000 particles simulated from the bundled map (EMD-1832, 64 px, 5.7 Å/px), SNR 0.1, CTF
+with defocus 1-2.5 µm, origins up to 10 Å. Each estimator trains on the first 8,000 (of
+which the job holds out 10% for its validation curve) within a time budget, and predicts the
+other 2,000, as the commands do (files in, files out). Reported per estimator: median and
+mean angular error, the fraction under 5/10/15/30 deg, the median origin error, inference
+particles/s (the predict job's own figure: reading, preparing and predicting), the Spearman
+correlation of the uncertainty (minus cryoposeConfidence) with the error, and the median
+and mean error of the most confident 75%. With ``--refine`` the predicted poses are then
+refined locally against the true map (``cryopose refine``'s defaults) and the errors
+measured again.
+
+    python benchmarks/bench_learn.py [--minutes 15] [--models grid forum] [--image-size 32] [--refine] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import machine, print_table, write_results
+
+from cryopose.evaluate.pose_errors import confident_subset_statistics, error_statistics, pose_errors, spearman_correlation
+from cryopose.io import read_particles, write_star
+from cryopose.jobs.predict import PredictSettings, run_predict
+from cryopose.jobs.refine import RefineSettings, run_refine
+from cryopose.jobs.simulate import SimulateSettings, run_simulate
+from cryopose.jobs.train import TrainJobSettings, run_train
+from cryopose.learn.augment import AugmentSettings
+from cryopose.learn.preprocess import ImageSettings
+from cryopose.learn.train import TrainSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+MAP = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"
+
+
+def _errors(star: Path, truth) -> dict:
+    pred = read_particles(star)
+    p = pred.to_tensors(ctf=False)
+    t = truth.to_tensors(ctf=False)
+    e = pose_errors(p.rotations, t.rotations, "C1", p.shifts_angstrom, t.shifts_angstrom)
+    ang = torch.rad2deg(e.angular)
+    stats = error_statistics(ang, thresholds=(5, 10, 15, 30))
+    out = {"median_deg": round(stats["median"], 2), "mean_deg": round(stats["mean"], 2),
+           **{f"under_{k}_deg": round(v, 3) for k, v in stats["fraction_below"].items()},
+           "origin_median_angstrom": round(float(e.shift.median()), 2)}
+    if "cryoposeConfidence" in pred.table.columns:
+        conf = torch.tensor(pred.table["cryoposeConfidence"].to_numpy(dtype=np.float64))
+        out["spearman_uncertainty_vs_error"] = round(spearman_correlation(-conf, ang), 3)
+        best = confident_subset_statistics(ang, conf, 0.75)
+        out["confident_75_median_deg"] = round(best["median"], 2)
+        out["confident_75_mean_deg"] = round(best["mean"], 2)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="1,000 particles, 1 minute per estimator (a smoke run)")
+    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--models", nargs="+", default=["grid", "forum"], choices=["grid", "forum"])
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--refine", action="store_true", help="also refine the predicted poses locally and report again")
+    p.add_argument("--out", default=None, help="write the JSON here instead of benchmarks/results/learn.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    n = args.n or (1000 if args.quick else 10000)
+    minutes = args.minutes or (1.0 if args.quick else 15.0)
+    n_train = int(0.8 * n)
+    load_before = os.getloadavg()
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        run_simulate(MAP, tmp / "sim", SimulateSettings(n=n, snr=0.1, defocus=(1.0, 2.5), max_shift=10.0, seed=0),
+                     device=args.device)
+        everything = read_particles(tmp / "sim" / "particles.star")
+        write_star(everything.subset(np.arange(n_train)), tmp / "train.star")
+        test = everything.subset(np.arange(n_train, n))
+        write_star(test, tmp / "test.star")
+        for kind in args.models:
+            network = {"model": kind, "blur_sigmas": (1.0, 2.0) if kind == "forum" else ()}
+            settings = TrainJobSettings(
+                train=TrainSettings(network=network, minutes=minutes, batch_size=64),
+                image=ImageSettings(image_size=args.image_size, ctf_correction="phase_flip"),
+                augment=AugmentSettings(in_plane=True), val_fraction=0.1)
+            t0 = time.perf_counter()
+            summary = run_train(tmp / "train.star", tmp / f"model_{kind}", settings, device=args.device)
+            train_seconds = time.perf_counter() - t0
+            pred = run_predict(tmp / f"model_{kind}" / "model.pt", tmp / "test.star", tmp / f"pred_{kind}", PredictSettings(),
+                               device=args.device)
+            row = {"estimator": kind, "epochs": summary["models"][0]["epochs"], "train_min": round(train_seconds / 60, 1),
+                   **_errors(tmp / f"pred_{kind}" / "particles.star", test),
+                   "predict_per_s": round(pred["particles_per_second"], 0)}
+            if args.refine:
+                t1 = time.perf_counter()
+                run_refine(tmp / f"pred_{kind}" / "particles.star", MAP, tmp / f"refined_{kind}", None, RefineSettings(),
+                           device=args.device)
+                refined = _errors(tmp / f"refined_{kind}" / "particles.star", test)
+                row.update({"refined_median_deg": refined["median_deg"], "refined_mean_deg": refined["mean_deg"],
+                            "refined_origin_median_angstrom": refined["origin_median_angstrom"],
+                            "refine_seconds": round(time.perf_counter() - t1, 0)})
+            rows.append(row)
+            results[kind] = {**row, "validation_best": summary["models"][0]["best"]}
+            print_table([row], list(row))
+    columns = ["estimator", "epochs", "median_deg", "mean_deg", "under_5_deg", "under_10_deg", "under_15_deg", "under_30_deg",
+               "origin_median_angstrom", "predict_per_s", "spearman_uncertainty_vs_error", "confident_75_median_deg",
+               "confident_75_mean_deg"] + (["refined_median_deg", "refined_mean_deg"] if args.refine else [])
+    print()
+    print_table(rows, columns)
+    data = {
+        "benchmark": "learn",
+        "machine": machine(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "setup": {"particles": n, "train": n_train, "test": n - n_train, "box": 64, "pixel_size": 5.7, "snr": 0.1,
+                  "defocus_um": [1.0, 2.5], "max_origin_angstrom": 10.0, "image_size": args.image_size,
+                  "minutes_per_estimator": minutes, "device": args.device, "ctf_correction": "phase_flip"},
+        "results": results,
+    }
+    if args.out:
+        Path(args.out).write_text(__import__("json").dumps(data, indent=2) + "\n")
+    elif not args.quick:
+        print("wrote", write_results("learn", data))
+
+
+if __name__ == "__main__":
+    main()

@@ -294,3 +294,14 @@ def test_image_size_larger_than_the_box_is_a_user_error(small_map):
         prepare_images(torch.zeros(1, 32, 32), None, 1.0, ImageSettings(image_size=24, crop_factor=0.5))
     with pytest.raises(UserError, match="needs CTF parameters"):
         ParticlesDataset(images, pset.to_tensors(ctf=False), ImageSettings(image_size=16, ctf_correction="wiener"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batches_on_cuda_equal_those_on_cpu(small_map):
+    pset, images = _particles(small_map)
+    ds = ParticlesDataset(images, pset.to_tensors(), ImageSettings(image_size=16, ctf_correction="wiener"),
+                          AugmentSettings(max_shift_angstrom=5.0, noise_std=0.2, contrast=0.1), seed=4)
+    cpu, gpu = ds.batch([0, 5, 2]), ds.batch([0, 5, 2], device="cuda")
+    for key, value in cpu.items():
+        assert gpu[key].device.type == "cuda", key
+        assert torch.allclose(gpu[key].cpu().float(), value.float(), atol=1e-4), key

@@ -71,7 +71,7 @@ class AugmentDraw:
     noise: torch.Tensor | None
 
     @staticmethod
-    def cat(draws: list["AugmentDraw"]) -> "AugmentDraw":
+    def cat(draws: list[AugmentDraw]) -> AugmentDraw:
         """The draws of several batches, one after the other."""
         noise = None if draws[0].noise is None else torch.cat([d.noise for d in draws])
         return AugmentDraw(

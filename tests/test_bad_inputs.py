@@ -30,7 +30,11 @@ OUTPUTS = {
     "demo": ["report.md", "summary.json"],
     "evaluate": ["metrics.json", "per_particle.star", "report.md", "errors.png", "directions.png", "gt_half1.mrc"],
     "refine": ["particles.star", "half1.mrc", "half2.mrc", "map.mrc", "fsc.csv", "fsc.png", "summary.json"],
+    "train": ["model.pt", "training.csv", "training.png", "summary.json"],
+    "predict": ["particles.star", "summary.json", "kept.star"],
 }
+TINY_TRAIN = ["--epochs", "1", "--batch-size", "2", "--val-fraction", "0", "--image-size", "16", "--channels", "4",
+              "--grid-order", "1"]
 FAST_VALIDATE = ["--angular-sampling", "20", "--noise-draws", "10", "--resolution", "20"]
 
 
@@ -43,6 +47,9 @@ def template(tmp_path_factory) -> Path:
 
         main(["simulate", "--map", str(BUNDLED), "--n", "6", "--snr", "1", "--out", str(root)])
     assert exc.value.code == 0
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--particles", str(root / "particles.star"), "--out", str(root / "trained"), *TINY_TRAIN])
+    assert exc.value.code == 0
     shutil.copy(BUNDLED, root / "map.mrc")
     vol = mrcfile.read(BUNDLED)
     mask = (vol > vol.mean()).astype(np.float32)
@@ -50,6 +57,7 @@ def template(tmp_path_factory) -> Path:
         m.set_data(mask)
         m.voxel_size = 5.7
     (root / ".cryopose_manifest.json").unlink(missing_ok=True)  # the good inputs are the user's
+    (root / "trained" / ".cryopose_manifest.json").unlink(missing_ok=True)
     return root
 
 
@@ -269,11 +277,11 @@ def _negative_confidence(ws):
     (ws / "particles.star").write_text("\n".join(lines) + "\n")
 
 
-STAR_COMMANDS = ["reconstruct", "validate", "convert", "evaluate", "refine"]
+STAR_COMMANDS = ["reconstruct", "validate", "convert", "evaluate", "refine", "train", "predict"]
 MAP_COMMANDS = ["simulate", "fsc", "validate", "align-maps", "evaluate", "refine"]
-ALL = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "convert", "evaluate", "refine"]
-IMAGE_COMMANDS = ["reconstruct", "validate", "evaluate", "refine"]
-WRITERS = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "evaluate", "refine"]
+ALL = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "convert", "evaluate", "refine", "train", "predict"]
+IMAGE_COMMANDS = ["reconstruct", "validate", "evaluate", "refine", "train", "predict"]
+WRITERS = ["simulate", "reconstruct", "fsc", "validate", "align-maps", "evaluate", "refine", "train", "predict"]
 
 CASES = [
     ("missing stack", IMAGE_COMMANDS, _stack_missing, "particles.mrcs"),
@@ -284,7 +292,8 @@ CASES = [
     ("optics only", STAR_COMMANDS, _optics_only, "particle"),
     ("no image names", IMAGE_COMMANDS, lambda ws: _drop_column(ws, "rlnImageName"), "rlnImageName"),
     ("no angles", ["reconstruct", "evaluate", "refine"], lambda ws: _drop_column(ws, "rlnAngleTilt"), "angles"),
-    ("no defocus column", ["reconstruct", "evaluate", "refine"], lambda ws: _drop_column(ws, "rlnDefocusU"), "CTF"),
+    ("no angles to learn from", ["train"], lambda ws: _drop_column(ws, "rlnAngleTilt"), "poses"),
+    ("no defocus column", ["reconstruct", "evaluate", "refine", "train", "predict"], lambda ws: _drop_column(ws, "rlnDefocusU"), "CTF"),
     ("NaN angle", IMAGE_COMMANDS, _nan_angle, "rlnAngleTilt is not finite"),
     ("truncated map", MAP_COMMANDS, _truncated_map, "map.mrc"),
     ("zero-size map", MAP_COMMANDS, _zero_size_map, "map.mrc"),
@@ -335,6 +344,11 @@ def _argv(command: str, ws: Path, overrides: dict) -> list:
         return ["refine", "--particles", star, "--map", mp, "--out", out, *extra]
     if command == "demo":
         return ["demo", "--out", out, *extra]
+    if command == "train":
+        return ["train", "--particles", star, "--out", out, *TINY_TRAIN, *extra]
+    if command == "predict":
+        return ["predict", "--model", overrides.get("model", ws / "trained" / "model.pt"), "--particles", star, "--out", out,
+                *extra]
     if command == "evaluate":
         truth = overrides.get("truth", star)
         return ["evaluate", *(["--truth", truth] if truth is not None else []), "--pred", overrides.get("pred", star),
@@ -429,6 +443,21 @@ OPTION_CASES = [
     ("refine", ["--sym", "Q7"], "Q7"),
     ("refine", ["--apix", "0"], "--apix"),
     ("refine", ["--half-maps", "h1.mrc"], "--half-maps"),
+    ("train", ["--image-size", "4"], "--image-size"),
+    ("train", ["--image-size", "128"], "image size"),
+    ("train", ["--crop-factor", "0"], "--crop-factor"),
+    ("train", ["--val-fraction", "1"], "--val-fraction"),
+    ("train", ["--learning-rate", "nan"], "--learning-rate"),
+    ("train", ["--minutes", "-1"], "--minutes"),
+    ("train", ["--batch-size", "64"], "fewer than one batch"),
+    ("train", ["--channels", "0,8"], "--channels"),
+    ("train", ["--model", "vit"], "--model"),
+    ("train", ["--sym", "Q7"], "Q7"),
+    ("predict", ["--keep-fraction", "0"], "--keep-fraction"),
+    ("predict", ["--keep-fraction", "1.5"], "--keep-fraction"),
+    ("predict", ["--min-confidence", "nan"], "--min-confidence"),
+    ("predict", ["--chunk-size", "0"], "--chunk-size"),
+    ("predict", ["--batch-size", "0"], "--batch-size"),
     *[(cmd, ["--device", dev], "device") for cmd in ALL for dev in ("meta", "mps", "xpu")],
 ]
 

@@ -58,3 +58,40 @@ def test_uneven_global_batch_is_refused():
 
     with pytest.raises(UserError, match="multiple of the number of processes"):
         DistributedContext(world_size=3).per_rank_batch_size(32)
+
+
+def test_cryopose_train_under_torchrun(tmp_path):
+    """``torchrun -m cryopose train`` on 2 CPU processes trains one model whose loss curve
+    follows the one-process run (BatchNorm statistics are per process on CPU, so not to
+    rounding); only rank 0 writes."""
+    from cryopose.io import read_star, write_star  # noqa: F401
+    from cryopose.jobs.simulate import SimulateSettings, run_simulate
+
+    bundled = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"
+    run_simulate(bundled, tmp_path / "sim", SimulateSettings(n=160, snr=1.0, box=32, apix=11.4, seed=4))
+    args = ["train", "--particles", str(tmp_path / "sim" / "particles.star"), "--image-size", "16", "--channels", "8,16",
+            "--batch-size", "32", "--grid-order", "1", "--ctf-correction", "none", "--epochs", "2", "--val-fraction", "0.2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    runs = {}
+    for label, launcher in (("one", [sys.executable, "-m", "cryopose"]),
+                            ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                     "-m", "cryopose"])):
+        done = subprocess.run([*launcher, *args, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[label] = json.loads((tmp_path / label / "summary.json").read_text())
+    assert runs["one"]["processes"] == 1 and runs["two"]["processes"] == 2
+    one = [r["train_loss"] for r in _history(tmp_path / "one")]
+    two = [r["train_loss"] for r in _history(tmp_path / "two")]
+    assert len(one) == len(two) == 2
+    np.testing.assert_allclose(two, one, rtol=0.05)
+    assert (tmp_path / "two" / "model.pt").is_file() and not list((tmp_path / "two").glob("*.tmp*"))
+
+
+def _history(folder: Path) -> list[dict]:
+    import csv
+
+    return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(open(folder / "training.csv"))]

@@ -15,7 +15,7 @@ import torch
 from scipy import ndimage, stats
 from scipy.spatial.transform import Rotation
 
-from cli_helpers import BUNDLED, run
+from cli_helpers import BUNDLED, assert_user_error, run
 from cryopose.evaluate import (
     EXPECTED_RANDOM_ERROR_C1,
     compare_maps,
@@ -448,3 +448,23 @@ def test_python_api(sim, tmp_path):
     m = cryopose.evaluate_poses(pred, tmp_path / "ev", truth=sim / "truth.star", reconstruct=False, symmetry="c1")
     assert m["symmetry"] == "C1" and "maps" not in m
     assert m["pose"]["MAnE_deg"] == pytest.approx(json.loads((tmp_path / "ev" / "metrics.json").read_text())["pose"]["MAnE_deg"])
+
+
+def test_train_runs_the_whole_protocol(sim, tmp_path, capsys):
+    """``evaluate --train``: one model per half, each half predicted by the other half's
+    model, then the evaluation of those predictions."""
+    m = _evaluate(["--truth", sim / "truth.star", "--train", "--epochs", "1", "--image-size", "16", "--no-maps",
+                   "--out", tmp_path / "proto"], capsys)
+    folder = tmp_path / "proto"
+    for name in ("train/half1/model.pt", "train/half2/model.pt", "predict/particles.star", "truth_halves.star", "metrics.json",
+                 "protocol.json"):
+        assert (folder / name).is_file(), name
+    protocol = json.loads((folder / "protocol.json").read_text())
+    assert protocol["prediction"]["cross_half_prediction"] is True and protocol["training"]["halves"] is True
+    pred = read_particles(folder / "predict" / "particles.star")
+    halves = read_particles(folder / "truth_halves.star").half_sets
+    assert np.array_equal(pred.half_sets, halves) and set(np.unique(halves)) == {1, 2}
+    assert 0 < m["pose"]["MAnE_deg"] <= 180 and m["n_particles"] == 360
+    assert_user_error(["evaluate", "--truth", sim / "truth.star", "--train", "--pred", sim / "truth.star", "--out",
+                       tmp_path / "x"], capsys, "not both")
+    assert_user_error(["evaluate", "--pred", sim / "truth.star", "--epochs", "2", "--out", tmp_path / "x"], capsys, "--train")

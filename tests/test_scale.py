@@ -284,3 +284,23 @@ def test_cli_cluster_option_errors(data, tmp_path, capsys):
     for command in ("validate", "reconstruct", "simulate"):
         code, out, _ = _cli([command, "--help"], capsys)
         assert "--workers" in out and "--scheduler" in out
+
+
+def test_predict_on_two_workers_equals_one_process(executor, data, tmp_path):
+    from cryopose.jobs.predict import PredictSettings, run_predict
+    from cryopose.jobs.train import TrainJobSettings, run_train
+    from cryopose.learn.preprocess import ImageSettings
+    from cryopose.learn.train import TrainSettings
+
+    settings = TrainJobSettings(train=TrainSettings(network={"model": "grid", "channels": (8, 16), "grid_order": 1},
+                                                    epochs=1, batch_size=16),
+                                image=ImageSettings(image_size=16), val_fraction=0.0)
+    with torch_threads(1):
+        run_train(data["star"], tmp_path / "model", settings)
+        run_predict(tmp_path / "model", data["star"], tmp_path / "one", PredictSettings(chunk_size=10))
+    _whole_cluster(executor)
+    run_predict(tmp_path / "model", data["star"], tmp_path / "two", PredictSettings(chunk_size=10), executor=executor)
+    one = read_star(tmp_path / "one" / "particles.star").table
+    two = read_star(tmp_path / "two" / "particles.star").table
+    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "cryoposeConfidence"):
+        np.testing.assert_allclose(two[c].to_numpy(float), one[c].to_numpy(float), atol=1e-3, err_msg=c)

@@ -4,6 +4,8 @@
 >>> cryopose.simulate("map.mrc", "sim", n=2000, snr=0.1, max_shift=10)
 >>> cryopose.reconstruct_map("sim/particles.star", "rec")["resolution_0143"]
 >>> cryopose.refine_poses("predicted.star", "rec/map.mrc", "refined")["resolution_0143"]
+>>> cryopose.train("sim/particles.star", "model", image_size=32, minutes=15)["models"][0]["best"]
+>>> cryopose.predict("model/model.pt", "new/particles.star", "pred", keep_fraction=0.75)
 >>> particles = cryopose.read_particles("sim/particles.star")
 
 The names below are imported on first use, so ``import cryopose`` stays light.
@@ -30,6 +32,10 @@ _API = {
     "align_maps": "cryopose.api",
     "evaluate_poses": "cryopose.api",
     "refine_poses": "cryopose.api",
+    "train": "cryopose.api",
+    "predict": "cryopose.api",
+    "load_estimator": "cryopose.api",
+    "particles_dataset": "cryopose.api",
 }
 
 __all__ = ["__version__", *_API]

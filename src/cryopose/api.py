@@ -17,15 +17,19 @@ import torch
 from cryopose.align.map_alignment import MapAlignmentSettings
 from cryopose.align.projection_matching import MatchSettings
 from cryopose.io import read_particles
-from cryopose.io.mrc import read_map, write_map
+from cryopose.io.mrc import ParticleImages, read_map, write_map
 from cryopose.io.star import write_star
 from cryopose.jobs.align_maps import run_align_maps
 from cryopose.jobs.evaluate import EvaluateSettings, run_evaluate
 from cryopose.jobs.fsc import run_fsc
+from cryopose.jobs.predict import PredictSettings, run_predict
+from cryopose.jobs.predict import load_estimator as _load_estimator
 from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct
 from cryopose.jobs.refine import RefineSettings, run_refine
 from cryopose.jobs.simulate import SimulateSettings, run_simulate
+from cryopose.jobs.train import TrainJobSettings, run_train
 from cryopose.jobs.validate import ValidationOptions, run_validate
+from cryopose.learn.dataset import ParticlesDataset
 from cryopose.particles import ParticleSet
 from cryopose.reconstruct.fsc import FSCResult
 
@@ -41,6 +45,10 @@ __all__ = [
     "align_maps",
     "evaluate_poses",
     "refine_poses",
+    "train",
+    "predict",
+    "load_estimator",
+    "particles_dataset",
 ]
 
 PathLike = str | os.PathLike
@@ -120,3 +128,63 @@ def refine_poses(particles: PathLike, map_path: PathLike, out: PathLike, half_ma
     return run_refine(Path(particles), Path(map_path), Path(out),
                       None if half_maps is None else (Path(half_maps[0]), Path(half_maps[1])),
                       RefineSettings(**settings), apix=apix, device=device)
+
+
+def train(particles: PathLike, out: PathLike, model: str = "grid", epochs: int | None = None, minutes: float | None = None,
+          image_size: int = 64, ctf_correction: str = "phase_flip", sym: str = "C1", halves: bool = False,
+          val_fraction: float = 0.1, apix: float | None = None, device: str | torch.device = "cpu",
+          network: dict[str, Any] | None = None, **train_settings: Any) -> dict:
+    """Train a pose estimator ("grid" or "forum") on a particle file's poses into ``out``
+    (model.pt, training.csv/png, summary.json; with ``halves`` one per half set). Without
+    ``epochs`` or ``minutes`` it trains for 20 minutes. ``network``: extra estimator
+    settings (channels, grid_order, degree, blur_sigmas, auxiliary_grid); other keywords
+    as ``TrainSettings`` (batch_size, learning_rate, pair_sampling, seed). Returns the summary."""
+    from cryopose.geometry.symmetry import normalise_symmetry_name
+    from cryopose.learn.preprocess import ImageSettings
+    from cryopose.learn.train import TrainSettings
+
+    if epochs is None and minutes is None:
+        minutes = 20.0
+    net = {"model": model, "blur_sigmas": (1.0, 2.0) if model == "forum" else (), **(network or {})}
+    settings = TrainJobSettings(train=TrainSettings(network=net, epochs=epochs, minutes=minutes,
+                                                    symmetry=normalise_symmetry_name(sym), **train_settings),
+                                image=ImageSettings(image_size=image_size, ctf_correction=ctf_correction),
+                                val_fraction=val_fraction, halves=halves)
+    return run_train(Path(particles), Path(out), settings, apix=apix, device=device)
+
+
+def predict(model: PathLike, particles: PathLike, out: PathLike, keep_fraction: float | None = None,
+            min_confidence: float | None = None, apix: float | None = None, device: str | torch.device = "cpu",
+            **settings: Any) -> dict:
+    """Predict a particle file's poses with a trained model (a model.pt, or a training
+    folder; a ``halves`` folder predicts each half with the other half's model) into ``out``
+    (particles.star, summary.json, and kept.star with a clean-up). Returns the summary."""
+    return run_predict(Path(model), Path(particles), Path(out),
+                       PredictSettings(keep_fraction=keep_fraction, min_confidence=min_confidence, **settings),
+                       apix=apix, device=device)
+
+
+def load_estimator(model: PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A trained estimator from its model.pt, in eval mode: ``estimator.predict(images)``
+    takes prepared images (n, 1, s, s) (see ``particles_dataset``) and gives poses
+    (RELION matrices), origins in px of the prepared images and confidences."""
+    from cryopose.io.models import read_model_file
+
+    return _load_estimator(read_model_file(Path(model)), device)
+
+
+def particles_dataset(particles: PathLike, image_size: int | None = 64, ctf_correction: str = "none",
+                      crop_factor: float = 1.0, sym: str = "C1", augment: bool = False, apix: float | None = None,
+                      seed: int = 0) -> ParticlesDataset:
+    """A PyTorch Dataset over a RELION STAR and its stacks (images read on demand; safe with
+    DataLoader workers): each item holds the prepared image (1, s, s), pose matrix and
+    quaternion, origin (Å), confidence, CTF parameters, half set and index. ``augment``
+    adds random in-plane rotations with exactly updated poses."""
+    from cryopose.learn.augment import AugmentSettings
+    from cryopose.learn.preprocess import ImageSettings
+
+    ps = read_particles(Path(particles), apix)
+    tensors = ps.to_tensors(ctf=ctf_correction != "none")
+    return ParticlesDataset(ParticleImages(ps), tensors,
+                            ImageSettings(image_size=image_size, crop_factor=crop_factor, ctf_correction=ctf_correction),
+                            augment=AugmentSettings() if augment else None, sym=sym, seed=seed)

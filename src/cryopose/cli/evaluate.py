@@ -14,8 +14,17 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.command("evaluate")
 @click.option("--truth", type=_FILE, help="STAR of the ground truth: poses, origins, CTF, half sets (rlnRandomSubset) "
               "[default: the predictions' cryoposeTrue* columns].")
-@click.option("--pred", "preds", multiple=True, required=True, type=_FILE,
+@click.option("--pred", "preds", multiple=True, type=_FILE,
               help="STAR of predicted poses (repeat for several, e.g. one per half; matched by rlnImageName).")
+@click.option("--train", "train", is_flag=True,
+              help="The whole CESPED protocol instead of --pred: train an estimator on each half set of --truth, "
+              "predict each half with the other half's model, evaluate.")
+@click.option("--model", "kind", type=click.Choice(["grid", "forum"]), default="grid", show_default=True,
+              help="With --train: the estimator to train.")
+@click.option("--epochs", type=COUNT, default=None, help="With --train: epochs at most per half.")
+@click.option("--minutes", type=POSITIVE, default=None, help="With --train: training minutes per half [default: 20 without --epochs].")
+@click.option("--image-size", type=click.IntRange(min=8), default=64, show_default=True,
+              help="With --train: side (px) the images are Fourier-cropped to.")
 @click.option("--map", "gt_map", type=_FILE, help="Ground-truth map to compare with [default: (GT0 + GT1)/2 from the truth].")
 @click.option("--mask", type=_FILE, help="Mask for the masked metrics [default: automatic from the ground-truth map].")
 @click.option("--sym", default="C1", show_default=True, help="Point-group symmetry (RELION names: C4, D7, O, I1...).")
@@ -34,8 +43,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @force_option
 @device_option
 @cluster_options
-def command(truth, preds, gt_map, mask, sym, out, reconstruct, ctf, apix, seed, chunk_size, mask_threshold, mask_lowpass,
-            mask_extend, mask_soft_edge, force, device, executor=None) -> None:
+def command(truth, preds, train, kind, epochs, minutes, image_size, gt_map, mask, sym, out, reconstruct, ctf, apix, seed,
+            chunk_size, mask_threshold, mask_lowpass, mask_extend, mask_soft_edge, force, device, executor=None) -> None:
     """Benchmark predicted poses against the ground truth (CESPED's metrics and protocol).
 
     Per particle: angular error (geodesic, minimised over the symmetry group), viewing
@@ -45,17 +54,45 @@ def command(truth, preds, gt_map, mask, sym, out, reconstruct, ctf, apix, seed, 
     half, PCC and FSC resolution of (GT, V), (V0, V1), (GT0, GT1), dPCC and dFSCR, unmasked
     and masked. Writes DIR/metrics.json, per_particle.star, report.md, figures and maps.
 
+    With --train (and no --pred) it runs the whole protocol: one estimator trained per
+    half set of --truth (DIR/train), each half predicted by the other half's model
+    (DIR/predict), then this evaluation.
+
     Example: cryopose evaluate --truth sim/particles.star --pred pred_half1.star --pred pred_half2.star --out eval
+
+    Example: cryopose evaluate --truth sim/particles.star --train --model grid --image-size 32 --minutes 10 --out eval
     """
+    from cryopose.errors import UserError
     from cryopose.jobs.evaluate import EvaluateSettings, run_evaluate
 
+    if train == bool(preds):
+        raise UserError("give the predictions with --pred, or --train to train and predict them here (not both)")
+    if train and truth is None:
+        raise UserError("--train needs the ground truth with --truth (poses and rlnRandomSubset half sets)")
+    if not train and (epochs is not None or minutes is not None):
+        raise UserError("--epochs and --minutes set the training of --train; add --train or leave them out")
     dev = resolve_device(device)
     settings = EvaluateSettings(symmetry=sym, reconstruct=reconstruct, ctf=ctf, seed=seed, chunk_size=chunk_size,
                                 mask_threshold=mask_threshold, mask_lowpass=mask_lowpass, mask_extend=mask_extend,
                                 mask_soft_edge=mask_soft_edge)
-    with progress_bar("evaluate") as update:
-        m = run_evaluate(list(preds), out, truth=truth, gt_map=gt_map, mask=mask, settings=settings, apix=apix, device=dev,
-                         progress=update, force=force, executor=executor)
+    if train:
+        from cryopose.jobs.protocol import run_protocol
+        from cryopose.jobs.train import TrainJobSettings
+        from cryopose.learn.preprocess import ImageSettings
+        from cryopose.learn.train import TrainSettings
+
+        network = {"model": kind, "blur_sigmas": (1.0, 2.0) if kind == "forum" else ()}
+        training = TrainJobSettings(
+            train=TrainSettings(network=network, epochs=epochs, minutes=20.0 if epochs is None and minutes is None else minutes,
+                                seed=seed),
+            image=ImageSettings(image_size=image_size, ctf_correction="phase_flip" if ctf else "none"), halves=True)
+        with progress_bar("evaluate --train", unit="step") as update:
+            m = run_protocol(truth, out, training, settings, gt_map=gt_map, mask=mask, apix=apix, device=dev,
+                             progress=update, stage=lambda text: click.echo(text, err=True), force=force, executor=executor)
+    else:
+        with progress_bar("evaluate") as update:
+            m = run_evaluate(list(preds), out, truth=truth, gt_map=gt_map, mask=mask, settings=settings, apix=apix,
+                             device=dev, progress=update, force=force, executor=executor)
     pose = m["pose"]
     click.echo(f"{m['n_particles']} particles: MAnE {pose['MAnE_deg']:.2f} deg, wMAnE {pose['wMAnE_deg']:.2f} deg, "
                f"median {pose['median_angular_error_deg']:.2f} deg")

@@ -30,7 +30,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--halves", is_flag=True, help="Train one model per rlnRandomSubset half (half1/, half2/) for cross-half prediction.")
 @click.option("--batch-size", default=64, type=click.IntRange(min=2), show_default=True, help="Particles per step (all processes together).")
 @click.option("--learning-rate", default=2e-3, type=POSITIVE, show_default=True, help="Peak learning rate (AdamW, cosine schedule).")
-@click.option("--channels", default="24,48,96,192", show_default=True,
+@click.option("--channels", default="16,32,64,128", show_default=True,
               help="Backbone widths, comma-separated (the paper's VGG-like net: 32,64,128,256,1024).")
 @click.option("--grid-order", default=2, type=click.IntRange(1, 3), show_default=True,
               help="HEALPix order of the SO(3) grid (2: 4,608 poses about 15 deg apart).")
@@ -66,9 +66,9 @@ def command(particles, out, kind, sym, image_size, crop_factor, ctf_correction, 
     try:
         widths = tuple(int(c) for c in channels.split(","))
     except ValueError:
-        raise UserError(f"--channels {channels!r} is not a comma-separated list of whole numbers (e.g. 24,48,96,192)") from None
+        raise UserError(f"--channels {channels!r} is not a comma-separated list of whole numbers (e.g. 16,32,64,128)") from None
     if not widths or min(widths) < 1 or len(widths) > 6:
-        raise UserError(f"--channels {channels!r}: give 1 to 6 positive widths (e.g. 24,48,96,192)")
+        raise UserError(f"--channels {channels!r}: give 1 to 6 positive widths (e.g. 16,32,64,128)")
     if epochs is None and minutes is None:
         minutes = 20.0
     dev = resolve_device(device)

@@ -14,7 +14,7 @@ from cryopose.geometry.rotations import random_rotations
 from cryopose.io.mrc import ParticleImages, read_map, write_map, write_stack
 from cryopose.io.star import read_star, write_star
 
-__all__ = ["make_mixed_set", "make_moved_map"]
+__all__ = ["make_mixed_set", "make_moved_map", "split_particles", "pose_error_summary"]
 
 
 def make_mixed_set(sim: Path, out: Path, n_good: int, n_noise: int, n_wrong: int, seed: int) -> np.ndarray:
@@ -54,3 +54,26 @@ def make_moved_map(true_map: Path, sim: Path, out: Path, seed: int) -> tuple[np.
     rotations, shifts = transform_poses(ps.rotations, ps.shifts_angstrom, m_true, t_true)
     write_star(ps.with_poses(rotations=rotations, shifts_angstrom=shifts), out / "moved_particles.star")
     return rot, m_true, t_true
+
+
+def split_particles(sim: Path, out: Path, n_train: int) -> tuple[Path, Path]:
+    """sim/particles.star split into out/train.star (the first n_train particles) and
+    out/test.star (the rest), image names relinked; returns their paths."""
+    ps = read_star(sim / "particles.star")
+    if not 0 < n_train < len(ps):
+        raise ValueError(f"cannot split {len(ps)} particles into {n_train} for training and the rest for testing")
+    write_star(ps.subset(np.arange(n_train)), out / "train.star")
+    write_star(ps.subset(np.arange(n_train, len(ps))), out / "test.star")
+    return out / "train.star", out / "test.star"
+
+
+def pose_error_summary(predicted_star: Path, truth_star: Path) -> dict:
+    """Median and mean angular error (deg) and median origin error (Å) of predicted_star's
+    poses against truth_star's (same particles, same order)."""
+    from cryopose.geometry.distances import rotation_distance
+
+    pred, truth = read_star(predicted_star).to_tensors(ctf=False), read_star(truth_star).to_tensors(ctf=False)
+    err = torch.rad2deg(rotation_distance(pred.rotations, truth.rotations))
+    shift = (pred.shifts_angstrom - truth.shifts_angstrom).norm(dim=-1)
+    return {"median_deg": float(err.median()), "mean_deg": float(err.mean()),
+            "under_10_deg": float((err < 10).double().mean()), "origin_median_angstrom": float(shift.median())}

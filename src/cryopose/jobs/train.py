@@ -38,7 +38,7 @@ from cryopose.io.plots import plot_training_curves, write_table_csv
 from cryopose.learn.augment import AugmentSettings, augment_batch
 from cryopose.learn.dataset import ParticlesDataset
 from cryopose.learn.distributed import distributed_context
-from cryopose.learn.preprocess import ImageSettings
+from cryopose.learn.preprocess import ImageSettings, prepared_size
 from cryopose.learn.train import TrainingData, TrainSettings, train_estimator
 
 __all__ = ["TrainJobSettings", "run_train", "training_parts", "STORE"]
@@ -117,6 +117,13 @@ def run_train(
     images = ParticleImages(ps)
     box = images.image_shape[0]
     parts = training_parts(len(ps), None if tensors.half_sets is None else tensors.half_sets.numpy(), settings.halves)
+    prepared_size(box, settings.image)  # an image size larger than the (cropped) box is refused here
+    for name, idx in parts:
+        n_train = len(idx) - int(round(settings.val_fraction * len(idx)))
+        if n_train < settings.train.batch_size:
+            raise UserError(f"{n_train} training particles{' in ' + name if name else ''} are fewer than one batch of "
+                            f"{settings.train.batch_size}; use a smaller batch, a smaller validation fraction or more "
+                            "particles", option="batch-size")
     signature_base = {"particles": file_identity(particles), "apix": apix, "image": asdict(settings.image),
                       "augment": asdict(settings.augment), "val_fraction": settings.val_fraction,
                       # the budget is not part of it: a rerun with more epochs or minutes continues

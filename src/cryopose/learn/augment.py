@@ -49,7 +49,7 @@ class AugmentSettings:
     def __post_init__(self) -> None:
         if not (float(self.max_shift_angstrom) >= 0.0):
             raise UserError(f"maximum augmentation shift {self.max_shift_angstrom!r} Å is negative; give 0 or more",
-                            option="max_shift_angstrom")
+                            option="max-shift-augment")
         if not (float(self.noise_std) >= 0.0):
             raise UserError(f"augmentation noise {self.noise_std!r} is negative; give 0 or more", option="noise_std")
         if not (0.0 <= float(self.contrast) < 1.0):

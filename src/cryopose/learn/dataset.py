@@ -88,7 +88,7 @@ class ParticlesDataset(Dataset):
         box = int(shape[-1]) if shape is not None else int(np.asarray(images.read([0])).shape[-1])
         if settings.ctf_correction != "none" and tensors.ctf is None:
             raise UserError(f"CTF correction {settings.ctf_correction!r} needs CTF parameters but the particles have none; "
-                            "turn CTF correction off or give particles with CTF columns", option="ctf_correction")
+                            "turn CTF correction off or give particles with CTF columns", option="ctf-correction")
         self.images = images
         self.settings = settings
         self.augment = augment

@@ -54,13 +54,13 @@ class ImageSettings:
         if self.image_size is not None and (isinstance(self.image_size, bool) or int(self.image_size) != self.image_size
                                             or self.image_size < 2):
             raise UserError(f"image size {self.image_size!r} is not a whole number of pixels >= 2; give a larger image size",
-                            option="image_size")
+                            option="image-size")
         if not (0.0 < float(self.crop_factor) <= 1.0):
             raise UserError(f"crop factor {self.crop_factor!r} is outside (0, 1]; give the fraction of the box to keep",
-                            option="crop_factor")
+                            option="crop-factor")
         if self.ctf_correction not in CTF_CORRECTIONS:
             raise UserError(f"unknown CTF correction {self.ctf_correction!r}; use one of {', '.join(CTF_CORRECTIONS)}",
-                            option="ctf_correction")
+                            option="ctf-correction")
         if not (float(self.wiener_snr) > 0.0):
             raise UserError(f"Wiener SNR {self.wiener_snr!r} is not positive; give a positive signal-to-noise ratio",
                             option="wiener_snr")
@@ -86,7 +86,7 @@ def prepared_size(box: int, settings: ImageSettings) -> int:
         raise UserError(
             f"image size {settings.image_size} px is larger than the particle box after cropping ({cropped} px of {box}); "
             f"give an image size of at most {cropped} px",
-            option="image_size",
+            option="image-size",
         )
     return settings.image_size
 
@@ -120,7 +120,7 @@ def prepare_images(
     if settings.ctf_correction != "none":
         if ctf is None:
             raise UserError("CTF correction needs CTF parameters but the particles have none; "
-                            "turn CTF correction off or give particles with CTF columns", option="ctf_correction")
+                            "turn CTF correction off or give particles with CTF columns", option="ctf-correction")
         x = _correct_ctf(x, ctf, pixel_size, settings)
     if settings.normalise:
         x = normalise_background(x)

@@ -47,7 +47,7 @@ class TrainSettings:
     weight_decay: float = 1e-4
     symmetry: str = "C1"
     pair_sampling: str = "random"
-    origin_weight: float = 0.2
+    origin_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -204,7 +204,8 @@ def train_estimator(
     config = model.config
     if state:
         model.load_state_dict(state["model"])
-    model = ctx.wrap(model)
+    # BatchNorm statistics over the global batch where SyncBatchNorm runs (CUDA); per process on CPU
+    model = ctx.wrap(model, sync_batchnorm=ctx.is_distributed and device.type == "cuda")
     plain = ctx.unwrap(model)
     kind = plain.kind
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)

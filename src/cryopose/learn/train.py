@@ -123,7 +123,7 @@ def _batch_loss(model: torch.nn.Module, kind: str, images: torch.Tensor, rotatio
         parts["geodesic_deg"] = math.degrees(float(terms["geodesic"]))
         if "grid_logits" in out and grid_quaternions is not None:
             ce = grid_cross_entropy(out["grid_logits"], grid_targets(rotations, grid_quaternions, settings.symmetry), weights)
-            loss = loss + (1 - progress) * 0.1 * ce
+            loss = loss + (1 - progress) * ce  # the auxiliary grid head fades out as training ends
             parts["grid_ce"] = float(ce.detach())
     else:
         ce = grid_cross_entropy(out["grid_logits"], grid_targets(rotations, grid_quaternions, settings.symmetry), weights)

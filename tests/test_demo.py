@@ -11,7 +11,7 @@ from cryopose.io import read_star
 def test_demo_small(tmp_path):
     out = tmp_path / "demo"
     with pytest.raises(SystemExit) as exc:
-        main(["demo", "--out", str(out), "--n", "600", "--learn-minutes", "0.5"])
+        main(["demo", "--out", str(out), "--n", "600", "--learn-minutes", "0.25"])
     assert exc.value.code == 0
     summary = json.loads((out / "summary.json").read_text())
     report = (out / "report.md").read_text()

@@ -24,7 +24,10 @@ other half, it returns the test half with predicted rlnAngleRot/Tilt/Psi (and, i
 predicts them, rlnOriginX/YAngst and cryoposeConfidence). Add one to ``PREDICTORS`` (or
 pass ``predictors=`` to :func:`run`) to benchmark a learned estimator on the same set.
 
-    python benchmarks/bench_evaluate.py [--quick] [--n 2000] [--device cuda]
+    python benchmarks/bench_evaluate.py [--quick] [--n 2000] [--device cuda] [--learned MINUTES]
+
+``--learned M`` adds the two estimators of ``cryopose train`` (grid and forum, M minutes
+of training per half, 32 px) to the ladder.
 """
 
 from __future__ import annotations
@@ -96,6 +99,26 @@ PREDICTORS: dict[str, Predictor] = {
     "10% random": randomised(0.10),
     "30% random": randomised(0.30),
 }
+
+
+def learned(kind: str, minutes: float, image_size: int = 32) -> Predictor:
+    """A real estimator: ``cryopose train`` on the training half (``minutes``, 32 px, the
+    command's defaults otherwise), then ``cryopose predict`` of the other half (poses,
+    origins, confidence), through files as a user runs them."""
+
+    def predict(train: ParticleSet, test: ParticleSet, rng: np.random.Generator) -> ParticleSet:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            write_star(train, tmp / "train.star")
+            write_star(test, tmp / "test.star")
+            cryopose.train(tmp / "train.star", tmp / "model", model=kind, minutes=minutes, image_size=image_size,
+                           seed=int(rng.integers(1 << 30)))
+            cryopose.predict(tmp / "model" / "model.pt", tmp / "test.star", tmp / "pred")
+            pred = read_particles(tmp / "pred" / "particles.star")
+            return test.with_poses(pred.rotations, pred.shifts_angstrom).with_columns(
+                cryoposeConfidence=pred.table["cryoposeConfidence"].to_numpy(dtype=float))
+
+    return predict
 
 
 def simulate_truth(folder: Path, n: int, seed: int = 0) -> Path:
@@ -206,11 +229,18 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="600 particles: a quick check of the ladder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--learned", type=float, default=None, metavar="MINUTES",
+                   help="also train the grid and forum estimators for MINUTES per half and evaluate their predictions")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     n = 600 if args.quick else args.n
-    result = run(n, torch.device(args.device))
+    predictors = dict(PREDICTORS)
+    if args.learned:
+        for kind in ("grid", "forum"):
+            predictors[f"{kind} (trained {args.learned:g} min/half)"] = learned(kind, args.learned)
+    result = run(n, torch.device(args.device), predictors)
+    result["learned_minutes_per_half"] = args.learned
     rows = result["rows"]
     gt = rows[0]
     for kind in ("unmasked", "masked"):

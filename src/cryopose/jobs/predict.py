@@ -82,8 +82,7 @@ def model_files(path: str | Path) -> list[tuple[Path, int | None]]:
             return [(p / "model.pt", None)]
         raise UserError(f"{p} holds no model.pt (nor half1/model.pt and half2/model.pt); give a model file that "
                         "cryopose train wrote")
-    read_model_file(p)  # a clear error for a missing or foreign file
-    return [(p, None)]
+    return [(p, None)]  # read (with a clear error for a missing or foreign file) by the caller
 
 
 def load_estimator(payload: dict[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -112,9 +111,7 @@ def _predict_chunk(shared: tuple, part: tuple) -> dict[str, np.ndarray]:
     dataset = ParticlesDataset(images, tensors, settings, sym=payload["symmetry"])
     prepared = dataset.prepare_all(len(dataset))
     model = _cached_model(payload, torch.device(device))
-    with torch.no_grad():
-        out = predict_poses(model, prepared, dataset.pixel_size, batch_size, device)
-    return out
+    return predict_poses(model, prepared, dataset.pixel_size, batch_size, device)
 
 
 def _check_compatible(payload: dict[str, Any], box: int, pixel_size: float, path: Path) -> None:
@@ -204,10 +201,7 @@ def run_predict(
         origins = np.zeros((n, 2))
         confidence = np.zeros(n)
         extras: dict[str, np.ndarray] = {}
-        done = [0]
-
-        def step(k: int, total: int) -> None:
-            done[0] += k
+        def step(k: int, total: int) -> None:  # each group's chunks count toward all n particles
             if progress is not None:
                 progress(k, n)
 

@@ -204,8 +204,8 @@ def _harmonic_basis(degree: int, order: int, chosen: tuple[tuple[int, ...], ...]
 
 class HarmonicGridHead(nn.Module):
     """Features (n, c) -> logits (n, N) on the SO(3) grid of ``order``: a linear map to the
-    coefficients of a function of degree <= ``degree`` on SO(3), evaluated on the grid.
-    ``logits_at(features, rotations)`` evaluates the same function at any poses."""
+    coefficients of a function of degree <= ``degree`` on SO(3), evaluated on the grid
+    (``refine`` evaluates the same function at poses between the grid points)."""
 
     def __init__(self, in_features: int, order: int = 2, degree: int = 6,
                  monomials: list | None = None) -> None:
@@ -226,11 +226,6 @@ class HarmonicGridHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.coefficients(features) @ self.grid_basis.T
-
-    def logits_at(self, features: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-        """features (n, c), rotations (n, k, 3, 3) -> logits (n, k)."""
-        basis = _monomials(rotations, self.monomials) @ self.projection
-        return (basis * self.coefficients(features)[:, None, :]).sum(-1)
 
     def refine(self, features: torch.Tensor, logits: torch.Tensor, levels: int = 4) -> torch.Tensor:
         """Poses (n, 3, 3): the grid's argmax refined on local grids of 3^3 rotations about

@@ -5,11 +5,13 @@ each) against the plain single process (1 torch thread), on this machine
 Each figure is a whole job on files (``run_validate`` / ``run_reconstruct``: read the star,
 compute, write the outputs), best of ``--repeats`` rounds (the configurations interleaved
 within each round), with the clusters already started and warm; their start-up is
-reported apart. Cases: 64 px particles simulated from the bundled
+reported apart. This machine's speed drifts by tens of percent from minute to minute, so
+the ratios to the single process are the median over rounds of each round's ratio (runs
+minutes apart never compared). Cases: 64 px particles simulated from the bundled
 EMD-1832 map (5.7 Å/px, SNR 0.1, CTF, origins up to 4 px); validate at 5°, C1, max shift
 5 px, chunks of 16; reconstruct C1 with CTF, chunks of 256.
 
-    python benchmarks/bench_scale.py [--validate-n 256] [--reconstruct-n 20000] [--repeats 3]
+    python benchmarks/bench_scale.py [--validate-n 256] [--reconstruct-n 20000] [--repeats 7]
 
 Besides wall time, the CPU seconds of the driving process plus its workers are reported:
 on a shared machine the wall-time ratios mostly measure the load, while the CPU-time
@@ -25,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common import machine, print_table, write_results
@@ -66,9 +69,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--validate-n", type=int, default=256)
     parser.add_argument("--reconstruct-n", type=int, default=20000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     torch.set_num_threads(1)  # the single process gets what one worker gets
     tmp = Path(tempfile.mkdtemp(prefix="cryopose_bench_scale_"))
     try:
@@ -89,8 +93,9 @@ def main() -> None:
         def reconstruct(executor):
             return lambda out: run_reconstruct(star, out, ReconstructSettings(chunk_size=256), executor=executor)
 
-        # every configuration is measured once per round, rounds interleaved (the machine's
-        # load drifts), and each keeps its best round
+        # every configuration is measured once per round, one job after the other (the
+        # machine's speed drifts); each keeps its best round, and the ratios are medians of
+        # the per-round ratios
         from contextlib import ExitStack
 
         with ExitStack() as stack:
@@ -104,43 +109,54 @@ def main() -> None:
                 run_validate([MAP], vstar, tmp / f"warm{w}", validation_options(), executor=executors[w])
                 run_reconstruct(star, tmp / f"warmr{w}", ReconstructSettings(chunk_size=256), executor=executors[w])
             keys = ("validate_s", "validate_cpu_s", "reconstruct_s", "reconstruct_cpu_s")
-            best = {w: dict.fromkeys(keys, float("inf")) for w in executors}
+            rounds = {w: {k: [] for k in keys} for w in executors}
             for _ in range(args.repeats):
-                for w, ex in executors.items():
-                    for name, job in (("validate", validate(ex)), ("reconstruct", reconstruct(ex))):
+                for name in ("validate", "reconstruct"):
+                    for w, ex in executors.items():
+                        job = validate(ex) if name == "validate" else reconstruct(ex)
                         wall, cpu = measure(job, ex, tmp / f"{name}{w}")
-                        best[w][f"{name}_s"] = min(best[w][f"{name}_s"], wall)
-                        best[w][f"{name}_cpu_s"] = min(best[w][f"{name}_cpu_s"], cpu)
+                        rounds[w][f"{name}_s"].append(wall)
+                        rounds[w][f"{name}_cpu_s"].append(cpu)
+        best = {w: {k: min(v) for k, v in r.items()} for w, r in rounds.items()}
+
+        def ratio(w: int, key: str) -> float:
+            """Median over rounds of configuration w's figure over the single process's."""
+            return float(np.median(np.array(rounds[w][key]) / np.array(rounds[0][key])))
+
         rows = [{"path": "single process" if w == 0 else f"LocalCluster, {w} x 1 thread", "workers": w,
                  "startup_s": startup[w], **best[w]} for w in executors]
-        single = best[0]
         for r in rows:
             r["validate_particles_per_s"] = round(args.validate_n / r["validate_s"], 2)
             r["reconstruct_particles_per_s"] = round(args.reconstruct_n / r["reconstruct_s"], 1)
-            r["validate_vs_single"] = round(single["validate_s"] / r["validate_s"], 3)
-            r["reconstruct_vs_single"] = round(single["reconstruct_s"] / r["reconstruct_s"], 3)
-            r["validate_cpu_vs_single"] = round(r["validate_cpu_s"] / single["validate_cpu_s"], 3)
-            r["reconstruct_cpu_vs_single"] = round(r["reconstruct_cpu_s"] / single["reconstruct_cpu_s"], 3)
+            w = r["workers"]
+            r["validate_vs_single"] = round(1 / ratio(w, "validate_s"), 3)
+            r["reconstruct_vs_single"] = round(1 / ratio(w, "reconstruct_s"), 3)
+            r["validate_cpu_vs_single"] = round(ratio(w, "validate_cpu_s"), 3)
+            r["reconstruct_cpu_vs_single"] = round(ratio(w, "reconstruct_cpu_s"), 3)
             for k in ("startup_s", *keys):
                 r[k] = round(r[k], 2)
         by_w = {r["workers"]: r for r in rows}
         result = {
             "machine": machine(),
             "load_average_1min_at_end": os.getloadavg()[0],
-            "note": "2 CPU cores shared with other engineers' jobs: wall times are inflated and noisy, and 2 workers cannot "
-                    "show their speed-up while other jobs use the cores; re-run on an idle machine",
+            "load_average_1min_at_start": load_at_start,
+            "note": ("the machine was otherwise idle at the start (1-minute load average below 1); its speed still drifts, "
+                     "hence the ratios are medians of per-round ratios" if load_at_start < 1.0 else
+                     "the cores were shared with other jobs: wall times are inflated and noisy, and 2 workers cannot "
+                     "show their speed-up while other jobs use the cores; re-run on an idle machine"),
             "case": {"box": 64, "pixel_size": APIX, "snr": 0.1, "ctf": True, "validate": {"n": args.validate_n, "angular_sampling_deg": 5.0,
                      "max_shift_px": 5, "chunk_size": 16}, "reconstruct": {"n": args.reconstruct_n, "sym": "C1", "chunk_size": 256},
                      "torch_threads_per_process": 1, "repeats": args.repeats},
             "rows": rows,
+            "rounds_s": {str(w): {k: [round(x, 2) for x in v] for k, v in r.items()} for w, r in rounds.items()},
         }
         if 1 in by_w and 2 in by_w:
-            result["two_over_one_worker"] = {"validate": round(by_w[1]["validate_s"] / by_w[2]["validate_s"], 3),
-                                             "reconstruct": round(by_w[1]["reconstruct_s"] / by_w[2]["reconstruct_s"], 3)}
+            result["two_over_one_worker"] = {n: round(float(np.median(np.array(rounds[1][f"{n}_s"]) / np.array(rounds[2][f"{n}_s"]))), 3)
+                                             for n in ("validate", "reconstruct")}
         if 1 in by_w:
             result["overhead_one_worker_vs_single_process_pct"] = {
-                "validate": round(100 * (by_w[1]["validate_s"] / single["validate_s"] - 1), 1),
-                "reconstruct": round(100 * (by_w[1]["reconstruct_s"] / single["reconstruct_s"] - 1), 1)}
+                "validate": round(100 * (ratio(1, "validate_s") - 1), 1),
+                "reconstruct": round(100 * (ratio(1, "reconstruct_s") - 1), 1)}
             result["cpu_overhead_one_worker_vs_single_process_pct"] = {
                 "validate": round(100 * (by_w[1]["validate_cpu_vs_single"] - 1), 1),
                 "reconstruct": round(100 * (by_w[1]["reconstruct_cpu_vs_single"] - 1), 1)}

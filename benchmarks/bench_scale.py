@@ -3,15 +3,15 @@ each) against the plain single process (1 torch thread), on this machine
 (writes benchmarks/results/scale.json).
 
 Each figure is a whole job on files (``run_validate`` / ``run_reconstruct``: read the star,
-compute, write the outputs), best of ``--repeats`` rounds (the configurations interleaved
-within each round), with the clusters already started and warm; their start-up is
-reported apart. This machine's speed drifts by tens of percent from minute to minute, so
-the ratios to the single process are the median over rounds of each round's ratio (runs
-minutes apart never compared). Cases: 64 px particles simulated from the bundled
+compute, write the outputs), best of ``--repeats`` rounds. Each round starts each cluster on its own, warms it with one
+untimed run of each job, and times each job on it right after the same job in the single
+process; its start-up is reported apart. This machine's speed drifts by tens of percent
+from minute to minute, so the ratios to the single process are medians of these pairs'
+ratios (runs minutes apart never compared). Cases: 64 px particles simulated from the bundled
 EMD-1832 map (5.7 Å/px, SNR 0.1, CTF, origins up to 4 px); validate at 5°, C1, max shift
 5 px, chunks of 16; reconstruct C1 with CTF, chunks of 256.
 
-    python benchmarks/bench_scale.py [--validate-n 256] [--reconstruct-n 20000] [--repeats 7]
+    python benchmarks/bench_scale.py [--validate-n 256] [--reconstruct-n 20000] [--repeats 4]
 
 Besides wall time, the CPU seconds of the driving process plus its workers are reported:
 on a shared machine the wall-time ratios mostly measure the load, while the CPU-time
@@ -69,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--validate-n", type=int, default=256)
     parser.add_argument("--reconstruct-n", type=int, default=20000)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
@@ -93,35 +93,37 @@ def main() -> None:
         def reconstruct(executor):
             return lambda out: run_reconstruct(star, out, ReconstructSettings(chunk_size=256), executor=executor)
 
-        # every configuration is measured once per round, one job after the other (the
-        # machine's speed drifts); each keeps its best round, and the ratios are medians of
-        # the per-round ratios
-        from contextlib import ExitStack
-
-        with ExitStack() as stack:
-            executors = {0: None}
-            startup = {0: 0.0}
+        # The machine's speed drifts, so each cluster run is paired with a single-process
+        # run just before it and the ratios are medians of the per-pair ratios. Only the
+        # cluster being measured is running (an idle second cluster's workers and scheduler
+        # threads take CPU from the first); each is started afresh every round and warmed up
+        # with one full untimed run of each job (the first tasks import torch and cryopose
+        # and grow the worker's heap).
+        keys = ("validate_s", "validate_cpu_s", "reconstruct_s", "reconstruct_cpu_s")
+        rounds = {w: {k: [] for k in keys} for w in args.workers}
+        single = {w: {k: [] for k in keys} for w in args.workers}  # the run paired with each
+        startup = {w: float("inf") for w in args.workers}
+        for _ in range(args.repeats):
             for w in args.workers:
                 t = time.perf_counter()
-                executors[w] = stack.enter_context(open_executor(workers=w, torch_threads=1))
-                startup[w] = time.perf_counter() - t
-                # warm-up: the first task on each worker imports torch and cryopose
-                run_validate([MAP], vstar, tmp / f"warm{w}", validation_options(), executor=executors[w])
-                run_reconstruct(star, tmp / f"warmr{w}", ReconstructSettings(chunk_size=256), executor=executors[w])
-            keys = ("validate_s", "validate_cpu_s", "reconstruct_s", "reconstruct_cpu_s")
-            rounds = {w: {k: [] for k in keys} for w in executors}
-            for _ in range(args.repeats):
-                for name in ("validate", "reconstruct"):
-                    for w, ex in executors.items():
-                        job = validate(ex) if name == "validate" else reconstruct(ex)
-                        wall, cpu = measure(job, ex, tmp / f"{name}{w}")
-                        rounds[w][f"{name}_s"].append(wall)
-                        rounds[w][f"{name}_cpu_s"].append(cpu)
+                with open_executor(workers=w, torch_threads=1) as ex:
+                    startup[w] = min(startup[w], time.perf_counter() - t)
+                    for name, job in (("validate", validate), ("reconstruct", reconstruct)):
+                        measure(job(ex), ex, tmp / "warm")
+                        for target, e in ((single[w], None), (rounds[w], ex)):
+                            wall, cpu = measure(job(e), e, tmp / name)
+                            target[f"{name}_s"].append(wall)
+                            target[f"{name}_cpu_s"].append(cpu)
+        rounds[0] = {k: sum((single[w][k] for w in args.workers), []) for k in keys}
+        startup[0] = 0.0
+        executors = dict.fromkeys([0, *args.workers])
         best = {w: {k: min(v) for k, v in r.items()} for w, r in rounds.items()}
 
         def ratio(w: int, key: str) -> float:
-            """Median over rounds of configuration w's figure over the single process's."""
-            return float(np.median(np.array(rounds[w][key]) / np.array(rounds[0][key])))
+            """Median over pairs of configuration w's figure over the single process's."""
+            if w == 0:
+                return 1.0
+            return float(np.median(np.array(rounds[w][key]) / np.array(single[w][key])))
 
         rows = [{"path": "single process" if w == 0 else f"LocalCluster, {w} x 1 thread", "workers": w,
                  "startup_s": startup[w], **best[w]} for w in executors]
@@ -141,7 +143,7 @@ def main() -> None:
             "load_average_1min_at_end": os.getloadavg()[0],
             "load_average_1min_at_start": load_at_start,
             "note": ("the machine was otherwise idle at the start (1-minute load average below 1); its speed still drifts, "
-                     "hence the ratios are medians of per-round ratios" if load_at_start < 1.0 else
+                     "hence the ratios are medians of paired ratios" if load_at_start < 1.0 else
                      "the cores were shared with other jobs: wall times are inflated and noisy, and 2 workers cannot "
                      "show their speed-up while other jobs use the cores; re-run on an idle machine"),
             "case": {"box": 64, "pixel_size": APIX, "snr": 0.1, "ctf": True, "validate": {"n": args.validate_n, "angular_sampling_deg": 5.0,
@@ -151,7 +153,7 @@ def main() -> None:
             "rounds_s": {str(w): {k: [round(x, 2) for x in v] for k, v in r.items()} for w, r in rounds.items()},
         }
         if 1 in by_w and 2 in by_w:
-            result["two_over_one_worker"] = {n: round(float(np.median(np.array(rounds[1][f"{n}_s"]) / np.array(rounds[2][f"{n}_s"]))), 3)
+            result["two_over_one_worker"] = {n: round(ratio(1, f"{n}_s") / ratio(2, f"{n}_s"), 3)
                                              for n in ("validate", "reconstruct")}
         if 1 in by_w:
             result["overhead_one_worker_vs_single_process_pct"] = {

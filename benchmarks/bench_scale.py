@@ -27,15 +27,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from cryopose.jobs.allocator import ALLOCATOR_SETTINGS, tune_allocator
 
-from common import machine, print_table, write_results
-from cryopose.align.projection_matching import MatchSettings
-from cryopose.jobs.executor import open_executor
-from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct
-from cryopose.jobs.simulate import SimulateSettings, run_simulate
-from cryopose.jobs.validate import ValidationOptions, run_validate
+tune_allocator()  # as the command line does, before torch is imported (its workers get the same)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common import machine, print_table, write_results  # noqa: E402
+from cryopose.align.projection_matching import MatchSettings  # noqa: E402
+from cryopose.jobs.executor import open_executor  # noqa: E402
+from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct  # noqa: E402
+from cryopose.jobs.simulate import SimulateSettings, run_simulate  # noqa: E402
+from cryopose.jobs.validate import ValidationOptions, run_validate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"
@@ -142,6 +146,7 @@ def main() -> None:
             "machine": machine(),
             "load_average_1min_at_end": os.getloadavg()[0],
             "load_average_1min_at_start": load_at_start,
+            "malloc_settings": {name: value for name, _, value in ALLOCATOR_SETTINGS},
             "note": ("the machine was otherwise idle at the start (1-minute load average below 1); its speed still drifts, "
                      "hence the ratios are medians of paired ratios" if load_at_start < 1.0 else
                      "the cores were shared with other jobs: wall times are inflated and noisy, and 2 workers cannot "

@@ -47,6 +47,8 @@ def main() -> int:
 
     from dask_jobqueue import SLURMCluster  # pip install dask-jobqueue
 
+    from cryopose.jobs.allocator import allocator_environment
+
     processes = args.processes or max(1, args.cores // 4)
     extra = [f"--gres=gpu:{args.gpus}"] if args.gpus else []
     cluster = SLURMCluster(
@@ -59,7 +61,10 @@ def main() -> int:
         job_extra_directives=extra,
         # one Dask thread per process: each task gets cores/processes torch threads
         worker_extra_args=["--nthreads", "1"],
-        job_script_prologue=[f"export CRYOPOSE_TORCH_THREADS={max(1, args.cores // processes)}"],
+        # cryopose's malloc settings from the start (cryopose.jobs.allocator; they also replace
+        # the MALLOC_TRIM_THRESHOLD_ that Dask's nanny would set, which slows the kernels)
+        job_script_prologue=[f"export CRYOPOSE_TORCH_THREADS={max(1, args.cores // processes)}",
+                             *(f"export {name}={value}" for name, value in allocator_environment({}).items())],
     )
     try:
         if args.adapt:

@@ -14,6 +14,7 @@ import click
 
 from cryopose import __version__
 from cryopose.errors import UserError
+from cryopose.jobs.allocator import tune_allocator
 
 # command name -> (module under cryopose.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -108,6 +109,7 @@ def click_error_message(exc: click.ClickException, argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit with status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    tune_allocator()  # before the command imports torch (see cryopose.jobs.allocator)
     _setup_logging()
     try:
         cli.main(args=argv, prog_name="cryopose", standalone_mode=False)

@@ -17,7 +17,8 @@ process exactly as before.
   tasks are recomputed; results are keyed by particle range, so nothing is lost or doubled.
 - :func:`open_executor` starts a ``LocalCluster`` (``workers``) or connects to a running
   scheduler (``scheduler``, e.g. one started by dask-jobqueue on SLURM); a worker plugin
-  sets each worker's torch threads so that the machine is not oversubscribed.
+  sets each worker's torch threads so that the machine is not oversubscribed, and its
+  malloc settings (:mod:`cryopose.jobs.allocator`).
 
 This module imports ``distributed``; the jobs import it only when a cluster is used.
 """
@@ -37,16 +38,18 @@ import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
 from cryopose.errors import UserError
+from cryopose.jobs.allocator import allocator_environment, tune_allocator
 
 if TYPE_CHECKING:  # pragma: no cover
     from cryopose.jobs.chunks import ChunkWork
 
-__all__ = ["DaskExecutor", "open_executor", "local_cluster_shape", "usable_cpus", "TorchThreads", "restore_allocator"]
+__all__ = ["DaskExecutor", "open_executor", "local_cluster_shape", "usable_cpus", "TorchThreads"]
 
 log = logging.getLogger("cryopose")
 
 Range = tuple[int, int]
 THREADS_VARIABLE = "CRYOPOSE_TORCH_THREADS"
+DASK_NANNY_TRIM = 65536  # the MALLOC_TRIM_THRESHOLD_ that Dask's nanny gives its workers by default
 
 
 def usable_cpus() -> int:
@@ -67,10 +70,11 @@ def local_cluster_shape(workers: int, cpus: int | None = None) -> tuple[int, int
 
 class TorchThreads(WorkerPlugin):
     """Dask worker plugin: set torch's intra-op threads when a worker starts (also on
-    workers that replace dead ones), and restore glibc's allocator thresholds where Dask's
-    nanny changed them (:func:`restore_allocator`). ``threads`` None: the worker's environment variable
-    CRYOPOSE_TORCH_THREADS if set (e.g. by a batch script that runs several worker
-    processes per node), else the worker's cores divided by its Dask threads."""
+    workers that replace dead ones), and cryopose's malloc settings (see
+    :mod:`cryopose.jobs.allocator`; in place of the ``MALLOC_TRIM_THRESHOLD_`` that Dask's
+    nanny sets, which made reconstruction 1.7-2.7x slower). ``threads`` None: the worker's
+    environment variable CRYOPOSE_TORCH_THREADS if set (e.g. by a batch script that runs
+    several worker processes per node), else the worker's cores divided by its Dask threads."""
 
     name = "cryopose-torch-threads"
 
@@ -81,31 +85,15 @@ class TorchThreads(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         import torch
 
-        if "MALLOC_TRIM_THRESHOLD_" in os.environ:  # set by Dask's nanny on a cluster we did not start
-            restore_allocator()
+        tasks_at_once = max(1, int(getattr(worker.state, "nthreads", 1)))
+        nanny_trim = os.environ.get("MALLOC_TRIM_THRESHOLD_") == str(DASK_NANNY_TRIM)
+        tune_allocator(override=("MALLOC_TRIM_THRESHOLD_",) if nanny_trim else (), one_arena=tasks_at_once == 1)
         n = self.threads or int(os.environ.get(THREADS_VARIABLE, "0") or 0)
-        n = n or max(1, usable_cpus() // max(1, int(getattr(worker.state, "nthreads", 1))))
+        n = n or max(1, usable_cpus() // tasks_at_once)
         torch.set_num_threads(n)
 
     def teardown(self, worker: Any) -> None:  # pragma: no cover - nothing to undo
         pass
-
-
-def restore_allocator() -> bool:
-    """Undo the effect of the MALLOC_TRIM_THRESHOLD_ that Dask's nanny sets in workers:
-    any such setting turns off glibc's adaptive mmap threshold, so that every large
-    temporary tensor is mapped and unmapped afresh (reconstruction ran 1.7-2.7x slower).
-    Sets generous trim (256 MiB) and mmap (32 MiB, glibc's maximum) thresholds; returns
-    False where glibc's mallopt is not available."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        trim_ok = libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-        mmap_ok = libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-    return bool(trim_ok and mmap_ok)
 
 
 def _shared(value: Any) -> Any:
@@ -300,9 +288,10 @@ def open_executor(
         torch_n = torch_threads or torch_n
         import dask
 
-        # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers, which turns off glibc's adaptive
-        # mmap threshold (see restore_allocator); our workers keep the normal allocator.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        # Workers start with cryopose's malloc settings (cryopose.jobs.allocator) instead
+        # of the MALLOC_TRIM_THRESHOLD_ that Dask's nanny would give them.
+        environ = {"MALLOC_TRIM_THRESHOLD_": None, **allocator_environment()}
+        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()}):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                                    dashboard_address=":0", silence_logs=logging.CRITICAL)
         try:

@@ -27,24 +27,19 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-MAP = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"
-APIX = 5.7
-
 
 def _child(folder: Path, torch_threads: int, repeats: int) -> dict:
     """In a fresh process: time each job (after one warm-up run) in this thread and in a new one."""
     import torch
 
-    from cryopose.align.projection_matching import MatchSettings
-    from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct
-    from cryopose.jobs.validate import ValidationOptions, run_validate
+    from common import BUNDLED_MAP, scale_reconstruction, scale_validation
+    from cryopose.jobs.reconstruct import run_reconstruct
+    from cryopose.jobs.validate import run_validate
 
     torch.set_num_threads(torch_threads)
-    options = ValidationOptions(match=MatchSettings(angular_sampling=5.0, max_shift=5 * APIX), chunk_size=16)
     jobs = {
-        "validate": lambda out: run_validate([MAP], folder / "validate.star", out, options),
-        "reconstruct": lambda out: run_reconstruct(folder / "particles.star", out, ReconstructSettings(chunk_size=256)),
+        "validate": lambda out: run_validate([BUNDLED_MAP], folder / "validate.star", out, scale_validation()),
+        "reconstruct": lambda out: run_reconstruct(folder / "particles.star", out, scale_reconstruction()),
     }
 
     def measure(job) -> tuple[float, int]:
@@ -86,17 +81,17 @@ def main() -> None:
 
     import numpy as np
 
-    from common import machine, print_table, write_results
+    from common import BUNDLED_APIX, BUNDLED_MAP, machine, print_table, scale_simulation, write_results
     from cryopose.io import read_particles
     from cryopose.io.star import write_star
     from cryopose.jobs.allocator import ALLOCATOR_SETTINGS, allocator_environment
-    from cryopose.jobs.simulate import SimulateSettings, run_simulate
+    from cryopose.jobs.simulate import run_simulate
 
     load_at_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="cryopose_bench_allocator_"))
     try:
         n = max(args.validate_n, args.reconstruct_n)
-        run_simulate(MAP, tmp, SimulateSettings(n=n, snr=0.1, max_shift=4 * APIX, seed=0))
+        run_simulate(BUNDLED_MAP, tmp, scale_simulation(n))
         ps = read_particles(tmp / "particles.star")
         write_star(ps.subset(list(range(args.validate_n))), tmp / "validate.star")
         if args.reconstruct_n < n:
@@ -131,7 +126,7 @@ def main() -> None:
             "load_average_1min_at_start": load_at_start,
             "load_average_1min_at_end": os.getloadavg()[0],
             "malloc_settings": {name: value for name, _, value in ALLOCATOR_SETTINGS},
-            "case": {"box": 64, "pixel_size": APIX, "validate": {"n": args.validate_n, "angular_sampling_deg": 5.0,
+            "case": {"box": 64, "pixel_size": BUNDLED_APIX, "validate": {"n": args.validate_n, "angular_sampling_deg": 5.0,
                      "max_shift_px": 5, "chunk_size": 16}, "reconstruct": {"n": args.reconstruct_n, "sym": "C1",
                      "chunk_size": 256}, "rounds": args.rounds, "repeats": args.repeats},
             "note": ("s: best wall time; page_faults: minor page faults of the process during that job, median over "

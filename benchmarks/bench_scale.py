@@ -34,20 +34,13 @@ tune_allocator()  # as the command line does, before torch is imported (its work
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import machine, print_table, write_results  # noqa: E402
-from cryopose.align.projection_matching import MatchSettings  # noqa: E402
+from common import (BUNDLED_APIX as APIX, BUNDLED_MAP as MAP, machine, print_table, scale_reconstruction,  # noqa: E402
+                    scale_simulation, scale_validation, write_results)
 from cryopose.jobs.executor import open_executor  # noqa: E402
-from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct  # noqa: E402
-from cryopose.jobs.simulate import SimulateSettings, run_simulate  # noqa: E402
-from cryopose.jobs.validate import ValidationOptions, run_validate  # noqa: E402
+from cryopose.jobs.reconstruct import run_reconstruct  # noqa: E402
+from cryopose.jobs.simulate import run_simulate  # noqa: E402
+from cryopose.jobs.validate import run_validate  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-MAP = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"
-APIX = 5.7
-
-
-def validation_options() -> ValidationOptions:
-    return ValidationOptions(match=MatchSettings(angular_sampling=5.0, max_shift=5 * APIX), chunk_size=16)
 
 
 def cpu_seconds(executor) -> float:
@@ -80,7 +73,7 @@ def main() -> None:
     torch.set_num_threads(1)  # the single process gets what one worker gets
     tmp = Path(tempfile.mkdtemp(prefix="cryopose_bench_scale_"))
     try:
-        sim = SimulateSettings(n=max(args.validate_n, args.reconstruct_n), snr=0.1, max_shift=4 * APIX, seed=0)
+        sim = scale_simulation(max(args.validate_n, args.reconstruct_n))
         run_simulate(MAP, tmp / "sim", sim)
         star = tmp / "sim" / "particles.star"
         # the validate set: the first validate-n particles of the same stack
@@ -92,10 +85,10 @@ def main() -> None:
         vstar = tmp / "sim" / "validate.star"
 
         def validate(executor):
-            return lambda out: run_validate([MAP], vstar, out, validation_options(), executor=executor)
+            return lambda out: run_validate([MAP], vstar, out, scale_validation(), executor=executor)
 
         def reconstruct(executor):
-            return lambda out: run_reconstruct(star, out, ReconstructSettings(chunk_size=256), executor=executor)
+            return lambda out: run_reconstruct(star, out, scale_reconstruction(), executor=executor)
 
         # The machine's speed drifts, so each cluster run is paired with a single-process
         # run just before it and the ratios are medians of the per-pair ratios. Only the
@@ -120,7 +113,6 @@ def main() -> None:
                             target[f"{name}_cpu_s"].append(cpu)
         rounds[0] = {k: sum((single[w][k] for w in args.workers), []) for k in keys}
         startup[0] = 0.0
-        executors = dict.fromkeys([0, *args.workers])
         best = {w: {k: min(v) for k, v in r.items()} for w, r in rounds.items()}
 
         def ratio(w: int, key: str) -> float:
@@ -130,7 +122,7 @@ def main() -> None:
             return float(np.median(np.array(rounds[w][key]) / np.array(single[w][key])))
 
         rows = [{"path": "single process" if w == 0 else f"LocalCluster, {w} x 1 thread", "workers": w,
-                 "startup_s": startup[w], **best[w]} for w in executors]
+                 "startup_s": startup[w], **best[w]} for w in sorted(rounds)]
         for r in rows:
             r["validate_particles_per_s"] = round(args.validate_n / r["validate_s"], 2)
             r["reconstruct_particles_per_s"] = round(args.reconstruct_n / r["reconstruct_s"], 1)

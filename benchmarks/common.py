@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: machine description and result writing."""
+"""Shared helpers for the benchmark scripts: machine description, result writing, and the
+scale-out case that bench_scale and bench_allocator both run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,34 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# The scale-out case: 64 px particles simulated from the bundled EMD-1832 map (5.7 A/px, SNR
+# 0.1, CTF, origins up to 4 px); validate at 5 deg, C1, max shift 5 px, chunks of 16;
+# reconstruct C1 with CTF, chunks of 256.
+BUNDLED_MAP = Path(__file__).resolve().parents[1] / "src" / "cryopose" / "data" / "emd_1832.map"
+BUNDLED_APIX = 5.7
+
+
+def scale_simulation(n: int):
+    """SimulateSettings of the scale-out case for ``n`` particles."""
+    from cryopose.jobs.simulate import SimulateSettings
+
+    return SimulateSettings(n=n, snr=0.1, max_shift=4 * BUNDLED_APIX, seed=0)
+
+
+def scale_validation():
+    """ValidationOptions of the scale-out case."""
+    from cryopose.align.projection_matching import MatchSettings
+    from cryopose.jobs.validate import ValidationOptions
+
+    return ValidationOptions(match=MatchSettings(angular_sampling=5.0, max_shift=5 * BUNDLED_APIX), chunk_size=16)
+
+
+def scale_reconstruction():
+    """ReconstructSettings of the scale-out case."""
+    from cryopose.jobs.reconstruct import ReconstructSettings
+
+    return ReconstructSettings(chunk_size=256)
 
 
 def machine() -> dict:

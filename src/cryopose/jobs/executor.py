@@ -49,7 +49,6 @@ log = logging.getLogger("cryopose")
 
 Range = tuple[int, int]
 THREADS_VARIABLE = "CRYOPOSE_TORCH_THREADS"
-DASK_NANNY_TRIM = 65536  # the MALLOC_TRIM_THRESHOLD_ that Dask's nanny gives its workers by default
 
 
 def usable_cpus() -> int:
@@ -85,8 +84,12 @@ class TorchThreads(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         import torch
 
+        import dask
+
         tasks_at_once = max(1, int(getattr(worker.state, "nthreads", 1)))
-        nanny_trim = os.environ.get("MALLOC_TRIM_THRESHOLD_") == str(DASK_NANNY_TRIM)
+        # the value Dask's nanny gave this worker (its configuration), not one the user exported
+        nanny = dask.config.get("distributed.nanny.pre-spawn-environ", {}).get("MALLOC_TRIM_THRESHOLD_")
+        nanny_trim = nanny is not None and os.environ.get("MALLOC_TRIM_THRESHOLD_") == str(nanny)
         tune_allocator(override=("MALLOC_TRIM_THRESHOLD_",) if nanny_trim else (), one_arena=tasks_at_once == 1)
         n = self.threads or int(os.environ.get(THREADS_VARIABLE, "0") or 0)
         n = n or max(1, usable_cpus() // tasks_at_once)

@@ -170,7 +170,7 @@ def load_estimator(model: PathLike, device: str | torch.device = "cpu") -> torch
     (RELION matrices), origins in px of the prepared images and confidences."""
     from cryopose.io.models import read_model_file
 
-    return _load_estimator(read_model_file(Path(model)), device)
+    return _load_estimator(read_model_file(Path(model)), device, Path(model))
 
 
 def particles_dataset(particles: PathLike, image_size: int | None = 64, ctf_correction: str = "none",

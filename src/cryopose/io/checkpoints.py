@@ -5,6 +5,12 @@ particles [start, stop), written atomically the moment the chunk is done. ``Chec
 one file of tensors (e.g. running Fourier sums) replaced atomically. Both record the
 signature of the run (the identity of its input files and every setting); a store or
 checkpoint made by a run with another signature is discarded, and the reason is logged.
+
+Nothing read back from an output folder can run code: chunks are read with
+``allow_pickle=False`` and tensor files with ``torch.load(weights_only=True)``
+(:func:`load_tensor_file`), which builds only tensors, numbers, strings and containers of
+them. A file that holds anything else (a planted pickle, another program's file, a damaged
+one) is discarded with a logged line and its work is done again.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +30,11 @@ import torch
 
 from cryopose.io.atomic import atomic_path, json_safe, write_json_atomic
 
-__all__ = ["file_identity", "ChunkStore", "Checkpoint", "discard"]
+__all__ = ["file_identity", "ChunkStore", "Checkpoint", "discard", "load_tensor_file", "UnreadableFile"]
 
 log = logging.getLogger("cryopose")
+
+_TORCH_VERSION = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
 
 
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:
@@ -33,9 +44,43 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+class UnreadableFile(ValueError):
+    """A file that :func:`load_tensor_file` refused; the message says why, in a few words."""
+
+
+def load_tensor_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """The contents of a ``torch.save`` file, unpickled with ``weights_only=True``: only
+    tensors, numbers, strings, None and lists/tuples/dicts of them are built, so no code in
+    the file runs. Torch's warnings are silenced; any failure is an :class:`UnreadableFile`
+    with a short reason (never torch's long text). Torch before 2.10 is refused: its
+    ``weights_only`` unpickler could be made to run code (CVE-2025-32434, CVE-2026-24747)."""
+    if _TORCH_VERSION < (2, 10):
+        raise UnreadableFile(f"torch {torch.__version__} cannot read it safely (its weights-only loader has known "
+                             "flaws); upgrade torch to 2.10 or newer")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnreadableFile("it holds Python objects other than tensors and numbers, which cryopose never "
+                             "writes (refused unread: loading them could run code)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError,
+            IndexError, ImportError, UnicodeDecodeError, MemoryError) as exc:
+        kind = "it is empty or cut short" if isinstance(exc, EOFError) else "it is not a PyTorch file or is damaged"
+        raise UnreadableFile(kind) from None
+
+
 def discard(folder: str | os.PathLike) -> None:
     """Delete a folder of finished chunks or checkpoints (after the final outputs exist)."""
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete what stands at one of our own store paths (a link itself, not its target)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _normalise(signature: dict[str, Any]) -> Any:
@@ -92,9 +137,32 @@ class ChunkStore:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
 
-    def load(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        with np.load(self._path(start, stop), allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+    def load(self, start: int, stop: int) -> dict[str, np.ndarray] | None:
+        """The stored results of particles [start, stop), or None when the file is not a
+        chunk this store wrote (unreadable, holding pickled objects, or not stop - start
+        rows per array): it is then deleted, with a logged line, and the chunk is to be
+        computed again."""
+        path = self._path(start, stop)
+        arrays = None
+        if path.is_file():  # never open a device, pipe or folder planted under a chunk's name
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    arrays = {k: data[k] for k in data.files}
+            except Exception:  # noqa: BLE001  np.load raises many kinds for a file that is not an .npz
+                arrays = None
+        if arrays is None:
+            why = "it is not a chunk of numbers that cryopose wrote (damaged, or holding pickled objects)"
+        elif not arrays or any(a.ndim == 0 or a.shape[0] != stop - start for a in arrays.values()):
+            why, arrays = f"its arrays do not have one row for each of its {stop - start} particles", None
+        if arrays is None:
+            self.discard_chunk(start, stop, why)
+        return arrays
+
+    def discard_chunk(self, start: int, stop: int, why: str) -> None:
+        """Delete the stored chunk [start, stop) that is not this run's, saying ``why``."""
+        path = self._path(start, stop)
+        log.warning("discarded %s: %s; its particles are computed again", path, why)
+        _remove(path)
 
     def remove(self) -> None:
         """Delete the store (after the final outputs are written)."""
@@ -112,11 +180,15 @@ class Checkpoint:
         """The saved state, or None when absent or made by a run with another signature
         (which is then deleted and the changed settings logged)."""
         if not self.path.is_file():
+            if self.path.exists() or self.path.is_symlink():
+                log.warning("discarded %s: it is not a regular file; the work it held is done again", self.path)
+                _remove(self.path)
             return None
         try:
-            state = torch.load(self.path, map_location=map_location, weights_only=False)
-        except Exception:  # a damaged checkpoint is as good as none
-            log.info("ignoring unreadable checkpoint %s", self.path)
+            state = load_tensor_file(self.path, map_location)
+        except UnreadableFile as exc:
+            log.warning("discarded checkpoint %s: %s; the work it held is done again", self.path, exc)
+            _remove(self.path)
             return None
         old = state.get("signature") if isinstance(state, dict) else None
         if old != self.signature:

@@ -84,30 +84,53 @@ def run_chunks(
     ``executor``: None runs the chunks here, in order; a ``DaskExecutor`` runs them as
     tasks on its cluster (``compute`` then a :class:`ChunkWork`, or any picklable callable,
     which is sent once to each worker), storing each as it arrives."""
-    done = store.completed() if store is not None else []
-    done = [(a, b) for a, b in done if 0 <= a < b <= n]
     parts: dict[tuple[int, int], dict[str, np.ndarray]] = {}
-    if done and progress is not None:
-        progress(sum(b - a for a, b in done), n)
-    todo = pending_ranges(n, chunk_size, done)
+    if store is not None:  # a stored chunk that cannot be read is discarded (logged) and computed again
+        for a, b in store.completed():
+            if 0 <= a < b <= n and (arrays := store.load(a, b)) is not None:
+                parts[(a, b)] = arrays
+    if parts and progress is not None:
+        progress(sum(b - a for a, b in parts), n)
+    computed = _compute(n, pending_ranges(n, chunk_size, list(parts)), compute, store, progress, executor, parts)
+    # a stored chunk laid out unlike this run's (other arrays, shapes or types) is not this run's: redo it
+    layouts = [_layout(parts[r]) for r in (computed or list(parts))]
+    usual = max(layouts, key=layouts.count) if layouts else None
+    foreign = [r for r in parts if r not in computed and _layout(parts[r]) != usual]
+    for a, b in foreign:
+        store.discard_chunk(a, b, "its arrays are not laid out like this run's")
+        del parts[(a, b)]
+    if foreign:
+        _compute(n, foreign, compute, store, None, executor, parts)
+    return assemble(n, parts)
+
+
+def _compute(n: int, todo: list[tuple[int, int]], compute: Callable[[np.ndarray], dict[str, np.ndarray]], store: ChunkStore | None,
+             progress: Callable[[int, int], None] | None, executor: Any,
+             parts: dict[tuple[int, int], dict[str, np.ndarray]]) -> list[tuple[int, int]]:
+    """Compute the ranges ``todo`` (here or on the executor) into ``parts``, storing each as
+    it arrives (``progress(k, n)`` after each); returns the ranges computed."""
     if executor is None:
         results = ((rng, compute(np.arange(*rng))) for rng in todo)
     else:
         work = compute if isinstance(compute, ChunkWork) else ChunkWork(_call, compute, _identity)
         results = executor.map(work, todo)
+    done = []
     try:
         for (a, b), chunk in results:
             result = {k: np.asarray(v) for k, v in chunk.items()}
             if store is not None:
                 store.save(a, b, result)
             parts[(a, b)] = result
+            done.append((a, b))
             if progress is not None:
                 progress(b - a, n)
     finally:
         results.close()  # an interrupted run cancels its queued tasks
-    for a, b in done:
-        parts[(a, b)] = store.load(a, b)
-    return assemble(n, parts)
+    return done
+
+
+def _layout(arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {k: (v.dtype.str, v.shape[1:]) for k, v in arrays.items()}
 
 
 def _call(compute: Callable[[np.ndarray], Any], indices: np.ndarray) -> Any:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from cryopose.errors import UserError
+from cryopose.geometry.symmetry import normalise_symmetry_name
 from cryopose.io import read_particles
 from cryopose.io.atomic import write_json_atomic
 from cryopose.io.checkpoints import ChunkStore, discard, file_identity
@@ -34,7 +35,7 @@ from cryopose.io.outputs import output_folder
 from cryopose.io.star import write_star
 from cryopose.jobs.chunks import ChunkWork, run_chunks
 from cryopose.learn.dataset import ParticlesDataset
-from cryopose.learn.models import build_estimator
+from cryopose.learn.models import build_estimator, estimator_config_problem, weights_problem
 from cryopose.learn.preprocess import ImageSettings, prepared_pixel_size, prepared_size
 from cryopose.learn.train import angular_errors_deg, predict_poses
 from cryopose.particles import ANGLE_COLUMNS, ORIGIN_ANGST_COLUMNS, ParticleTensors
@@ -85,9 +86,28 @@ def model_files(path: str | Path) -> list[tuple[Path, int | None]]:
     return [(p, None)]  # read (with a clear error for a missing or foreign file) by the caller
 
 
-def load_estimator(payload: dict[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The trained estimator of a model file's contents (``io.models.read_model_file``), in eval mode."""
-    model = build_estimator(payload["config"])
+def load_estimator(payload: dict[str, Any], device: torch.device | str = "cpu", source: str | Path = "the model file"
+                   ) -> torch.nn.Module:
+    """The trained estimator of a model file's contents (``io.models.read_model_file``), in
+    eval mode. The config is checked before anything is built (ranges, network size), and
+    the weights against the network it describes; ``source`` names the file in the
+    UserError that answers a bad payload."""
+    problem = estimator_config_problem(payload["config"])
+    if problem is None:
+        try:
+            ImageSettings(**payload["image_settings"])
+        except (TypeError, UserError):
+            problem = f"its image settings {payload['image_settings']!r} are not cryopose's"
+    if problem is None:
+        try:
+            normalise_symmetry_name(payload["symmetry"])
+        except UserError:
+            problem = f"its symmetry {payload['symmetry']!r} is not a RELION point group"
+    if problem is None:
+        model = build_estimator(payload["config"])
+        problem = weights_problem(model, payload["weights"])
+    if problem is not None:
+        raise UserError(f"{source} is a damaged cryopose model file: {problem}; train the model again with cryopose train")
     model.load_state_dict(payload["weights"])
     return model.to(device).eval()
 
@@ -174,6 +194,8 @@ def run_predict(
     particles, out = Path(particles), Path(out)
     files = model_files(model)
     payloads = [(read_model_file(f), f, half) for f, half in files]
+    for payload, f, _ in payloads:  # a damaged model is refused before any work
+        load_estimator(payload, "cpu", f)
     ps = read_particles(particles, apix)
     if len(ps) == 0:
         raise UserError(f"{particles} has no particles")

@@ -291,8 +291,14 @@ def refine_particles(
         return None if store_dir is None else ChunkStore(Path(store_dir) / name, {**base, "part": name})
 
     def save(cp: Checkpoint | None, state: dict) -> None:
-        if cp is not None:
-            cp.save(state)
+        if cp is not None:  # plain tensors and numbers only: checkpoints load with weights_only
+            cp.save({**state, "fsc": vars(state["fsc"])})
+
+    def load(cp: Checkpoint | None) -> dict | None:
+        state = cp.load() if cp is not None else None
+        if state is not None:
+            state["fsc"] = FSCResult(**state["fsc"])
+        return state
 
     def reconstruct(rotations: torch.Tensor, shifts: torch.Tensor, name: str):
         posed = replace(tensors, rotations=rotations.double(), shifts_angstrom=shifts.double())
@@ -310,7 +316,7 @@ def refine_particles(
 
     # ---- iteration 0: a reference per half
     cp0 = checkpoint("iteration_00.pt")
-    state = cp0.load() if cp0 is not None else None
+    state = load(cp0)
     if state is None:
         t0 = time.perf_counter()
         if half_maps is not None:
@@ -335,7 +341,7 @@ def refine_particles(
     prev, best = state, None  # only these are held (maps of every iteration would not fit for large boxes)
     for i in range(1, s.iterations + 1):
         cp = checkpoint(f"iteration_{i:02d}.pt")
-        state = cp.load() if cp is not None else None
+        state = load(cp)
         if state is None:
             state = _iterate(i, prev, tensors, images, halves, prior_rot, prior_shift, apix, box, diameter, s, device,
                              step, store, executor)

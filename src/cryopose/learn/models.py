@@ -49,6 +49,8 @@ __all__ = [
     "GridEstimator",
     "build_estimator",
     "DEFAULT_CHANNELS",
+    "estimator_config_problem",
+    "weights_problem",
 ]
 
 DEFAULT_CHANNELS = (16, 32, 64, 128)
@@ -348,3 +350,75 @@ def build_estimator(config: dict[str, Any]) -> _Estimator:
     if kind not in ESTIMATORS:
         raise ValueError(f"unknown estimator {kind!r}; use one of {sorted(ESTIMATORS)}")
     return ESTIMATORS[kind](config)
+
+
+# ---------------------------------------------------------------------- configs read from files
+MAX_PARAMETERS = 100_000_000
+"""Most backbone weights a config may ask for (400 MB in float32; the paper's net has 13 M)."""
+MAX_GRID_VALUES = 50_000_000
+"""Most values of a grid head's basis on its grid (grid points x basis functions)."""
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _real(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
+
+
+def estimator_config_problem(config: dict[str, Any]) -> str | None:
+    """What makes ``config`` (read from a file) unfit to build an estimator from, or None:
+    unknown estimator, values of the wrong type or out of range, or a network too large to
+    build (more than ``MAX_PARAMETERS`` backbone weights, or a grid head of more than
+    ``MAX_GRID_VALUES`` basis values). Checked before anything is allocated."""
+    if config.get("model") not in ESTIMATORS:
+        return f"unknown estimator {config.get('model')!r} (cryopose has {', '.join(sorted(ESTIMATORS))})"
+    channels = config.get("channels", DEFAULT_CHANNELS)
+    if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 8 or not all(_whole(c, 1, 8192) for c in channels):
+        return f"its channel widths {channels!r} are not 1 to 8 whole numbers of 1 to 8192"
+    sigmas = config.get("blur_sigmas", ())
+    if not isinstance(sigmas, (list, tuple)) or len(sigmas) > 8 or not all(_real(s, 0.0, 64.0) for s in sigmas):
+        return f"its blur sigmas {sigmas!r} are not up to 8 numbers of 0 to 64 px"
+    cin, weights = 1 + len(sigmas), 0
+    for c in channels:
+        weights += 9 * (cin * c + c * c)
+        cin = c
+    if weights > MAX_PARAMETERS:
+        return f"its network would have {weights:,} weights, more than any cryopose estimator ({MAX_PARAMETERS:,})"
+    for key, low, high in (("dropout", 0.0, 0.99), ("gem_p", 1.0, 16.0)):
+        if key in config and not _real(config[key], low, high):
+            return f"its {key} {config[key]!r} is not a number in [{low}, {high}]"
+    for key, low, high in (("grid_order", 0, 5), ("degree", 1, 12), ("refine_levels", 0, 16)):
+        if key in config and not _whole(config[key], low, high):
+            return f"its {key} {config[key]!r} is not a whole number in [{low}, {high}]"
+    if "auxiliary_grid" in config and not isinstance(config["auxiliary_grid"], bool):
+        return f"its auxiliary_grid {config['auxiliary_grid']!r} is not true or false"
+    if config["model"] == "grid" or config.get("auxiliary_grid", True):
+        order = config.get("grid_order", 2)
+        degree = config.get("degree", 3 if order <= 1 else 6)
+        size = sum((2 * d + 1) ** 2 for d in range(degree + 1))
+        if 72 * 8**order * size > MAX_GRID_VALUES:
+            return f"its grid head (order {order}, degree {degree}) would need {72 * 8**order * size:,} values"
+        monomials = config.get("grid_monomials")
+        if monomials is not None and (not isinstance(monomials, (list, tuple)) or len(monomials) != size or not all(
+                isinstance(m, (list, tuple)) and len(m) <= degree and all(_whole(i, 0, 8) for i in m) for m in monomials)):
+            return f"its grid monomials are not {size} lists of up to {degree} entry indices 0..8"
+    return None
+
+
+def weights_problem(model: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``weights`` from loading into ``model`` (missing or extra names, shapes,
+    types), or None."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        return (f"its weights do not fit the network its config describes ({len(missing)} missing, e.g. "
+                f"{missing[0] if missing else '-'}; {len(extra)} unexpected, e.g. {extra[0] if extra else '-'})")
+    for name, value in expected.items():
+        given = weights[name]
+        if tuple(given.shape) != tuple(value.shape) or given.is_floating_point() != value.is_floating_point():
+            return (f"its weight {name} is {tuple(given.shape)} {given.dtype}, but the network its config describes "
+                    f"needs {tuple(value.shape)} {value.dtype}")
+    return None

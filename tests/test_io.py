@@ -313,7 +313,7 @@ def test_real_stack_resolution(shared_data: Path) -> None:
     with mrcfile.open(shared_data / "trpv1/trpv1_small_stack.mrcs") as m:
         np.testing.assert_array_equal(got, m.data)
     broken = read_star(shared_data / "trpv1/trpv1_small_stack.star")
-    with pytest.raises(UserError, match=r"batch_0_restacked\.mrc does not exist.*relative to the star"):
+    with pytest.raises(UserError, match=r"batch_0_restacked\.mrc does not exist.*particle file.s folder, the working folder"):
         ParticleImages(broken)
     # relion31.mrcs has no MAP id and a default 1.0 A/px header: still readable
     r = ParticleImages(read_star(shared_data / "metadata/relion31.star").with_columns(

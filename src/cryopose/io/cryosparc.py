@@ -47,6 +47,7 @@ import torch
 from cryopose.errors import UserError
 from cryopose.geometry.rotations import axis_angle_to_matrix, matrix_to_euler
 from cryopose.particles import ParticleSet
+from cryopose.io.star import locate_image_folder
 
 __all__ = ["read_cryosparc", "cryosparc_pose_to_matrix", "matrix_to_cryosparc_pose"]
 
@@ -147,7 +148,7 @@ def read_cryosparc(path: str | os.PathLike, apix: float | None = None) -> Partic
         _set_origins(table, cs, "alignments2D", pixel, path)
 
     return ParticleSet(
-        table=table, optics=None, extra_blocks={}, source_dir=path.resolve().parent, source_file=path.resolve()
+        table=table, optics=None, extra_blocks={}, source_dir=locate_image_folder(table, path), source_file=path.resolve()
     )
 
 

@@ -227,8 +227,9 @@ class ParticleImages:
         for fid, stack_path in enumerate(unique):
             if not os.path.isfile(stack_path):
                 raise UserError(
-                    f"stack {stack_path} does not exist (image names are resolved relative to the star file's "
-                    f"folder {particles.source_dir}); fix rlnImageName or move the stack"
+                    f"stack {stack_path} does not exist (relative image names are looked for from the particle "
+                    f"file's folder, the working folder and the folders above the file's, as in a RELION project); "
+                    "fix rlnImageName, move the stack, or run from the folder the names are relative to"
                 )
             with open_stack(stack_path) as reader:
                 mine = file_ids == fid

@@ -8,6 +8,7 @@ Unknown columns and other data blocks are kept.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,9 @@ from cryopose.io.atomic import write_text_atomic
 from cryopose.io.star_text import NOTE_PREFIX, LoopLayout, check_values, scan_star
 from cryopose.particles import OPTICS_COLUMNS, ORIGIN_ANGST_COLUMNS, ORIGIN_PX_COLUMNS, ParticleSet
 
-__all__ = ["read_star", "write_star", "relink_image_names"]
+__all__ = ["read_star", "write_star", "relink_image_names", "locate_image_folder", "names_folder"]
+
+log = logging.getLogger("cryopose")
 
 # Columns that are text even when every value looks like a number ("000001", "1").
 _STRING_COLUMNS = {
@@ -160,7 +163,7 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
         table = particles.copy()
 
     pset = ParticleSet(
-        table=table, optics=optics, extra_blocks=blocks, source_dir=path.resolve().parent, source_file=path.resolve(),
+        table=table, optics=optics, extra_blocks=blocks, source_dir=locate_image_folder(table, path), source_file=path.resolve(),
         particle_block=block_name, star_blocks=tuple(block_name if n == particle_name else n for n in order),
     )
     if apix is not None and pset._pixel_size_or_none() is None:
@@ -348,8 +351,9 @@ def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "
     version "3.1" (also read by RELION 4 and 5): data_optics + data_particles, then the
     extra blocks. version "3.0": one data_ block with optics merged in, origins in pixels
     (rlnOriginX/Y) and the pixel size as rlnMagnification=10000, rlnDetectorPixelSize=apix.
-    Relative image names are rewritten to resolve from the new file's folder to the same
-    stacks (``relink_image_names``). The file is written to a temporary name and renamed
+    Relative image names are rewritten to reach the same stacks from the folder
+    :func:`names_folder` gives (the working folder when the file is written inside it, as
+    RELION expects; else the new file's folder) (``relink_image_names``). The file is written to a temporary name and renamed
     into place; the source star file itself is never overwritten.
     """
     path = Path(path)
@@ -358,7 +362,10 @@ def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "
     if particles.source_file is not None and path.exists():
         if path.resolve() == Path(particles.source_file).resolve():
             raise UserError(f"refusing to overwrite the input file {path}; choose another output name")
-    particles = relink_image_names(particles, path.resolve().parent)
+    folder = path.resolve().parent
+    if particles.source_dir is None:  # a set built in memory names its images from the folder it is written to
+        particles = replace(particles, source_dir=folder)
+    particles = relink_image_names(particles, names_folder(folder))
     own = particles.particle_block
     if version == "3.1":
         optics, table = _split_optics(particles)
@@ -378,6 +385,41 @@ def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "
         _block_text(name, block, version_line, note if name == particle_block else "") for name, block in blocks
     )
     write_text_atomic(path, text)
+
+
+def locate_image_folder(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """The folder the relative image names of particle file ``path`` resolve from: the
+    file's own folder (where cryopose writes its stacks), else the working folder (where
+    RELION reads them from), else the nearest folder above the file's (a RELION or
+    cryoSPARC project folder holds its jobs' folders): the first that holds every named
+    stack; a line on the ``cryopose`` logger says so when it is not the file's own folder.
+    When none holds them all, the file's folder (the image reader then names what is missing)."""
+    own = Path(path).resolve().parent
+    if "rlnImageName" not in table.columns:
+        return own
+    names = pd.unique(table["rlnImageName"].astype(str))
+    stacks = {n.split("@", 1)[1] if "@" in n else n for n in names}
+    relative = [p for p in stacks if not os.path.isabs(p)]
+    if not relative:
+        return own
+    cwd = Path.cwd().resolve()
+    for folder in dict.fromkeys([own, cwd, *own.parents]):
+        if all(os.path.isfile(os.path.join(folder, p)) for p in relative):
+            if folder != own:
+                where = "the working folder, as RELION reads them" if folder == cwd else "a folder above it"
+                log.info("image names in %s are read from %s (%s), not from the file's own folder", path, folder, where)
+            return folder
+    return own
+
+
+def names_folder(star_folder: str | os.PathLike) -> Path:
+    """The folder that the image names of a STAR file written into ``star_folder`` are
+    written relative to: the working folder when the file lies inside it (RELION's project
+    convention: RELION run from there reads them, and cryopose finds them from anywhere in
+    the project), else the file's own folder."""
+    folder = Path(star_folder).resolve()
+    cwd = Path.cwd().resolve()
+    return cwd if folder == cwd or cwd in folder.parents else folder
 
 
 def relink_image_names(particles: ParticleSet, folder: str | os.PathLike) -> ParticleSet:

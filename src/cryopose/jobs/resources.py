@@ -8,7 +8,7 @@ import torch
 
 from cryopose.errors import UserError
 
-__all__ = ["memory_available", "require_memory", "format_bytes"]
+__all__ = ["total_memory", "require_memory", "format_bytes"]
 
 # A job may plan to use at most this fraction of the memory of its device.
 MEMORY_FRACTION = 0.75
@@ -23,7 +23,7 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
-def memory_available(device: torch.device | str = "cpu") -> int:
+def total_memory(device: torch.device | str = "cpu") -> int:
     """Total memory (bytes) of ``device``: physical RAM for the CPU, the GPU's own for CUDA."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -37,7 +37,7 @@ def memory_available(device: torch.device | str = "cpu") -> int:
 def require_memory(nbytes: float, what: str, fix: str, device: torch.device | str = "cpu", option: str | None = None) -> None:
     """UserError when ``what`` would need more than MEMORY_FRACTION of the device's memory;
     the message gives both numbers and ``fix`` (what to do)."""
-    total = memory_available(device)
+    total = total_memory(device)
     if nbytes > MEMORY_FRACTION * total:
         raise UserError(
             f"{what} would need about {format_bytes(nbytes)} of memory but {torch.device(device).type} has "

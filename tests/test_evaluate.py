@@ -21,11 +21,11 @@ from cryopose.evaluate import (
     compare_maps,
     confident_subset_statistics,
     error_statistics,
-    masked_pcc,
     pose_errors,
     spearman_correlation,
 )
 from cryopose.imaging.filters import soft_mask_from_map
+from cryopose.reconstruct.fsc import map_correlation
 from cryopose.io import read_particles, write_star
 
 RNG = np.random.default_rng(20240601)
@@ -207,7 +207,7 @@ def test_map_comparison_against_numpy():
     # Eq. 7; masked: the maps times the mask, over the whole box (as CESPED's evaluator)
     assert c.pcc["gt_v"] == pytest.approx(np.corrcoef((gt * m).ravel(), (v * m).ravel())[0, 1], abs=1e-12)
     assert c.pcc["gt0_gt1"] == pytest.approx(np.corrcoef((gt0 * m).ravel(), (gt1 * m).ravel())[0, 1], abs=1e-12)
-    assert masked_pcc(gt, v) == pytest.approx(np.corrcoef(gt.ravel(), v.ravel())[0, 1], abs=1e-12)
+    assert map_correlation(gt, v) == pytest.approx(np.corrcoef(gt.ravel(), v.ravel())[0, 1], abs=1e-12)
     np.testing.assert_allclose(c.fsc["v0_v1"].fsc.numpy(), _fsc_numpy((v0 * m).numpy(), (v1 * m).numpy()), atol=1e-9)
     assert c.delta_pcc == pytest.approx(c.pcc["gt0_gt1"] - c.pcc["gt_v"])
     assert c.delta_fscr_0143 == pytest.approx(c.fsc["gt_v"].resolution_0143 - c.fsc["gt0_gt1"].resolution_0143)
@@ -468,3 +468,29 @@ def test_train_runs_the_whole_protocol(sim, tmp_path, capsys):
     assert_user_error(["evaluate", "--truth", sim / "truth.star", "--train", "--pred", sim / "truth.star", "--out",
                        tmp_path / "x"], capsys, "not both")
     assert_user_error(["evaluate", "--pred", sim / "truth.star", "--epochs", "2", "--out", tmp_path / "x"], capsys, "--train")
+
+
+def test_fsc_and_evaluate_give_one_masked_pcc(tmp_path):
+    """`cryopose fsc --mask` and `cryopose evaluate` compute the masked PCC the same way:
+    the maps times the soft mask, correlated over the whole box (numpy as the reference)."""
+    from cryopose.jobs.fsc import run_fsc
+
+    vol = mrcfile.read(BUNDLED).astype(np.float64)
+    noisy = vol + 0.2 * np.random.default_rng(1).standard_normal(vol.shape)
+    mask, _ = soft_mask_from_map(torch.from_numpy(vol), 5.7)
+    m = mask.double().numpy()
+    assert 0 < np.mean((m > 0) & (m < 1)) < 0.5  # a soft edge: a hard 0.5 cut would give another number
+    paths = []
+    for name, data in (("a", vol), ("b", noisy), ("mask", m)):
+        with mrcfile.new(tmp_path / f"{name}.mrc") as f:
+            f.set_data(data.astype(np.float32))
+            f.voxel_size = 5.7
+        paths.append(tmp_path / f"{name}.mrc")
+    _, summary = run_fsc(*paths)
+    a, b = (mrcfile.read(p).astype(np.float64) for p in paths[:2])
+    mm = mrcfile.read(paths[2]).astype(np.float64)
+    expected = np.corrcoef((a * mm).ravel(), (b * mm).ravel())[0, 1]
+    assert summary["pcc"] == pytest.approx(expected, abs=1e-9)
+    c = compare_maps(torch.from_numpy(a), torch.from_numpy(a), torch.from_numpy(a), torch.from_numpy(b),
+                     torch.from_numpy(b), 5.7, torch.from_numpy(mm))
+    assert c.pcc["gt_v"] == pytest.approx(summary["pcc"], abs=1e-9)

@@ -56,7 +56,8 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cryopose")
 def cli() -> None:
-    """cryopose: simulate, reconstruct, validate and align the poses of cryo-EM particles.
+    """cryopose: the poses of cryo-EM particle images: simulate them, reconstruct and
+    compare maps, validate a refinement, align maps, learn, predict, evaluate and refine poses.
 
     Files follow RELION's conventions (STAR 3.0/3.1/5, MRC); cryoSPARC .cs is read too.
     """

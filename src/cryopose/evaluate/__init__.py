@@ -3,7 +3,7 @@ pose errors and their summaries (MAnE, wMAnE, ...), and the comparison of maps f
 predicted poses with the ground truth (PCC, FSC resolution, dPCC, dFSCR). Pure functions
 on tensors; the job on files is ``cryopose.jobs.evaluate``."""
 
-from cryopose.evaluate.map_metrics import PAIRS, MapComparison, compare_maps, ground_truth_map, masked_pcc
+from cryopose.evaluate.map_metrics import PAIRS, MapComparison, compare_maps, ground_truth_map
 from cryopose.evaluate.pose_errors import (
     EXPECTED_RANDOM_ERROR_C1,
     PoseErrors,
@@ -19,7 +19,6 @@ __all__ = [
     "MapComparison",
     "compare_maps",
     "ground_truth_map",
-    "masked_pcc",
     "EXPECTED_RANDOM_ERROR_C1",
     "PoseErrors",
     "confident_subset_statistics",

@@ -30,23 +30,12 @@ from dataclasses import dataclass
 
 import torch
 
-from cryopose.imaging.statistics import pearson_correlation
-from cryopose.reconstruct.fsc import FSCResult, fourier_shell_correlation
+from cryopose.reconstruct.fsc import FSCResult, fourier_shell_correlation, map_correlation
 
-__all__ = ["masked_pcc", "ground_truth_map", "MapComparison", "compare_maps", "PAIRS"]
+__all__ = ["ground_truth_map", "MapComparison", "compare_maps", "PAIRS"]
 
 # the map pairs compared, by name: (first map, second map)
 PAIRS = {"gt_v": ("GT", "V"), "v0_v1": ("V0", "V1"), "gt0_gt1": ("GT0", "GT1")}
-
-
-def masked_pcc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """Pearson correlation (Eq. 7) of maps a and b over all voxels; with ``mask`` (soft,
-    0..1) the correlation of a * mask with b * mask over the whole box."""
-    a, b = a.double(), b.double()
-    if mask is not None:
-        m = mask.double()
-        a, b = a * m, b * m
-    return float(pearson_correlation(a, b))
 
 
 def ground_truth_map(gt_half1: torch.Tensor, gt_half2: torch.Tensor) -> torch.Tensor:
@@ -88,7 +77,7 @@ def compare_maps(
     module), all maps (N, N, N) on one grid of ``pixel_size`` Å; V = (V0 + V1) / 2."""
     v = 0.5 * (v_half1 + v_half2)
     maps = {"GT": gt, "V": v, "GT0": gt_half1, "GT1": gt_half2, "V0": v_half1, "V1": v_half2}
-    pcc = {k: masked_pcc(maps[a], maps[b], mask) for k, (a, b) in PAIRS.items()}
+    pcc = {k: map_correlation(maps[a], maps[b], mask) for k, (a, b) in PAIRS.items()}
     fsc = {k: fourier_shell_correlation(maps[a], maps[b], pixel_size, mask) for k, (a, b) in PAIRS.items()}
     return MapComparison(
         pcc=pcc,

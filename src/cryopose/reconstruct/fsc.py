@@ -89,6 +89,11 @@ def fourier_shell_correlation(
 
 
 def map_correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """Pearson correlation coefficient of two maps (or images), within ``mask > 0.5`` if given."""
-    weights = None if mask is None else (mask > 0.5).double()
-    return float(pearson_correlation(a.double(), b.double(), weights))
+    """Pearson correlation coefficient of two maps (or images) over every voxel; with a
+    ``mask`` (soft, 0..1) the correlation of a * mask with b * mask over the whole box: the
+    maps the masked FSC compares (CESPED's Eq. 7 with a mask)."""
+    a, b = a.double(), b.double()
+    if mask is not None:
+        m = mask.double()
+        a, b = a * m, b * m
+    return float(pearson_correlation(a, b))

@@ -23,11 +23,17 @@ from cryopose.errors import UserError
 from cryopose.geometry.rotations import euler_to_matrix, matrix_to_euler
 from cryopose.imaging.ctf import CTFParameters
 
-__all__ = ["ParticleSet", "ParticleTensors", "ANGLE_COLUMNS", "ORIGIN_ANGST_COLUMNS", "ORIGIN_PX_COLUMNS", "OPTICS_COLUMNS"]
+__all__ = ["ParticleSet", "ParticleTensors", "ANGLE_COLUMNS", "ORIGIN_ANGST_COLUMNS", "ORIGIN_PX_COLUMNS", "OPTICS_COLUMNS",
+           "TRUE_ANGLE_COLUMNS", "TRUE_ORIGIN_COLUMNS", "CONFIDENCE_COLUMN"]
 
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 ORIGIN_ANGST_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
 ORIGIN_PX_COLUMNS = ("rlnOriginX", "rlnOriginY")
+# cryopose's own columns: a particle's true pose kept beside a predicted one (deg, Å), and a
+# prediction's confidence (larger is surer)
+TRUE_ANGLE_COLUMNS = ("cryoposeTrueAngleRot", "cryoposeTrueAngleTilt", "cryoposeTrueAnglePsi")
+TRUE_ORIGIN_COLUMNS = ("cryoposeTrueOriginXAngst", "cryoposeTrueOriginYAngst")
+CONFIDENCE_COLUMN = "cryoposeConfidence"
 
 # Columns RELION 3.1+ keeps in the optics table (one value per optics group).
 OPTICS_COLUMNS = (

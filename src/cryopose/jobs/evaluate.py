@@ -8,23 +8,12 @@ half sets, images) and one or more prediction sets (the same particles, matched 
 per-particle errors and their summaries (``cryopose.evaluate.pose_errors``), reconstructs
 the ground-truth half maps GT0/GT1 and the half maps V0/V1 from the predicted poses of each
 half (CTF-weighted, with symmetry, ``jobs.reconstruct.reconstruct_halves``), and compares
-them unmasked and masked (``cryopose.evaluate.map_metrics``). :func:`write_evaluation`
+them unmasked and masked (``cryopose.evaluate.map_metrics``). :func:`~cryopose.jobs.evaluation_report.write_evaluation`
 writes its result into a folder; :func:`run_evaluate` is the job on files behind
 ``cryopose evaluate``.
 
-Conventions:
+Conventions (matching the predictions with the truth: :mod:`cryopose.jobs.prediction_matching`):
 
-- Matching: each prediction's ``rlnImageName`` equals a truth particle's, or names the same
-  image once both are resolved against their own STAR file's folder (a prediction written
-  elsewhere with relinked names). A predicted particle not in the truth, or predicted
-  twice, is an error; truth particles without a prediction are left out of everything
-  (counted in the metrics and noted).
-- Without a ground-truth file, the truth is taken from each prediction's own
-  ``cryoposeTrueAngleRot/Tilt/Psi`` and ``cryoposeTrueOriginX/YAngst`` columns (what
-  ``cryopose predict`` writes); the other columns (CTF, half sets, image names,
-  ``rlnMaxValueProbDistribution``) are the prediction file's, which are its input's.
-  Without the origin columns the truth's origins are the prediction's, and no shift error
-  is reported.
 - Origins: a prediction without origin columns is reconstructed with the true origins (as
   CESPED does for estimators that predict rotations only) and has no shift error.
 - Half sets: the truth's ``rlnRandomSubset``; else the predictions' (all must have it);
@@ -47,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from cryopose.errors import UserError
@@ -60,21 +48,25 @@ from cryopose.evaluate import (
     pose_errors,
     spearman_correlation,
 )
-from cryopose.geometry.grids import canonical_direction
-from cryopose.geometry.rotations import euler_to_matrix, viewing_direction
 from cryopose.geometry.symmetry import normalise_symmetry_name
 from cryopose.imaging.filters import soft_mask_from_map
 from cryopose.io import read_particles
-from cryopose.io.atomic import write_json_atomic, write_text_atomic
 from cryopose.io.checkpoints import Checkpoint, file_identity
-from cryopose.io.evaluation_plots import plot_direction_distributions, plot_error_vs_confidence, plot_pose_errors
-from cryopose.io.mrc import ParticleImages, read_map, write_map
+from cryopose.io.mrc import ParticleImages, read_map
 from cryopose.io.outputs import output_folder
-from cryopose.io.plots import plot_central_slices, plot_fsc_curves
-from cryopose.io.star import relink_image_names, write_star
+from cryopose.jobs.evaluation_report import write_evaluation
+from cryopose.jobs.prediction_matching import Matched, describe, match_predictions, truth_from_predictions
 from cryopose.jobs.reconstruct import ReconstructSettings, half_set_labels, reconstruct_halves, single_pixel_size
 from cryopose.jobs.resources import require_memory
-from cryopose.particles import ANGLE_COLUMNS, ORIGIN_ANGST_COLUMNS, ORIGIN_PX_COLUMNS, ParticleSet
+from cryopose.particles import (
+    ANGLE_COLUMNS,
+    CONFIDENCE_COLUMN,
+    ORIGIN_ANGST_COLUMNS,
+    ORIGIN_PX_COLUMNS,
+    TRUE_ANGLE_COLUMNS,
+    TRUE_ORIGIN_COLUMNS,
+    ParticleSet,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from cryopose.jobs.executor import DaskExecutor
@@ -97,9 +89,6 @@ __all__ = [
 
 log = logging.getLogger("cryopose")
 
-TRUE_ANGLE_COLUMNS = ("cryoposeTrueAngleRot", "cryoposeTrueAngleTilt", "cryoposeTrueAnglePsi")
-TRUE_ORIGIN_COLUMNS = ("cryoposeTrueOriginXAngst", "cryoposeTrueOriginYAngst")
-CONFIDENCE_COLUMN = "cryoposeConfidence"
 # per-particle error columns of per_particle.star: degrees, degrees, degrees, Å
 ERROR_COLUMNS = ("cryoposeAngularError", "cryoposeDirectionError", "cryoposeInPlaneError", "cryoposeShiftError")
 
@@ -151,32 +140,6 @@ class EvaluateSettings:
 
 
 @dataclass
-class Matched:
-    """Predictions aligned with the truth particles they are for.
-
-    truth_rows: rows of the truth (ascending) that have a prediction; angles_deg (m, 3):
-    the predicted rlnAngleRot/Tilt/Psi as written; rotations (m, 3, 3): their matrices A;
-    shifts (m, 2) Å: the predicted origins, the truth's where the prediction has none
-    (``shifts_predicted`` False); confidence (m,): cryoposeConfidence, NaN where absent;
-    source (m,): the index of the prediction set; half_sets: the predictions'
-    rlnRandomSubset (None unless every set has it); n_by_path: predictions matched by
-    resolved image path rather than by name.
-    """
-
-    truth_rows: np.ndarray
-    angles_deg: np.ndarray
-    rotations: np.ndarray
-    shifts: np.ndarray
-    shifts_predicted: np.ndarray
-    confidence: np.ndarray
-    source: np.ndarray
-    half_sets: np.ndarray | None
-    n_truth: int
-    n_predicted: int
-    n_by_path: int
-
-
-@dataclass
 class Evaluation:
     """The result of :func:`evaluate_predictions`.
 
@@ -192,137 +155,6 @@ class Evaluation:
     metrics: dict
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     comparisons: dict[str, MapComparison] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------- matching
-def _names(ps: ParticleSet, what: str) -> np.ndarray:
-    if "rlnImageName" not in ps.table.columns:
-        raise UserError(f"{what} has no rlnImageName column; particles are matched by image name")
-    names = ps.table["rlnImageName"]
-    if names.isna().any():
-        raise UserError(f"{what} has particles without an image name (rlnImageName, row {int(np.argmax(names.isna())) + 1})")
-    return names.astype(str).to_numpy()
-
-
-def _resolved_keys(ps: ParticleSet) -> np.ndarray:
-    """'index@absolute stack path' per particle (names resolved against the set's folder)."""
-    return np.char.add(np.char.add(ps.image_indices.astype(str), "@"), ps.image_paths)
-
-
-def _what(ps: ParticleSet, default: str) -> str:
-    return str(ps.source_file) if ps.source_file is not None else default
-
-
-def _first_duplicate(keys: np.ndarray) -> tuple[str, np.ndarray] | None:
-    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    if counts.max(initial=0) <= 1:
-        return None
-    k = int(np.argmax(counts > 1))
-    return str(uniq[k]), np.flatnonzero(inverse == k)
-
-
-def match_predictions(truth: ParticleSet, predictions: list[ParticleSet]) -> Matched:
-    """Align the predictions with the truth by image name (see the module); UserError for
-    predictions without angles, duplicated, or not in the truth."""
-    if not predictions:
-        raise UserError("no predictions given; give at least one prediction file")
-    t_names = _names(truth, _what(truth, "the ground truth"))
-    dup = _first_duplicate(t_names)
-    if dup is not None:
-        rows = ", ".join(str(r + 1) for r in dup[1][:3])
-        raise UserError(f"{_what(truth, 'the ground truth')} lists image {dup[0]} {len(dup[1])} times (rows {rows}); "
-                        "each particle must appear once")
-    lookup = pd.Series(np.arange(len(t_names)), index=t_names)
-    truth_keys: pd.Series | None = None
-    rows_all, angles, shifts, has_shift, conf, source, halves = [], [], [], [], [], [], []
-    n_by_path = 0
-    all_halves = True
-    for k, ps in enumerate(predictions):
-        what = _what(ps, f"prediction set {k + 1}")
-        if len(ps) == 0:
-            raise UserError(f"{what} has no particles; give predictions for the ground truth's particles")
-        names = _names(ps, what)
-        missing = [c for c in ANGLE_COLUMNS if c not in ps.table.columns]
-        if missing:
-            raise UserError(f"{what} has no predicted angles ({', '.join(missing)} missing); give a file with predicted poses")
-        rows = lookup.reindex(names).to_numpy(dtype=np.float64, copy=True)
-        unmatched = np.isnan(rows)
-        if unmatched.any():
-            if truth_keys is None:
-                truth_keys = pd.Series(np.arange(len(truth)), index=_resolved_keys(truth))
-                truth_keys = truth_keys[~truth_keys.index.duplicated()]
-            by_path = truth_keys.reindex(_resolved_keys(ps.subset(unmatched))).to_numpy()
-            rows[unmatched] = by_path
-            n_by_path += int(np.isfinite(by_path).sum())
-            still = np.isnan(rows)
-            if still.any():
-                first = names[int(np.argmax(still))]
-                raise UserError(f"{int(still.sum())} of the {len(ps)} particles of {what} are not in the ground truth "
-                                f"(first: {first}); predictions are matched to the truth by rlnImageName")
-        rows_all.append(rows.astype(np.int64))
-        angles.append(ps._finite_columns(ANGLE_COLUMNS))
-        own_origins = all(c in ps.table.columns for c in ORIGIN_ANGST_COLUMNS) or all(
-            c in ps.table.columns for c in ORIGIN_PX_COLUMNS)
-        shifts.append(ps.shifts_angstrom if own_origins else np.full((len(ps), 2), np.nan))
-        has_shift.append(np.full(len(ps), own_origins))
-        if CONFIDENCE_COLUMN in ps.table.columns:
-            conf.append(ps.table[CONFIDENCE_COLUMN].to_numpy(dtype=np.float64))
-        else:
-            conf.append(np.full(len(ps), np.nan))
-        source.append(np.full(len(ps), k, dtype=np.int64))
-        h = ps.half_sets
-        all_halves = all_halves and h is not None
-        halves.append(h)
-    rows = np.concatenate(rows_all)
-    dup = _first_duplicate(rows)
-    if dup is not None:
-        src = np.concatenate(source)[dup[1]]
-        files = sorted({_what(predictions[s], f"prediction set {s + 1}") for s in src})
-        raise UserError(f"image {t_names[int(dup[0])]} is predicted {len(dup[1])} times (in {', '.join(files)}); "
-                        "give one prediction per particle")
-    order = np.argsort(rows, kind="stable")
-    angles_deg = np.concatenate(angles)[order]
-    t = torch.from_numpy(np.deg2rad(angles_deg))
-    pred_shifts = np.concatenate(shifts)[order]
-    predicted = np.concatenate(has_shift)[order]
-    truth_rows = rows[order]
-    pred_shifts[~predicted] = truth.subset(truth_rows[~predicted]).shifts_angstrom if (~predicted).any() else 0.0
-    return Matched(
-        truth_rows=truth_rows,
-        angles_deg=angles_deg,
-        rotations=euler_to_matrix(t[:, 0], t[:, 1], t[:, 2]).numpy(),
-        shifts=pred_shifts,
-        shifts_predicted=predicted,
-        confidence=np.concatenate(conf)[order],
-        source=np.concatenate(source)[order],
-        half_sets=np.concatenate(halves)[order] if all_halves else None,
-        n_truth=len(truth),
-        n_predicted=len(rows),
-        n_by_path=n_by_path,
-    )
-
-
-def truth_from_predictions(predictions: list[ParticleSet]) -> ParticleSet:
-    """The ground truth kept in prediction sets: their cryoposeTrueAngle* (and, when present,
-    cryoposeTrueOrigin*) columns as rlnAngle*/rlnOriginX/YAngst, every other column as it
-    is, the sets concatenated (image names relinked to the first set's folder)."""
-    parts = []
-    for k, ps in enumerate(predictions):
-        what = _what(ps, f"prediction set {k + 1}")
-        missing = [c for c in TRUE_ANGLE_COLUMNS if c not in ps.table.columns]
-        if missing:
-            raise UserError(f"{what} has no ground-truth columns ({', '.join(missing)} missing); give the ground truth "
-                            "as a separate file", option="truth")
-        truth = ps.with_columns(**{rln: ps.table[true].to_numpy() for rln, true in zip(ANGLE_COLUMNS, TRUE_ANGLE_COLUMNS)})
-        if all(c in ps.table.columns for c in TRUE_ORIGIN_COLUMNS):
-            truth = truth.with_poses(shifts_angstrom=ps._finite_columns(TRUE_ORIGIN_COLUMNS))
-        parts.append(truth)
-    first = parts[0]
-    if len(parts) == 1:
-        return first
-    folder = first.source_dir
-    tables = [relink_image_names(p, folder).table if folder is not None else p.table for p in parts]
-    return replace(first, table=pd.concat(tables, ignore_index=True), source_file=None)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -450,7 +282,7 @@ def evaluate_predictions(
     truth_m = truth.subset(matched.truth_rows)
     n = len(truth_m)
     if truth_m.rotations is None:
-        raise UserError(f"{_what(truth, 'the ground truth')} has no angles (rlnAngleRot/Tilt/Psi); give ground-truth poses")
+        raise UserError(f"{describe(truth, 'the ground truth')} has no angles (rlnAngleRot/Tilt/Psi); give ground-truth poses")
     truth_conf = np.array(truth_m.confidence(), dtype=np.float64)
     truth_m._reject(~(np.isfinite(truth_conf) & (truth_conf >= 0)), "rlnMaxValueProbDistribution", truth_conf,
                     "not a number >= 0", "fix the confidence (the wMAnE weight)")
@@ -465,7 +297,7 @@ def evaluate_predictions(
         pixel_size = single_pixel_size(truth_m)
         true_tensors = truth_m.to_tensors(ctf=settings.ctf)
         if settings.ctf and true_tensors.ctf is None:
-            raise UserError(f"{_what(truth, 'the ground truth')} has no CTF columns (rlnDefocusU ...); evaluate without CTF",
+            raise UserError(f"{describe(truth, 'the ground truth')} has no CTF columns (rlnDefocusU ...); evaluate without CTF",
                             option="no-ctf")
         images_m = (ParticleImages(truth) if images is None else images).take(matched.truth_rows)
         box = images_m.image_shape[0]
@@ -581,152 +413,6 @@ def _per_particle(truth_m: ParticleSet, matched: Matched, errors, halves: np.nda
         cols[CONFIDENCE_COLUMN] = matched.confidence
     cols["rlnRandomSubset"] = halves.astype(np.int64)
     return out.with_columns(**cols)
-
-
-# ---------------------------------------------------------------------------- outputs
-def _rot_tilt(rotations: np.ndarray, sym: str) -> np.ndarray:
-    """(rot, tilt) in deg of the viewing directions, moved into the asymmetric unit."""
-    d = canonical_direction(viewing_direction(torch.from_numpy(rotations)), sym)
-    return np.degrees(np.stack([torch.atan2(d[:, 1], d[:, 0]).numpy(), torch.acos(d[:, 2].clamp(-1, 1)).numpy()], 1))
-
-
-def _fmt(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def _report(ev: Evaluation, title: str, written: set[str]) -> str:
-    m = ev.metrics
-    pose = m["pose"]
-    lines = [f"# {title}", "",
-             f"{m['n_particles']} particles ({m['n_half1']} in half 1, {m['n_half2']} in half 2; halves from "
-             f"{m['half_sets_from']}), symmetry {m['symmetry']}. Metrics of CESPED (Sanchez-Garcia et al.): "
-             "MAnE and wMAnE (weights: the ground truth's rlnMaxValueProbDistribution), dPCC = PCC(GT0, GT1) - "
-             "PCC(GT, V), dFSCR = FSCR(GT, V) - FSCR(GT0, GT1) (Å; positive: V is worse).", ""]
-    mt = m["matching"]
-    if mt["n_truth_without_prediction"]:
-        lines += [f"**{mt['n_truth_without_prediction']} of {mt['n_truth']} ground-truth particles have no prediction "
-                  "and are left out.**", ""]
-    lines += ["## Pose errors", "", "| error | median | mean | weighted mean (wMAnE) | "
-              + " | ".join(f"< {t:g}°" for t in map(float, pose["angular_error_deg"]["fraction_below"])) + " |",
-              "| --- | --- | --- | --- |" + " --- |" * len(pose["angular_error_deg"]["fraction_below"])]
-    for label, key in (("angular (°)", "angular_error_deg"), ("viewing direction (°)", "direction_error_deg"),
-                       ("in-plane (°)", "in_plane_error_deg")):
-        s = pose[key]
-        wm = _fmt(s["weighted_mean"]) if key == "angular_error_deg" else ""
-        fr = " | ".join(f"{100 * v:.1f}%" for v in s["fraction_below"].values())
-        lines.append(f"| {label} | {_fmt(s['median'])} | {_fmt(s['mean'])} | {wm} | {fr} |")
-    sh = pose["shift_error_angstrom"]
-    if sh is not None:
-        lines.append(f"| shift (Å) | {_fmt(sh['median'])} | {_fmt(sh['mean'])} | | "
-                     + " | ".join("" for _ in pose["angular_error_deg"]["fraction_below"]) + " |")
-    lines += ["", f"MAnE {_fmt(pose['MAnE_deg'])}°, wMAnE {_fmt(pose['wMAnE_deg'])}°, median "
-              f"{_fmt(pose['median_angular_error_deg'])}°."
-              + ("" if sh is not None else " The predictions have no origins: no shift error; maps use the true origins."),
-              "", "| half | particles | median (°) | MAnE (°) | wMAnE (°) |", "| --- | --- | --- | --- | --- |"]
-    for h, s in pose["by_half"].items():
-        lines.append(f"| {h} | {s['n']} | {_fmt(s['median_angular_error_deg'])} | {_fmt(s['MAnE_deg'])} | {_fmt(s['wMAnE_deg'])} |")
-    conf = pose["confidence"]
-    if conf is not None:
-        top = conf["most_confident"]
-        lines += ["", f"Predicted confidence (cryoposeConfidence, {conf['n']} particles): Spearman correlation with the "
-                  f"angular error {_fmt(conf['spearman_confidence_vs_error'], 3)} (negative: confident predictions are "
-                  f"better); the most confident {100 * top['fraction']:.0f}% ({top['n']}) have median error "
-                  f"{_fmt(top['median'])}° and mean {_fmt(top['mean'])}°."]
-    lines += ["", "![errors](errors.png)", "",
-              "`errors.png`: histograms of the per-particle angular error (geodesic, minimised over the symmetry group), "
-              "viewing-direction error, in-plane error and shift error, with the median (black) and mean (red dashed)."]
-    if "confidence.png" in written:
-        what = "the predicted confidence" if conf is not None else "the ground truth's rlnMaxValueProbDistribution"
-        lines += ["", "![confidence](confidence.png)", "",
-                  f"`confidence.png`: angular error against {what}, with the median error per decile of confidence; "
-                  "a useful confidence makes the red line fall from left to right."]
-    lines += ["", "![directions](directions.png)", "",
-              "`directions.png`: how the true and the predicted viewing directions (moved into the asymmetric unit) "
-              "cover the sphere (Hammer equal-area projection, longitude rot, latitude 90° - tilt). A predictor that "
-              "collapses views onto a few directions shows bright spots the truth lacks."]
-    if "maps" in m:
-        mp = m["maps"]
-        lines += ["", "## Maps", "",
-                  f"Reconstructed with CTF weighting ({'on' if mp['ctf'] else 'off'}) and symmetry {m['symmetry']} at "
-                  f"{mp['pixel_size']:.3f} Å/px, box {mp['box']}; GT: {mp['gt_map']}; V = (V0 + V1)/2 from the predicted "
-                  f"poses; origins: {mp['origins']}. Mask: {mp['mask']['source']}"
-                  + (f" (threshold {mp['mask']['threshold']:.4g})" if "threshold" in mp["mask"] else "")
-                  + f", {100 * mp['mask']['fraction_of_box_above_half']:.1f}% of the box above 0.5.", "",
-                  "| | PCC(GT, V) | PCC(V0, V1) | PCC(GT0, GT1) | dPCC | FSCR0.143 (GT, V) | (V0, V1) | (GT0, GT1) | dFSCR0.143 (Å) "
-                  "| FSCR0.5 (GT, V) | (V0, V1) | (GT0, GT1) | dFSCR0.5 (Å) |",
-                  "| --- |" + " --- |" * 12]
-        for kind in ("unmasked", "masked"):
-            c = mp[kind]
-            lines.append(
-                f"| {kind} | {_fmt(c['pcc_gt_v'], 4)} | {_fmt(c['pcc_v0_v1'], 4)} | {_fmt(c['pcc_gt0_gt1'], 4)} | "
-                f"{_fmt(c['delta_pcc'], 4)} | {_fmt(c['fscr_0143_gt_v'])} | {_fmt(c['fscr_0143_v0_v1'])} | "
-                f"{_fmt(c['fscr_0143_gt0_gt1'])} | {_fmt(c['delta_fscr_0143'])} | {_fmt(c['fscr_05_gt_v'])} | "
-                f"{_fmt(c['fscr_05_v0_v1'])} | {_fmt(c['fscr_05_gt0_gt1'])} | {_fmt(c['delta_fscr_05'])} |")
-        lines += ["", "Resolutions in Å (Nyquist when the FSC never falls below the threshold). Perfect predictions give "
-                  "PCC(GT, V) = 1, so dPCC = PCC(GT0, GT1) - 1: how far the ground truth's own halves disagree.", "",
-                  "![fsc](fsc.png) ![fsc masked](fsc_masked.png)", "",
-                  "`fsc.png`, `fsc_masked.png`: FSC of (GT, V), (V0, V1) and (GT0, GT1), without and with the mask. The gap "
-                  "between GT-V and GT0-GT1 is what the predicted poses lose.", "",
-                  "![slices](slices.png)", "", "`slices.png`: central slices of GT and V."]
-    lines += ["", f"Computed on {m['device']} in {m['seconds']:.1f} s. All numbers are in `metrics.json`, the per-particle "
-              "errors in `per_particle.star`.", ""]
-    return "\n".join(lines)
-
-
-def write_evaluation(ev: Evaluation, out: Path, title: str = "Pose evaluation") -> list[str]:
-    """Write an evaluation into the folder ``out`` (already claimed by the caller's
-    ``output_folder``): metrics.json, per_particle.star, report.md, the figures and the maps
-    it has. Returns the names written."""
-    out = Path(out)
-    written: list[str] = []
-    m = ev.metrics
-    pp = ev.per_particle
-    sym = m["symmetry"]
-    pixel_size = m.get("maps", {}).get("pixel_size")
-    for name, vol in ev.maps.items():
-        write_map(out / f"{name}.mrc", vol, pixel_size)
-        written.append(f"{name}.mrc")
-    write_star(pp, out / "per_particle.star")
-    written.append("per_particle.star")
-    table = pp.table
-    shift = table["cryoposeShiftError"].to_numpy(dtype=float)
-    plot_pose_errors(table["cryoposeAngularError"].to_numpy(dtype=float), table["cryoposeDirectionError"].to_numpy(dtype=float),
-                     table["cryoposeInPlaneError"].to_numpy(dtype=float), shift if np.isfinite(shift).any() else None,
-                     out / "errors.png", f"{len(pp)} particles, {sym}")
-    written.append("errors.png")
-    if CONFIDENCE_COLUMN in table.columns:
-        plot_error_vs_confidence(table["cryoposeAngularError"].to_numpy(dtype=float),
-                                 table[CONFIDENCE_COLUMN].to_numpy(dtype=float), out / "confidence.png",
-                                 "predicted confidence (cryoposeConfidence)")
-        written.append("confidence.png")
-    elif "rlnMaxValueProbDistribution" in table.columns and np.ptp(table["rlnMaxValueProbDistribution"].to_numpy(dtype=float)) > 0:
-        plot_error_vs_confidence(table["cryoposeAngularError"].to_numpy(dtype=float),
-                                 table["rlnMaxValueProbDistribution"].to_numpy(dtype=float), out / "confidence.png",
-                                 "ground-truth confidence (rlnMaxValueProbDistribution)")
-        written.append("confidence.png")
-    true_rot = euler_to_matrix(*torch.deg2rad(torch.from_numpy(pp._finite_columns(TRUE_ANGLE_COLUMNS))).unbind(1)).numpy()
-    plot_direction_distributions(_rot_tilt(true_rot, sym), _rot_tilt(pp.rotations, sym), out / "directions.png",
-                                 f"viewing directions in the asymmetric unit of {sym}")
-    written.append("directions.png")
-    if ev.comparisons:
-        for kind, name in (("unmasked", "fsc.png"), ("masked", "fsc_masked.png")):
-            c = ev.comparisons[kind]
-            curves = [(f"{a} vs {b}" if pair != "gt_v" else "GT vs V (predicted)", c.fsc[pair].frequency.numpy(),
-                       c.fsc[pair].fsc.numpy()) for pair, (a, b) in (("gt_v", ("GT", "V")), ("v0_v1", ("V0", "V1")),
-                                                                     ("gt0_gt1", ("GT0", "GT1")))]
-            plot_fsc_curves(curves, out / name, title=f"FSC, {kind}")
-            written.append(name)
-        gt = ev.maps.get("gt")
-        if gt is not None:
-            plot_central_slices([("GT", gt), ("V", ev.maps["pred"])], out / "slices.png")
-            written.append("slices.png")
-    write_json_atomic(out / "metrics.json", m)
-    written.append("metrics.json")
-    write_text_atomic(out / "report.md", _report(ev, title, set(written)))
-    written.append("report.md")
-    return written
 
 
 def run_evaluate(

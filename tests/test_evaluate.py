@@ -268,7 +268,7 @@ def _prediction(truth_star: Path, out: Path, fraction_random: float = 0.0, seed:
     if confidence:
         pred = pred.with_columns(cryoposeConfidence=conf + rng.normal(0, 0.01, len(ps)))
     if drop_origins:
-        pred = pred._new(pred.table.drop(columns=["rlnOriginXAngst", "rlnOriginYAngst"]))
+        pred = pred.with_table(pred.table.drop(columns=["rlnOriginXAngst", "rlnOriginYAngst"]))
     if shuffle:
         pred = pred.subset(rng.permutation(len(pred)))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -375,7 +375,7 @@ def test_per_particle_star_is_itself_a_prediction_with_its_truth(sim, tmp_path, 
     assert again["pose"]["shift_error_angstrom"]["mean"] == pytest.approx(first["pose"]["shift_error_angstrom"]["mean"], abs=1e-6)
     # without the true origins there is no shift error to report
     pp = read_particles(tmp_path / "a" / "per_particle.star")
-    write_star(pp._new(pp.table.drop(columns=["cryoposeTrueOriginXAngst", "cryoposeTrueOriginYAngst"])), tmp_path / "c.star")
+    write_star(pp.with_table(pp.table.drop(columns=["cryoposeTrueOriginXAngst", "cryoposeTrueOriginYAngst"])), tmp_path / "c.star")
     third = _evaluate(["--pred", tmp_path / "c.star", "--out", tmp_path / "c", "--no-maps"], capsys)
     assert third["pose"]["shift_error_angstrom"] is None
     assert third["pose"]["MAnE_deg"] == pytest.approx(first["pose"]["MAnE_deg"], abs=1e-6)

@@ -175,7 +175,8 @@ class ParticleSet:
     def _column(self, name: str) -> np.ndarray:
         return self.table[name].to_numpy(dtype=np.float64)
 
-    def _new(self, table: pd.DataFrame) -> "ParticleSet":
+    def with_table(self, table: pd.DataFrame) -> "ParticleSet":
+        """This set with another particle table (rows renumbered; optics and blocks copied)."""
         return replace(
             self,
             table=table.reset_index(drop=True),
@@ -193,7 +194,7 @@ class ParticleSet:
         """
         if not all(c in self.table.columns for c in ANGLE_COLUMNS):
             return None
-        angles = np.deg2rad(self._finite_columns(ANGLE_COLUMNS))
+        angles = np.deg2rad(self.finite_columns(ANGLE_COLUMNS))
         t = torch.from_numpy(angles)
         return euler_to_matrix(t[:, 0], t[:, 1], t[:, 2]).numpy().astype(np.float64)
 
@@ -201,9 +202,9 @@ class ParticleSet:
     def shifts_angstrom(self) -> np.ndarray:
         """Origins (x, y) in Angstrom, (n, 2) float64, from rlnOriginX/YAngst; zeros if absent."""
         if all(c in self.table.columns for c in ORIGIN_ANGST_COLUMNS):
-            return self._finite_columns(ORIGIN_ANGST_COLUMNS)
+            return self.finite_columns(ORIGIN_ANGST_COLUMNS)
         if all(c in self.table.columns for c in ORIGIN_PX_COLUMNS):
-            px = self._finite_columns(ORIGIN_PX_COLUMNS)
+            px = self.finite_columns(ORIGIN_PX_COLUMNS)
             return px * self.pixel_size[:, None]
         return np.zeros((len(self), 2), dtype=np.float64)
 
@@ -222,7 +223,8 @@ class ParticleSet:
             return apix, "rlnDetectorPixelSize*1e4/rlnMagnification"
         return None
 
-    def _pixel_size_or_none(self) -> np.ndarray | None:
+    def pixel_size_or_none(self) -> np.ndarray | None:
+        """Pixel size in Å per particle from whichever column holds it, or None (unchecked)."""
         source = self._pixel_size_source()
         return None if source is None else source[0]
 
@@ -240,7 +242,7 @@ class ParticleSet:
                 f"{self._name()} has no pixel size (rlnImagePixelSize); give the pixel size", option="apix"
             )
         apix, column = source
-        self._reject(~(np.isfinite(apix) & (apix > 0)), column, apix, "not a positive number",
+        self.reject_rows(~(np.isfinite(apix) & (apix > 0)), column, apix, "not a positive number",
                      "give the right pixel size in the file")
         return apix
 
@@ -249,7 +251,7 @@ class ParticleSet:
             return f"the particle metadata in {self.source_file}"
         return "the particle metadata" if self.source_dir is None else f"the particle metadata in {self.source_dir}"
 
-    def _reject(self, bad: np.ndarray, column: str, values: np.ndarray, problem: str, fix: str) -> None:
+    def reject_rows(self, bad: np.ndarray, column: str, values: np.ndarray, problem: str, fix: str) -> None:
         """UserError naming the first few particles (1-based rows) where ``bad`` is True."""
         if not bad.any():
             return
@@ -265,12 +267,12 @@ class ParticleSet:
             f"{fix} or remove {'them' if rows.size > 1 else 'it'}"
         )
 
-    def _finite_columns(self, columns: tuple[str, ...] | list[str]) -> np.ndarray:
+    def finite_columns(self, columns: tuple[str, ...] | list[str]) -> np.ndarray:
         """The columns as (n, k) float64; UserError naming the particles with NaN or infinity."""
         out = np.empty((len(self), len(columns)), dtype=np.float64)
         for j, col in enumerate(columns):
             values = self._column(col)
-            self._reject(~np.isfinite(values), col, values, "not finite", "fix")
+            self.reject_rows(~np.isfinite(values), col, values, "not finite", "fix")
             out[:, j] = values
         return out
 
@@ -280,7 +282,7 @@ class ParticleSet:
         if "rlnImageSize" not in self.table.columns or len(self) == 0:
             return None
         size = self._column("rlnImageSize")[:1]
-        self._reject(~(np.isfinite(size) & (size > 0) & (size == np.round(size))), "rlnImageSize", size,
+        self.reject_rows(~(np.isfinite(size) & (size > 0) & (size == np.round(size))), "rlnImageSize", size,
                      "not a positive whole number", "fix the box size")
         return int(size[0])
 
@@ -304,10 +306,10 @@ class ParticleSet:
         out: dict[str, np.ndarray] = {}
         for key, (col, default) in _CTF_COLUMNS.items():
             if col in self.table.columns:
-                out[key] = self._finite_columns([col])[:, 0]
+                out[key] = self.finite_columns([col])[:, 0]
             else:
                 out[key] = np.full(n, float(default), dtype=np.float64)
-        self._reject(out["voltage"] <= 0, "rlnVoltage", out["voltage"], "not positive", "give the voltage in kV")
+        self.reject_rows(out["voltage"] <= 0, "rlnVoltage", out["voltage"], "not positive", "give the voltage in kV")
         return out
 
     # ------------------------------------------------------------------ images
@@ -315,7 +317,7 @@ class ParticleSet:
         if "rlnImageName" not in self.table.columns:
             raise UserError(f"{self._name()} has no rlnImageName column; cannot locate particle images")
         names = self.table["rlnImageName"]
-        self._reject(names.isna().to_numpy(), "rlnImageName", names.to_numpy(), "missing", "give the image names")
+        self.reject_rows(names.isna().to_numpy(), "rlnImageName", names.to_numpy(), "missing", "give the image names")
         paths: list[str] = []
         indices = np.zeros(len(self), dtype=np.int64)
         for i, name in enumerate(names.astype(str)):
@@ -364,7 +366,7 @@ class ParticleSet:
 
     def _whole_numbers(self, column: str) -> np.ndarray:
         values = self._column(column)
-        self._reject(~np.isfinite(values) | (values != np.round(values)), column, values, "not a whole number", "fix")
+        self.reject_rows(~np.isfinite(values) | (values != np.round(values)), column, values, "not a whole number", "fix")
         return values.astype(np.int64)
 
     def confidence(self) -> np.ndarray:
@@ -400,7 +402,7 @@ class ParticleSet:
             if sel.shape != (len(self),):
                 raise ValueError(f"boolean mask has shape {sel.shape}, expected ({len(self)},)")
             sel = np.nonzero(sel)[0]
-        return self._new(self.table.iloc[sel.astype(np.int64)].copy())
+        return self.with_table(self.table.iloc[sel.astype(np.int64)].copy())
 
     def with_poses(
         self,
@@ -429,7 +431,7 @@ class ParticleSet:
             table = table.drop(columns=[c for c in ORIGIN_PX_COLUMNS if c in table.columns])
             table[ORIGIN_ANGST_COLUMNS[0]] = sh[:, 0]
             table[ORIGIN_ANGST_COLUMNS[1]] = sh[:, 1]
-        return self._new(table)
+        return self.with_table(table)
 
     def with_columns(self, **columns: Any) -> "ParticleSet":
         """New set with the given columns added or replaced (scalars or array-likes of length n)."""
@@ -442,7 +444,7 @@ class ParticleSet:
             if arr.shape[0] != len(self):
                 raise ValueError(f"column {name} has {arr.shape[0]} values, expected {len(self)}")
             table[name] = arr
-        return self._new(table)
+        return self.with_table(table)
 
     @classmethod
     def from_arrays(

@@ -64,7 +64,7 @@ def read_particles(path, apix: float | None = None) -> ParticleSet:
         particles = read_star(path, apix=apix)
     else:
         raise UserError(f"{path}: unknown particle file type {suffix or '(none)'}; give a .star or .cs file")
-    own = particles._pixel_size_or_none()
+    own = particles.pixel_size_or_none()
     if apix is not None and own is not None and np.any(np.abs(own - apix) > 1e-6 * apix):
         values = np.unique(np.round(own, 6))
         shown = ", ".join(f"{v:g}" for v in values[:4]) + (" ..." if len(values) > 4 else "")

@@ -220,7 +220,7 @@ class ParticleImages:
         # a name without "NNN@" is a single-image file: index 0 of a 2-D (or one-image) MRC
         bare = ~particles.table["rlnImageName"].astype(str).str.contains("@", regex=False).to_numpy(dtype=bool)
         try:
-            star_apix = particles._pixel_size_or_none()
+            star_apix = particles.pixel_size_or_none()
         except Exception:
             star_apix = None
         shape = None

@@ -166,7 +166,7 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
         table=table, optics=optics, extra_blocks=blocks, source_dir=locate_image_folder(table, path), source_file=path.resolve(),
         particle_block=block_name, star_blocks=tuple(block_name if n == particle_name else n for n in order),
     )
-    if apix is not None and pset._pixel_size_or_none() is None:
+    if apix is not None and pset.pixel_size_or_none() is None:
         pset = _set_pixel_size(pset, float(apix))
 
     # Pre-3.1 origins (px) -> Angstrom, visible in the table; RELION 3.1 ignores rlnOriginX/Y.
@@ -174,7 +174,7 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
     if all(c in cols for c in ORIGIN_PX_COLUMNS):
         table = pset.table.copy()
         if not all(c in cols for c in ORIGIN_ANGST_COLUMNS):
-            apix_arr = pset._pixel_size_or_none()
+            apix_arr = pset.pixel_size_or_none()
             if apix_arr is None:
                 raise UserError(
                     f"{path} has origins in pixels (rlnOriginX/Y) but no pixel size (rlnImagePixelSize); give the pixel size",
@@ -217,7 +217,7 @@ def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = pset.table.copy()
     # RELION 3.0 pixel size columns become rlnImagePixelSize.
     if "rlnImagePixelSize" not in table.columns:
-        apix = pset._pixel_size_or_none()
+        apix = pset.pixel_size_or_none()
         if apix is not None:
             table["rlnImagePixelSize"] = apix
     table = table.drop(columns=[c for c in ("rlnMagnification", "rlnDetectorPixelSize", "rlnPixelSize") if c in table.columns])
@@ -281,7 +281,7 @@ def _to_30(pset: ParticleSet) -> pd.DataFrame:
         table = table.drop(columns=[*ORIGIN_ANGST_COLUMNS, *[c for c in ORIGIN_PX_COLUMNS if c in table.columns]])
         table.insert(position, ORIGIN_PX_COLUMNS[0], ox)
         table.insert(position + 1, ORIGIN_PX_COLUMNS[1], oy)
-    apix = pset._pixel_size_or_none()
+    apix = pset.pixel_size_or_none()
     if apix is not None and not ("rlnMagnification" in table.columns and "rlnDetectorPixelSize" in table.columns):
         # RELION 3.0: pixel size (A) = rlnDetectorPixelSize (um) * 1e4 / rlnMagnification.
         table["rlnMagnification"] = 10000.0

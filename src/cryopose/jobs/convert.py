@@ -25,7 +25,7 @@ def run_convert(source: Path, target: Path, apix: float | None = None, version: 
     if apix is not None and apix <= 0:
         raise UserError(f"the pixel size must be positive, got {apix}", option="apix")
     particles = read_particles(source, apix=apix)
-    if particles._pixel_size_or_none() is None:
+    if particles.pixel_size_or_none() is None:
         if apix is None:
             raise UserError(f"{source} has no pixel size (rlnImagePixelSize); give the pixel size", option="apix")
         particles = particles.with_columns(rlnImagePixelSize=apix)

@@ -159,7 +159,7 @@ class Evaluation:
 
 # ---------------------------------------------------------------------------- helpers
 def _without_origins(ps: ParticleSet) -> ParticleSet:
-    return ps._new(ps.table.drop(columns=[c for c in (*ORIGIN_ANGST_COLUMNS, *ORIGIN_PX_COLUMNS) if c in ps.table.columns]))
+    return ps.with_table(ps.table.drop(columns=[c for c in (*ORIGIN_ANGST_COLUMNS, *ORIGIN_PX_COLUMNS) if c in ps.table.columns]))
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -284,7 +284,7 @@ def evaluate_predictions(
     if truth_m.rotations is None:
         raise UserError(f"{describe(truth, 'the ground truth')} has no angles (rlnAngleRot/Tilt/Psi); give ground-truth poses")
     truth_conf = np.array(truth_m.confidence(), dtype=np.float64)
-    truth_m._reject(~(np.isfinite(truth_conf) & (truth_conf >= 0)), "rlnMaxValueProbDistribution", truth_conf,
+    truth_m.reject_rows(~(np.isfinite(truth_conf) & (truth_conf >= 0)), "rlnMaxValueProbDistribution", truth_conf,
                     "not a number >= 0", "fix the confidence (the wMAnE weight)")
     true_rot = torch.from_numpy(truth_m.rotations)
     true_shift = torch.from_numpy(truth_m.shifts_angstrom)
@@ -397,7 +397,7 @@ def evaluate_predictions(
 
 
 def _per_particle(truth_m: ParticleSet, matched: Matched, errors, halves: np.ndarray) -> ParticleSet:
-    true_angles = truth_m._finite_columns(ANGLE_COLUMNS)
+    true_angles = truth_m.finite_columns(ANGLE_COLUMNS)
     true_shifts = truth_m.shifts_angstrom
     out = truth_m.with_poses(shifts_angstrom=matched.shifts)
     shift_err = np.full(len(truth_m), np.nan)

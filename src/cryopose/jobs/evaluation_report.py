@@ -148,7 +148,7 @@ def write_evaluation(ev: Evaluation, out: Path, title: str = "Pose evaluation") 
                                  table["rlnMaxValueProbDistribution"].to_numpy(dtype=float), out / "confidence.png",
                                  "ground-truth confidence (rlnMaxValueProbDistribution)")
         written.append("confidence.png")
-    true_rot = euler_to_matrix(*torch.deg2rad(torch.from_numpy(pp._finite_columns(TRUE_ANGLE_COLUMNS))).unbind(1)).numpy()
+    true_rot = euler_to_matrix(*torch.deg2rad(torch.from_numpy(pp.finite_columns(TRUE_ANGLE_COLUMNS))).unbind(1)).numpy()
     plot_direction_distributions(_rot_tilt(true_rot, sym), _rot_tilt(pp.rotations, sym), out / "directions.png",
                                  f"viewing directions in the asymmetric unit of {sym}")
     written.append("directions.png")

@@ -126,7 +126,7 @@ def match_predictions(truth: ParticleSet, predictions: list[ParticleSet]) -> Mat
                 raise UserError(f"{int(still.sum())} of the {len(ps)} particles of {what} are not in the ground truth "
                                 f"(first: {first}); predictions are matched to the truth by rlnImageName")
         rows_all.append(rows.astype(np.int64))
-        angles.append(ps._finite_columns(ANGLE_COLUMNS))
+        angles.append(ps.finite_columns(ANGLE_COLUMNS))
         own_origins = all(c in ps.table.columns for c in ORIGIN_ANGST_COLUMNS) or all(
             c in ps.table.columns for c in ORIGIN_PX_COLUMNS)
         shifts.append(ps.shifts_angstrom if own_origins else np.full((len(ps), 2), np.nan))
@@ -181,7 +181,7 @@ def truth_from_predictions(predictions: list[ParticleSet]) -> ParticleSet:
                             "as a separate file", option="truth")
         truth = ps.with_columns(**{rln: ps.table[true].to_numpy() for rln, true in zip(ANGLE_COLUMNS, TRUE_ANGLE_COLUMNS)})
         if all(c in ps.table.columns for c in TRUE_ORIGIN_COLUMNS):
-            truth = truth.with_poses(shifts_angstrom=ps._finite_columns(TRUE_ORIGIN_COLUMNS))
+            truth = truth.with_poses(shifts_angstrom=ps.finite_columns(TRUE_ORIGIN_COLUMNS))
         parts.append(truth)
     first = parts[0]
     if len(parts) == 1:

@@ -6,13 +6,12 @@ import math
 
 import torch
 
-from cryopose.imaging.fourier import radial_shell_index, rfft2_frequencies, rfftn_frequencies
+from cryopose.imaging.fourier import radial_shell_index, rfftn_frequencies
 
 __all__ = [
     "radial_distance",
     "soft_circular_mask",
     "soft_spherical_mask",
-    "lowpass_filter",
     "normalise_background",
     "lowpass_volume",
     "soft_mask_from_map",
@@ -50,19 +49,6 @@ def _lowpass_profile(freq: torch.Tensor, cutoff: float, edge_width: float) -> to
         return (freq <= cutoff).to(freq.dtype)
     t = ((freq - (cutoff - edge_width / 2)) / edge_width).clamp(0, 1)
     return 0.5 * (1 + torch.cos(math.pi * t))
-
-
-def lowpass_filter(
-    spectra: torch.Tensor, resolution: float, pixel_size: float, edge_width: float | None = None
-) -> torch.Tensor:
-    """Low-pass half-transform image spectra (..., N, N//2+1) to ``resolution`` Å.
-
-    The raised-cosine edge is ``edge_width`` cycles/Å wide (default 2 Fourier pixels).
-    """
-    size = spectra.shape[-2]
-    ky, kx = rfft2_frequencies(size, pixel_size, device=spectra.device, dtype=torch.float32)
-    edge = 2.0 / (size * pixel_size) if edge_width is None else edge_width
-    return spectra * _lowpass_profile(torch.sqrt(kx**2 + ky**2), 1.0 / resolution, edge)
 
 
 def lowpass_volume(volume: torch.Tensor, resolution: float, pixel_size: float) -> torch.Tensor:

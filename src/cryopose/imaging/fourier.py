@@ -14,8 +14,6 @@ import torch
 __all__ = [
     "centered_rfft2",
     "centered_irfft2",
-    "centered_rfftn",
-    "centered_irfftn",
     "rfft2_frequencies",
     "rfftn_frequencies",
     "radial_shell_index",
@@ -30,17 +28,6 @@ def centered_rfft2(images: torch.Tensor) -> torch.Tensor:
 def centered_irfft2(spectra: torch.Tensor, size: int) -> torch.Tensor:
     """Inverse of :func:`centered_rfft2` for images of ``size`` x ``size`` pixels."""
     return torch.fft.fftshift(torch.fft.irfft2(spectra, s=(size, size)), dim=(-2, -1))
-
-
-def centered_rfftn(volume: torch.Tensor) -> torch.Tensor:
-    """Half transform (..., N, N, N//2+1) of volumes (..., N, N, N) with phases about N//2."""
-    return torch.fft.rfftn(torch.fft.ifftshift(volume, dim=(-3, -2, -1)), dim=(-3, -2, -1))
-
-
-def centered_irfftn(spectrum: torch.Tensor, size: int) -> torch.Tensor:
-    """Inverse of :func:`centered_rfftn` for volumes of ``size``^3 voxels."""
-    vol = torch.fft.irfftn(spectrum, s=(size, size, size), dim=(-3, -2, -1))
-    return torch.fft.fftshift(vol, dim=(-3, -2, -1))
 
 
 def rfft2_frequencies(

@@ -49,12 +49,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cryopose.errors import UserError
 
-__all__ = ["DistributedContext", "distributed_context", "backend_for", "launched_by_torchrun"]
-
-
-def launched_by_torchrun() -> bool:
-    """True when this process is one of several started by torchrun (WORLD_SIZE > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+__all__ = ["DistributedContext", "distributed_context", "backend_for"]
 
 
 def backend_for(device: torch.device) -> str:

@@ -30,7 +30,8 @@ from common import machine, print_table, write_results
 from cryopose.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
 from cryopose.io import ParticleImages, read_particles, write_star
 from cryopose.io.mrc import read_map
-from cryopose.jobs.reconstruct import ReconstructSettings, half_set_labels, reconstruct_halves
+from cryopose.jobs.inputs import half_set_labels
+from cryopose.jobs.reconstruct import ReconstructSettings, reconstruct_halves
 from cryopose.jobs.refine import RefineSettings, run_refine
 from cryopose.jobs.simulate import SimulateSettings, run_simulate
 from cryopose.reconstruct.fsc import fourier_shell_correlation

@@ -10,7 +10,9 @@ import stat
 from multiprocessing import get_context
 from pathlib import Path
 
+import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -218,3 +220,44 @@ def test_user_error_is_a_value_error_and_the_cli_names_the_option(tmp_path, caps
     from cryopose.cli.main import user_error_message
 
     assert user_error_message(UserError("no pixel size; give the pixel size", option="apix"), ["demo"]) == "no pixel size; give the pixel size"
+
+
+def test_one_rule_for_pixel_sizes(tmp_path, capsys, caplog):
+    """Particles: one pixel size per set, in every job (validate used to take a median).
+    Maps: the header's; --apix only where a header has none, with a note when they differ."""
+    import logging
+
+    from cryopose.jobs.inputs import map_pixel_size, particle_pixel_size
+    from cryopose.particles import ParticleSet
+
+    def particles(apix):
+        return ParticleSet(table=pd.DataFrame({"rlnImageName": [f"{i + 1}@s.mrcs" for i in range(len(apix))],
+                                               "rlnImagePixelSize": apix}))
+
+    assert particle_pixel_size(particles([1.5, 1.5005])) == 1.5
+    with pytest.raises(UserError, match="different pixel sizes"):
+        particle_pixel_size(particles([1.5, 1.6]))
+    with caplog.at_level(logging.INFO, logger="cryopose"):
+        assert map_pixel_size(2.0, None, "m.mrc") == 2.0
+        assert map_pixel_size(0.0, 3.0, "m.mrc") == 3.0
+        assert "note" not in caplog.text
+        assert map_pixel_size(2.0, 3.0, "m.mrc") == 2.0
+        assert "m.mrc has its own pixel size (2.0000 A); it is used, not the given 3 A" in caplog.text
+    with pytest.raises(UserError, match="no pixel size in its header") as err:
+        map_pixel_size(0.0, None, "m.mrc")
+    assert err.value.option == "apix"
+
+
+def test_fsc_takes_the_headers_and_apix_only_where_one_has_none(tmp_path, capsys):
+    from cryopose.jobs.fsc import load_map_pair
+
+    vol = np.random.default_rng(0).standard_normal((16, 16, 16)).astype(np.float32)
+    for name, voxel in (("a", 2.0), ("b", 2.0), ("none", 0.0), ("other", 3.0)):
+        with mrcfile.new(tmp_path / f"{name}.mrc") as m:
+            m.set_data(vol)
+            m.voxel_size = voxel
+    assert load_map_pair(tmp_path / "a.mrc", tmp_path / "b.mrc", 5.0)[2] == 2.0  # the headers win
+    assert load_map_pair(tmp_path / "a.mrc", tmp_path / "none.mrc")[2] == 2.0  # the other's header
+    assert load_map_pair(tmp_path / "none.mrc", tmp_path / "none.mrc", 4.0)[2] == 4.0
+    with pytest.raises(UserError, match="pixel sizes disagree"):
+        load_map_pair(tmp_path / "a.mrc", tmp_path / "other.mrc", 2.0)

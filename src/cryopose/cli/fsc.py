@@ -15,7 +15,7 @@ from cryopose.cli.common import POSITIVE, device_option, force_option, resolve_d
 @click.argument("map2", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Mask (same box) applied to both maps.")
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for fsc.csv, fsc.png and summary.json.")
-@click.option("--apix", type=POSITIVE, help="Pixel size in Å (overrides the headers).")
+@click.option("--apix", type=POSITIVE, help="Pixel size in Å of a map whose header has none.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (resolutions and curve) to stdout.")
 @force_option
 @device_option

@@ -32,6 +32,7 @@ from cryopose.io.mrc import read_map, write_map
 from cryopose.io.outputs import output_folder
 from cryopose.io.plots import plot_difference_slices, plot_fsc_curves
 from cryopose.io.star import read_star, write_star
+from cryopose.jobs.inputs import map_pixel_size
 from cryopose.reconstruct.fsc import fourier_shell_correlation
 
 __all__ = ["map_name", "run_align_maps"]
@@ -63,17 +64,14 @@ def _format_matrix(m: np.ndarray) -> str:
 
 
 def _read_checked(path: Path, what: str, apix: float | None) -> tuple[np.ndarray, float]:
-    """A map and its pixel size (Å): the header's, or ``apix`` when the header has none."""
+    """A map and its pixel size (Å): the header's, or ``apix`` when the header has none
+    (:func:`cryopose.jobs.inputs.map_pixel_size`)."""
     vol, header = read_map(path)
     if vol.shape[-1] < 16:
         raise UserError(f"{what} {path} is only {vol.shape[-1]}^3 voxels; align maps of at least 16^3")
     if not np.any(vol):
         raise UserError(f"{what} {path} is all zeros; give a map with density")
-    if header > 0:
-        return vol, header
-    if apix is None:
-        raise UserError(f"{what} {path} has no pixel size in its header; give the pixel size", option="apix")
-    return vol, float(apix)
+    return vol, map_pixel_size(header, apix, path, what)
 
 
 def _read_mask(path: Path, grid: tuple[np.ndarray, float], device) -> torch.Tensor:

@@ -56,8 +56,8 @@ from cryopose.io.mrc import ParticleImages, read_map
 from cryopose.io.outputs import output_folder
 from cryopose.jobs.evaluation_report import write_evaluation
 from cryopose.jobs.prediction_matching import Matched, describe, match_predictions, truth_from_predictions
-from cryopose.jobs.reconstruct import ReconstructSettings, half_set_labels, reconstruct_halves, single_pixel_size
-from cryopose.jobs.resources import require_memory
+from cryopose.jobs.inputs import half_set_labels, particle_pixel_size, require_reconstruction_memory
+from cryopose.jobs.reconstruct import ReconstructSettings, reconstruct_halves
 from cryopose.particles import (
     ANGLE_COLUMNS,
     CONFIDENCE_COLUMN,
@@ -294,15 +294,14 @@ def evaluate_predictions(
             if not np.any(halves == h):
                 raise UserError(f"half set {h} has no particles ({halves_from}); give both halves particles to "
                                 "reconstruct, or evaluate the poses only", option="no-maps")
-        pixel_size = single_pixel_size(truth_m)
+        pixel_size = particle_pixel_size(truth_m)
         true_tensors = truth_m.to_tensors(ctf=settings.ctf)
         if settings.ctf and true_tensors.ctf is None:
             raise UserError(f"{describe(truth, 'the ground truth')} has no CTF columns (rlnDefocusU ...); evaluate without CTF",
                             option="no-ctf")
         images_m = (ParticleImages(truth) if images is None else images).take(matched.truth_rows)
         box = images_m.image_shape[0]
-        require_memory(2 * 4 * 3 * (2 * box) ** 3 * 2.5 + 8 * 4 * box**3, f"reconstructing {box} px images",
-                       "bin the particles to a smaller box", device)
+        require_reconstruction_memory(box, device, extra_volumes=8)
         gt_given = None if gt_map is None else _on_grid(gt_map, box, "the ground-truth map").to(device)
         mask_given = None if mask is None else _on_grid(mask, box, "the mask").to(device)
         if mask_given is not None and not bool((mask_given > 0).any()):
@@ -458,7 +457,7 @@ def run_evaluate(
     if settings.reconstruct:
         images = ParticleImages(truth_ps)  # checks the stacks: they exist, indices in range, one size
         inputs += [Path(p) for p in images.paths]
-        apix_particles = single_pixel_size(truth_ps.subset(matched.truth_rows))
+        apix_particles = particle_pixel_size(truth_ps.subset(matched.truth_rows))
         if gt_map is not None and gt_apix > 0 and abs(gt_apix - apix_particles) > 0.01 * apix_particles:
             raise UserError(f"the ground-truth map {gt_map} has {gt_apix:.4f} A/px but the particles {apix_particles:.4f} "
                             "A/px; resample the map to the particles' pixel size")

@@ -14,6 +14,7 @@ from cryopose.io.atomic import write_json_atomic
 from cryopose.io.mrc import read_map
 from cryopose.io.outputs import output_folder
 from cryopose.io.plots import plot_fsc_curves, write_fsc_csv
+from cryopose.jobs.inputs import map_pixel_size
 from cryopose.reconstruct.fsc import FSCResult, fourier_shell_correlation, map_correlation
 
 __all__ = ["load_map_pair", "run_fsc", "OUTPUTS"]
@@ -22,21 +23,22 @@ OUTPUTS = ("fsc.csv", "fsc.png", "summary.json")
 
 
 def load_map_pair(map1: Path, map2: Path, apix: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Two maps that share box and pixel size, and that pixel size (Å; ``apix`` overrides
-    the headers)."""
+    """Two maps that share box and pixel size, and that pixel size (Å): the headers' (which
+    must agree within 1%), ``apix`` for a map whose header has none
+    (:func:`cryopose.jobs.inputs.map_pixel_size`)."""
     if apix is not None and not (math.isfinite(apix) and apix > 0):
         raise UserError(f"the pixel size must be a positive number of Å, got {apix}", option="apix")
     v1, p1 = read_map(map1)
     v2, p2 = read_map(map2)
     if v1.shape != v2.shape:
         raise UserError(f"{map1} is {v1.shape[0]}^3 but {map2} is {v2.shape[0]}^3; resample one onto the other's grid")
-    if apix is None:
-        if p1 > 0 and p2 > 0 and abs(p1 - p2) > 0.01 * p1:
-            raise UserError(f"pixel sizes disagree: {map1} has {p1:.4f} A, {map2} has {p2:.4f} A; give the pixel size to use", option="apix")
-        apix = p1 if p1 > 0 else p2
-        if apix <= 0:
-            raise UserError("neither map header has a pixel size; give the pixel size", option="apix")
-    return v1, v2, apix
+    # a header-less map takes apix, else the other map's header
+    a1 = map_pixel_size(p1, apix if apix is not None or p1 > 0 else (p2 if p2 > 0 else None), map1)
+    a2 = map_pixel_size(p2, apix if apix is not None or p2 > 0 else a1, map2)
+    if abs(a1 - a2) > 0.01 * a1:
+        raise UserError(f"pixel sizes disagree: {map1} has {a1:.4f} A, {map2} has {a2:.4f} A; "
+                        "resample one map onto the other's grid")
+    return v1, v2, a1
 
 
 def run_fsc(

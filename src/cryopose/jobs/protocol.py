@@ -24,7 +24,7 @@ from cryopose.io.outputs import output_folder
 from cryopose.io.star import write_star
 from cryopose.jobs.evaluate import EvaluateSettings, run_evaluate
 from cryopose.jobs.predict import PredictSettings, run_predict
-from cryopose.jobs.reconstruct import half_set_labels
+from cryopose.jobs.inputs import half_set_labels
 from cryopose.jobs.train import TrainJobSettings, run_train
 
 __all__ = ["run_protocol"]

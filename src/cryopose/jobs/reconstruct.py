@@ -30,15 +30,15 @@ from cryopose.io.outputs import output_folder
 from cryopose.io.plots import plot_fsc_curves, write_fsc_csv
 from cryopose.io import read_particles
 from cryopose.jobs.chunks import ChunkWork, pending_ranges
-from cryopose.jobs.resources import require_memory
-from cryopose.particles import ParticleSet, ParticleTensors
+from cryopose.jobs.inputs import half_set_labels, particle_pixel_size, require_reconstruction_memory
+from cryopose.particles import ParticleTensors
 from cryopose.reconstruct.backproject import FourierAccumulator, finalise_reconstruction, insert_images
 from cryopose.reconstruct.fsc import fourier_shell_correlation
 
 if TYPE_CHECKING:  # pragma: no cover
     from cryopose.jobs.executor import DaskExecutor
 
-__all__ = ["ReconstructSettings", "single_pixel_size", "half_set_labels", "reconstruct_halves", "run_reconstruct", "task_size"]
+__all__ = ["ReconstructSettings", "reconstruct_halves", "run_reconstruct", "task_size"]
 
 log = logging.getLogger("cryopose")
 
@@ -56,32 +56,6 @@ class ReconstructSettings:
     ctf: bool = True
     seed: int = 0
     chunk_size: int = 256
-
-
-def single_pixel_size(ps: ParticleSet) -> float:
-    """The one pixel size of a particle set (Å); several optics groups must agree."""
-    apix = ps.pixel_size
-    if np.ptp(apix) > 1e-3 * apix.max():
-        raise UserError(
-            f"particles have different pixel sizes ({apix.min():.4f}-{apix.max():.4f} A); "
-            "reconstruct one optics group at a time or rescale the particles"
-        )
-    return float(apix[0])
-
-
-def half_set_labels(ps: ParticleSet, seed: int) -> tuple[np.ndarray, bool]:
-    """rlnRandomSubset (1/2) per particle, or a random balanced split when absent.
-    Returns (labels, whether they were drawn at random)."""
-    halves = ps.half_sets
-    if halves is not None:
-        bad = ~np.isin(halves, (1, 2))
-        if bad.any():
-            raise UserError(f"rlnRandomSubset must be 1 or 2; row {int(np.argmax(bad)) + 1} has {halves[bad][0]}")
-        return halves.astype(np.int64), False
-    rng = np.random.default_rng(seed)
-    labels = np.where(np.arange(len(ps)) % 2 == 0, 1, 2)
-    rng.shuffle(labels)
-    return labels, True
 
 
 @dataclass
@@ -274,7 +248,7 @@ def run_reconstruct(
     tensors = ps.to_tensors(ctf=settings.ctf)
     if tensors.rotations is None:
         raise UserError(f"{particles} has no angles (rlnAngleRot/Tilt/Psi); reconstruction needs poses")
-    pixel_size = single_pixel_size(ps)
+    pixel_size = particle_pixel_size(ps)
     images = ParticleImages(ps)
     halves, drawn = half_set_labels(ps, settings.seed)
     for h in (1, 2):
@@ -282,8 +256,7 @@ def run_reconstruct(
             raise UserError(f"half set {h} of {particles} is empty (rlnRandomSubset); give both halves particles "
                             "or drop the column to split at random")
     box = images.image_shape[0]
-    require_memory(2 * 4 * 3 * (2 * box) ** 3 * 2.5, f"reconstructing {box} px images",
-                   "bin the particles to a smaller box", device)
+    require_reconstruction_memory(box, device)
     signature = {"particles": file_identity(particles), "apix": apix, **asdict(settings)}
     signature.pop("chunk_size")
     with output_folder(out, inputs=[particles, *images.paths], outputs=OUTPUTS, force=force):

@@ -58,8 +58,8 @@ from cryopose.io.outputs import output_folder
 from cryopose.io.plots import plot_fsc_curves, write_fsc_csv
 from cryopose.io.star import write_star
 from cryopose.jobs.chunks import ChunkWork, run_chunks
-from cryopose.jobs.reconstruct import ReconstructSettings, half_set_labels, reconstruct_halves, single_pixel_size
-from cryopose.jobs.resources import require_memory
+from cryopose.jobs.inputs import check_map_fits_particles, half_set_labels, particle_pixel_size, require_reconstruction_memory
+from cryopose.jobs.reconstruct import ReconstructSettings, reconstruct_halves
 from cryopose.particles import ParticleSet, ParticleTensors
 from cryopose.reconstruct.fsc import FSCResult, fourier_shell_correlation
 
@@ -446,7 +446,7 @@ def _checked_particles(ps: ParticleSet, s: RefineSettings, name: str) -> tuple[P
         raise UserError(f"{name} has no angles (rlnAngleRot/Tilt/Psi); local refinement starts from poses")
     if s.ctf and tensors.ctf is None:
         raise UserError(f"{name} has no CTF columns (rlnDefocusU ...); refine without CTF", option="no-ctf")
-    apix = single_pixel_size(ps)
+    apix = particle_pixel_size(ps)
     halves, drawn = half_set_labels(ps, s.seed)
     for h in (1, 2):
         if not np.any(halves == h):
@@ -456,17 +456,6 @@ def _checked_particles(ps: ParticleSet, s: RefineSettings, name: str) -> tuple[P
 
 
 # ----------------------------------------------------------------------------- on files
-def _check_map(volume: np.ndarray, map_apix: float, box: int, apix: float, path: Path) -> None:
-    if volume.shape[-1] != box:
-        raise UserError(f"{path} is {volume.shape[-1]} px but the particles are {box} px; "
-                        "resample the map to the particles' box")
-    if map_apix > 0 and abs(map_apix - apix) > 0.01 * apix:
-        raise UserError(f"{path} has {map_apix:.4f} A/px but the particles {apix:.4f} A/px; "
-                        "resample the map to the particles' pixel size")
-    if not np.any(volume):
-        raise UserError(f"{path} is all zeros; give a map of the particles' structure")
-
-
 def run_refine(
     particles: Path,
     map_path: Path,
@@ -500,16 +489,15 @@ def run_refine(
     box = images.image_shape[0]
     s.check(box, pixel_size)
     volume, map_apix = read_map(map_path)
-    _check_map(volume, map_apix, box, pixel_size, map_path)
+    check_map_fits_particles(volume, map_apix, box, pixel_size, map_path)
     halves_given = None
     if half_maps is not None:
         halves_given = []
         for path in half_maps:
             vol, vol_apix = read_map(path)
-            _check_map(vol, vol_apix, box, pixel_size, path)
+            check_map_fits_particles(vol, vol_apix, box, pixel_size, path)
             halves_given.append(vol)
-    require_memory(2 * 4 * 3 * (2 * box) ** 3 * 2.5, f"reconstructing {box} px images",
-                   "bin the particles to a smaller box", device)
+    require_reconstruction_memory(box, device)
     inputs = [particles, map_path, *(half_maps or ()), *images.paths]
     signature = {"particles": file_identity(particles), "map": file_identity(map_path),
                  "half_maps": [file_identity(p) for p in half_maps] if half_maps else None, "apix": apix,

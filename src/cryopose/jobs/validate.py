@@ -33,6 +33,7 @@ from cryopose.io.outputs import output_folder
 from cryopose.io import read_particles
 from cryopose.io.star import write_star
 from cryopose.io.validation_plots import soft_validation_figure
+from cryopose.jobs.inputs import check_map_fits_particles, particle_pixel_size
 from cryopose.jobs.chunks import ChunkWork, run_chunks
 from cryopose.particles import ParticleSet
 from cryopose.validate import scores as sc
@@ -103,19 +104,6 @@ class ValidationOptions:
     def resolved_match(self, box: int, pixel_size: float) -> MatchSettings:
         """The search settings with xi and max_shift made concrete for a box (px, Å/px)."""
         return replace(self.match, xi=self.resolved_xi()).resolved(box, pixel_size)
-
-
-def _check_geometry(volume: np.ndarray, map_apix: float, particles: ParticleSet, image_box: int) -> float:
-    apix = float(np.median(particles.pixel_size))
-    if volume.shape[-1] != image_box:
-        raise UserError(
-            f"the map is {volume.shape[-1]} px but the particles are {image_box} px; resample the map to the particles' box"
-        )
-    if map_apix > 0 and abs(map_apix - apix) > 0.01 * apix:
-        raise UserError(
-            f"the map has {map_apix:.4f} A/px but the particles {apix:.4f} A/px; resample the map to the particles' pixel size"
-        )
-    return apix
 
 
 def _check_classes(particles: ParticleSet, n_maps: int) -> np.ndarray:
@@ -262,6 +250,9 @@ def validate_particles(
     if n == 0:
         raise UserError("the particle set is empty; nothing to validate")
     box = images.read([0]).shape[-1]
+    apix = particle_pixel_size(particles)
+    for k, (vol, map_apix) in enumerate(maps, start=1):
+        check_map_fits_particles(vol, map_apix, box, apix, f"map {k}")
     total = n if progress_total is None else progress_total
     step = None if progress is None else (lambda k, _n: progress(k, total))
 
@@ -273,8 +264,7 @@ def validate_particles(
     if not by_class:
         if len(maps) != 1:
             raise ValueError("validate_particles takes one map unless by_class is set")
-        vol, map_apix = maps[0]
-        apix = _check_geometry(vol, map_apix, particles, box)
+        vol, _ = maps[0]
         cols, summary = _score_one_map(particles, images, np.arange(n), vol, apix, opts, device, step, store("all"), executor)
     else:
         classes = _check_classes(particles, len(maps))
@@ -282,8 +272,7 @@ def validate_particles(
         rows = []
         for k in sorted(int(c) for c in np.unique(classes)):
             idx = np.nonzero(classes == k)[0]
-            vol, map_apix = maps[k - 1]
-            apix = _check_geometry(vol, map_apix, particles, box)
+            vol, _ = maps[k - 1]
             c, s = _score_one_map(particles, images, idx, vol, apix, opts, device, step, store(f"class{k}"), executor)
             for name, values in c.items():
                 if name not in cols:
@@ -364,8 +353,9 @@ def run_validate(
     volumes = [read_map(m) for m in maps]
     images = ParticleImages(ps)
     box = images.image_shape[0]
-    for vol, map_apix in volumes:
-        apix_used = _check_geometry(vol, map_apix, ps, box)
+    apix_used = particle_pixel_size(ps)
+    for (vol, map_apix), path in zip(volumes, maps):
+        check_map_fits_particles(vol, map_apix, box, apix_used, path)
     if by_class:
         _check_classes(ps, len(maps))
     opts.check(box, apix_used)

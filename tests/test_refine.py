@@ -332,13 +332,13 @@ def test_ini_high_low_pass_holds_its_band_and_the_first_search_stays_in_it(data,
     held = map_content_resolution(low, apix)
     # the raised-cosine edge reaches one shell past the cut-off, no further
     assert box * apix / held == math.floor(box * apix / 40.0) + 1
-    # the default run started from the map low-passed to 40 A, for both halves, and searched in that band
+    # the default run started from the map low-passed to 30 A, for both halves, and searched in that band
     summary = refined[0]
     first, second = summary["iterations"][:2]
-    assert first["references"] == "the map low-passed to 40 A" and first["halves_identical"]
-    assert first["resolution_0143"] == summary["resolution_start_0143"] == 40.0
+    assert first["references"] == "the map low-passed to 30 A" and first["halves_identical"]
+    assert first["resolution_0143"] == summary["resolution_start_0143"] == 30.0
     assert first["fsc_0143_of_the_halves"] == pytest.approx(2 * apix)  # one map twice: FSC 1 to Nyquist, not used
-    assert second["comparison_resolution"] == 40.0
+    assert second["comparison_resolution"] == 30.0
     assert second["working_box"] < box
 
 
@@ -350,7 +350,7 @@ def test_identical_half_maps_do_not_set_the_band_to_nyquist(data, tmp_path, caps
     f = fourier_shell_correlation(low, low.clone(), apix)
     assert f.resolution_0143 == pytest.approx(2 * apix)  # what the FSC alone would say
     held = map_content_resolution(low, apix)
-    assert reference_resolution(f.fsc, f.resolution_0143, held, 40.0, box, apix) == (40.0, True)
+    assert reference_resolution(f.fsc, f.resolution_0143, held, 40.0, box, apix) == (40.0, True)  # --ini-high 40
     assert reference_resolution(f.fsc, f.resolution_0143, held, 20.0, box, apix) == (held, True)  # never past the content
     # two different half maps: their FSC, but not beyond what they hold
     noisy = low + 0.05 * low.std() * torch.randn(low.shape, generator=torch.Generator().manual_seed(0))
@@ -362,13 +362,13 @@ def test_identical_half_maps_do_not_set_the_band_to_nyquist(data, tmp_path, caps
     star, _ = _start(data, tmp_path / "start.star", np.arange(40))
     with torch_threads(1):
         code, _, err = run(["refine", "--particles", star, "--map", data["map"], "--half-maps", tmp_path / "low.mrc",
-                            tmp_path / "low.mrc", "--iterations", "1", "--ini-high", "30", "--out", tmp_path / "out"], capsys)
+                            tmp_path / "low.mrc", "--iterations", "1", "--ini-high", "35", "--out", tmp_path / "out"], capsys)
     assert code == 0, err
     import json
 
     its = json.loads((tmp_path / "out" / "summary.json").read_text())["iterations"]
     assert its[0]["references"] == "given half maps" and its[0]["halves_identical"]
-    assert its[1]["comparison_resolution"] == 30.0
+    assert its[1]["comparison_resolution"] == 35.0
 
 
 def test_initial_references_from_the_input_poses_stay_available(data, tmp_path):
@@ -378,7 +378,7 @@ def test_initial_references_from_the_input_poses_stay_available(data, tmp_path):
                                                                                           initial_reference="poses"))
     first = summary["iterations"][0]
     assert first["references"] == "reconstructed from the input poses" and not first["halves_identical"]
-    assert first["resolution_0143"] == first["fsc_0143_of_the_halves"] < 40.0
+    assert first["resolution_0143"] == first["fsc_0143_of_the_halves"] < 30.0
     assert summary["iterations"][1]["comparison_resolution"] == pytest.approx(first["resolution_0143"])
 
 
@@ -466,7 +466,7 @@ def test_global_refinement_assigns_poses_without_poses(data, tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     its = summary["iterations"]
     assert [r["search"] for r in its] == [None, "global"] + ["local"] * (len(its) - 2)
-    assert its[1]["comparison_resolution"] == 40.0 and its[1]["directions"] > 300 and its[1]["psi_steps"] == 48
+    assert its[1]["comparison_resolution"] == 30.0 and its[1]["directions"] > 300 and its[1]["psi_steps"] == 48
     assert its[1]["pose_change_median_deg"] is None
     assert summary["at_chance"] is False and summary["chance_reasons"] == []
     assert summary["resolution_0143"] < 0.8 * summary["chance_resolution_0143"]

@@ -491,6 +491,7 @@ def refine_particles(
     total = n * s.total_iterations
     step = None if progress is None else (lambda k, _n: progress(k, total))
     passes = s.global_passes if s.global_search else 0
+    ctx = _Context(tensors, images, halves, apix, box, diameter, s, device, step, store, executor)
     stop_reason = f"reached the iteration limit ({s.total_iterations})"
     best_resolution = math.inf
     prev, best = state, None  # only these are held (maps of every iteration would not fit for large boxes)
@@ -499,10 +500,9 @@ def refine_particles(
         state = load(cp)
         if state is None:
             if i <= passes:
-                state = _global_pass(i, prev, tensors, images, halves, apix, box, s, device, step, store, executor)
+                state = _global_pass(i, prev, ctx)
             else:
-                state = _iterate(i, prev, tensors, images, halves, prior_rot, prior_shift, apix, box, diameter, s, device,
-                                 step, store, executor)
+                state = _iterate(i, prev, ctx, prior_rot, prior_shift)
             t1 = time.perf_counter()
             h1, h2, full = reconstruct(state["rotations"], state["shifts"], f"iteration_{i:02d}_reconstruct.pt")
             fsc = fourier_shell_correlation(h1, h2, apix)
@@ -562,96 +562,86 @@ def _moves(rotations: torch.Tensor, shifts: torch.Tensor, prev: dict) -> dict:
             "origin_change_median_angstrom": float(moved.median())}
 
 
-def _global_pass(
-    i: int,
-    prev: dict,
-    tensors: ParticleTensors,
-    images,
-    halves: np.ndarray,
-    apix: float,
-    box: int,
-    s: RefineSettings,
-    device: torch.device,
-    progress: Callable[[int, int], None] | None,
-    store: Callable[[str], ChunkStore | None],
-    executor: DaskExecutor | None,
-) -> dict:
-    """One global pass: every particle of half h over the gallery of half h's map (as of
-    ``prev``), at the band of ``prev``'s resolution; returns the poses, NCCs and record."""
-    n = len(tensors)
-    band = comparison_band(prev["resolution"], box, apix)
-    match = global_match_settings(band, s.global_sampling, s.max_shift, s.symmetry, MASK_RADIUS)
-    t0 = time.perf_counter()
-    galleries = tuple(build_gallery(v, apix, match, device) for v in _references(prev, device))
-    shared = _GlobalShared(galleries, str(device))
-    work = ChunkWork(_global_part, shared, lambda idx: (images.take(idx), tensors[idx], halves[idx]))
-    pass_store = store(f"iteration_{i:02d}_global")
-    resumed = 0 if pass_store is None else sum(b - a for a, b in pass_store.completed())
-    raw = run_chunks(n, s.chunk_size, work, pass_store, progress, executor)
+@dataclass
+class _Context:
+    """What every search of one refinement needs: the particles, their images and half sets,
+    the geometry (Å/px, box, mask diameter Å), the settings and where and how to run."""
+
+    tensors: ParticleTensors
+    images: object
+    halves: np.ndarray
+    apix: float
+    box: int
+    diameter: float
+    settings: RefineSettings
+    device: torch.device
+    progress: Callable[[int, int], None] | None
+    store: Callable[[str], ChunkStore | None]
+    executor: DaskExecutor | None
+
+
+def _searched(ctx: _Context, name: str, work: ChunkWork, prev: dict, record: dict, t0: float) -> dict:
+    """Run one search's chunks (stored as ``name``) and complete its ``record`` (started at
+    ``t0``); returns the new poses, scores and the record."""
+    n = len(ctx.tensors)
+    store = ctx.store(name)
+    resumed = 0 if store is None else sum(b - a for a, b in store.completed())
+    raw = run_chunks(n, ctx.settings.chunk_size, work, store, ctx.progress, ctx.executor)
     seconds = time.perf_counter() - t0
     rotations, shifts = torch.from_numpy(raw["rotations"]), torch.from_numpy(raw["shifts"])
-    g = galleries[0]
-    record = {"iteration": i, "search": "global", "comparison_resolution": band, "working_box": g.work_box,
-              "angular_sampling_deg": s.global_sampling, "directions": g.n_directions, "psi_steps": g.n_psi,
-              "shift_step_angstrom": g.work_pixel_size, **_moves(rotations, shifts, prev),
-              "search_seconds": seconds, "particles_per_second": (n - resumed) / max(seconds, 1e-9)}
+    record.update(**_moves(rotations, shifts, prev), search_seconds=seconds,
+                  particles_per_second=(n - resumed) / max(seconds, 1e-9))
     return {"rotations": rotations, "shifts": shifts, "scores": torch.from_numpy(raw["scores"]), "record": record}
 
 
-def _iterate(
-    i: int,
-    prev: dict,
-    tensors: ParticleTensors,
-    images,
-    halves: np.ndarray,
-    prior_rot: torch.Tensor,
-    prior_shift: torch.Tensor,
-    apix: float,
-    box: int,
-    diameter: float,
-    s: RefineSettings,
-    device: torch.device,
-    progress: Callable[[int, int], None] | None,
-    store: Callable[[str], ChunkStore | None],
-    executor: DaskExecutor | None,
-) -> dict:
+def _global_pass(i: int, prev: dict, ctx: _Context) -> dict:
+    """One global pass: every particle of half h over the gallery of half h's map (as of
+    ``prev``), at the band of ``prev``'s resolution; returns the poses, NCCs and record."""
+    s = ctx.settings
+    band = comparison_band(prev["resolution"], ctx.box, ctx.apix)
+    match = global_match_settings(band, s.global_sampling, s.max_shift, s.symmetry, MASK_RADIUS)
+    t0 = time.perf_counter()
+    galleries = tuple(build_gallery(v, ctx.apix, match, ctx.device) for v in _references(prev, ctx.device))
+    work = ChunkWork(_global_part, _GlobalShared(galleries, str(ctx.device)),
+                     lambda idx: (ctx.images.take(idx), ctx.tensors[idx], ctx.halves[idx]))
+    g = galleries[0]
+    record = {"iteration": i, "search": "global", "comparison_resolution": band, "working_box": g.work_box,
+              "angular_sampling_deg": s.global_sampling, "directions": g.n_directions, "psi_steps": g.n_psi,
+              "shift_step_angstrom": g.work_pixel_size}
+    return _searched(ctx, f"iteration_{i:02d}_global", work, prev, record, t0)
+
+
+def _iterate(i: int, prev: dict, ctx: _Context, prior_rot: torch.Tensor, prior_shift: torch.Tensor) -> dict:
     """One iteration's local search (noise estimate first, for the likelihood), from the
-    poses and half maps of ``prev``; returns the new poses, scores and the iteration record."""
-    n = len(tensors)
-    band = comparison_band(prev["resolution"], box, apix)
-    references = tuple(make_reference(v, apix, band, device) for v in _references(prev, device))
-    search = local_search_schedule(band, diameter, s.sigma_angle, s.max_shift, s.search_angle, s.prior)
-    current = replace(tensors, rotations=prev["rotations"].double(), shifts_angstrom=prev["shifts"].double())
+    poses and half maps of ``prev``, with priors about ``prior_rot`` and ``prior_shift``;
+    returns the new poses, scores and the iteration record."""
+    s, n, halves, images = ctx.settings, len(ctx.tensors), ctx.halves, ctx.images
+    band = comparison_band(prev["resolution"], ctx.box, ctx.apix)
+    references = tuple(make_reference(v, ctx.apix, band, ctx.device) for v in _references(prev, ctx.device))
+    search = local_search_schedule(band, ctx.diameter, s.sigma_angle, s.max_shift, s.search_angle, s.prior)
+    current = replace(ctx.tensors, rotations=prev["rotations"].double(), shifts_angstrom=prev["shifts"].double())
     t0 = time.perf_counter()
     noise_power, scale = None, None
     record = {"iteration": i, "search": "local", "comparison_resolution": band, "working_box": references[0].work_box,
               "angle_step_first_deg": search.angle_step, "angle_step_finest_deg": search.angle_step / 2 ** (search.levels - 1),
               "shift_step_finest_angstrom": search.shift_step / 2 ** (search.levels - 1), "levels": search.levels}
     if s.score == "likelihood":
-        shared = _SearchShared(references, search, None, str(device))
+        shared = _SearchShared(references, search, None, str(ctx.device))
         work = ChunkWork(_noise_part, shared, lambda idx: (images.take(idx), current[idx], halves[idx]))
-        raw = run_chunks(n, s.chunk_size, work, store(f"iteration_{i:02d}_noise"), None, executor)
+        raw = run_chunks(n, s.chunk_size, work, ctx.store(f"iteration_{i:02d}_noise"), None, ctx.executor)
         sizes = shell_sizes(references[0]).cpu()
         power = torch.from_numpy(raw["power"])
         noise_power = tuple(shell_noise_power(power[torch.from_numpy(halves == h)], sizes) for h in (1, 2))
         scale = torch.from_numpy(raw["scale"])
         record["noise_power_per_shell"] = [p.tolist() for p in noise_power]
-    shared = _SearchShared(references, search, noise_power, str(device))
+    shared = _SearchShared(references, search, noise_power, str(ctx.device))
 
     def part(idx: np.ndarray) -> tuple:
         t = torch.from_numpy(idx)
         return (images.take(idx), current[idx], halves[idx], prior_rot[t], prior_shift[t],
                 None if scale is None else scale[t].numpy())
 
-    search_store = store(f"iteration_{i:02d}_search")
-    resumed = 0 if search_store is None else sum(b - a for a, b in search_store.completed())
-    raw = run_chunks(n, s.chunk_size, ChunkWork(_search_part, shared, part), search_store, progress, executor)
-    seconds = time.perf_counter() - t0
-    rotations = torch.from_numpy(raw["rotations"])
-    shifts = torch.from_numpy(raw["shifts"])
-    record.update(**_moves(rotations, shifts, prev), search_seconds=seconds,
-                  particles_per_second=(n - resumed) / max(seconds, 1e-9))
-    return {"rotations": rotations, "shifts": shifts, "scores": torch.from_numpy(raw["scores"]), "record": record}
+    return _searched(ctx, f"iteration_{i:02d}_search", ChunkWork(_search_part, shared, part), prev, record, t0)
 
 
 def _checked_particles(ps: ParticleSet, s: RefineSettings, name: str) -> tuple[ParticleTensors, float, np.ndarray, bool]:

@@ -46,8 +46,9 @@ def command(particles, map_path, half_maps, out, global_search, ini_high, initia
     the input pose), half1.mrc, half2.mrc, map.mrc, fsc.csv, fsc.png and summary.json.
     An interrupted run resumes (finished work is kept in DIR/.cryopose_refine).
 
-    Examples: cryopose refine --particles predicted.star --map run_class001.mrc --out refined;
-    cryopose refine --global --particles ctf_only.star --map initial_model.mrc --out refined
+    Example: cryopose refine --particles predicted.star --map run_class001.mrc --out refined
+
+    Example: cryopose refine --global --particles ctf_only.star --map initial_model.mrc --out refined
     """
     from cryopose.geometry.symmetry import normalise_symmetry_name
     from cryopose.jobs.refine import RefineSettings, run_refine

@@ -31,5 +31,6 @@ def test_demo_small(tmp_path):
     learned, refined = summary["learning_predicted"], summary["learning_refined"]
     assert 0 <= learned["median_deg"] <= 180 and 0 <= refined["median_deg"] <= 180
     assert len(read_star(out / "learning" / "refined" / "particles.star")) == 120
+    assert summary["learning_refined_at_chance"] in (True, False)  # refine's verdict on its start is carried
     assert len(read_star(out / "learning" / "predicted" / "kept.star")) == 90
     assert (out / "learning" / "model" / "training.png").is_file() and "learning/model/training.png" in report

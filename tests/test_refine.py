@@ -1,9 +1,10 @@
-"""``cryopose refine``: gold-standard local refinement.
+"""``cryopose refine``: gold-standard refinement, local and global.
 
 Simulated particles of the bundled map Fourier-cropped to 48 px (7.6 Å/px), SNR 1, CTF,
 origins up to 10 Å; starting poses perturbed by exactly 5 deg (random axes) and origins
-by exactly 3 Å (random directions). Also the likelihood kernel against direct sums and
-the hard bound of the local search about the prior.
+by exactly 3 Å (random directions), or no poses at all (--global). Also the likelihood
+kernel against direct sums, the hard bound and the Gaussian prior of the local search,
+the first band of low-passed references and the chance check.
 """
 
 from __future__ import annotations
@@ -17,18 +18,26 @@ import pytest
 import torch
 
 import cryopose
-from cli_helpers import BUNDLED, run
+from cli_helpers import BUNDLED, assert_user_error, run
 from cryopose.align.local_search import LocalSearchSettings, local_search
-from cryopose.align.refinement import angular_step_for_resolution, local_search_schedule
+from cryopose.align.refinement import (
+    angular_step_for_resolution,
+    chance_reasons,
+    local_search_schedule,
+    map_content_resolution,
+    reference_resolution,
+)
 from cryopose.align.scoring import GaussianNoise, make_reference, prepare_particles, residual_shell_power, score_poses, shell_sizes
 from cryopose.align.map_alignment import apply_transform
 from cryopose.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
+from cryopose.imaging.filters import lowpass_volume
 from cryopose.imaging.projection import fourier_volume
 from cryopose.imaging.resample import resample_map
 from cryopose.imaging.shifts import shift_rfft2
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
 from cryopose.io import read_particles, write_star
 from cryopose.io.mrc import read_map, write_map
+from cryopose.reconstruct.fsc import fourier_shell_correlation
 from cryopose.jobs import refine as job
 from cryopose.jobs.chunks import torch_threads
 from cryopose.jobs.refine import RefineSettings, run_refine
@@ -123,12 +132,12 @@ def test_outputs_keep_every_input_column_and_record_each_iteration(data, refined
     assert text[0] == "shell,frequency_per_A,resolution_A,fsc" and len(text) == 26
 
 
-def test_random_poses_are_not_pulled_in_beyond_the_cone(data, tmp_path):
+def test_with_a_wall_random_poses_are_not_pulled_in_beyond_it(data, tmp_path):
     rows = np.arange(120)
     star, is_random = _start(data, tmp_path / "start.star", rows, random_fraction=0.2, seed=11)
-    settings = RefineSettings(iterations=2)
+    settings = RefineSettings(iterations=2, prior="wall")
     with torch_threads(1):
-        summary = cryopose.refine_poses(star, data["map"], tmp_path / "out", iterations=2)  # the Python API
+        summary = cryopose.refine_poses(star, data["map"], tmp_path / "out", iterations=2, prior="wall")  # the Python API
     out = read_particles(tmp_path / "out" / "particles.star").to_tensors()
     start = read_particles(star).to_tensors()
     truth = data["tensors"][rows]
@@ -161,7 +170,7 @@ def test_each_half_is_scored_only_against_its_own_half_map(data, tmp_path, capsy
     with torch_threads(1):
         code, stdout, err = run(args, capsys)
     assert code == 0, err
-    assert "particles:" in stdout
+    assert "100 particles (local):" in stdout
     out = read_particles(tmp_path / "out" / "particles.star")
     np.testing.assert_array_equal(out.table["rlnRandomSubset"].to_numpy(), halves)
     got = out.to_tensors().rotations
@@ -212,7 +221,8 @@ def test_an_interrupted_run_resumes_with_the_same_result(data, tmp_path, monkeyp
         with pytest.raises(KeyboardInterrupt):
             run_refine(star, data["map"], tmp_path / "c", settings=settings, progress=stop_after_first_chunk)
         with caplog.at_level(logging.INFO, logger="cryopose"):
-            run_refine(star, data["map"], tmp_path / "c", settings=RefineSettings(iterations=1, chunk_size=20, sigma_angle=4))
+            run_refine(star, data["map"], tmp_path / "c", settings=RefineSettings(iterations=1, chunk_size=20, sigma_angle=4,
+                                                                                  prior="wall"))
     assert any("sigma_angle" in r.getMessage() and "discarding" in r.getMessage() for r in caplog.records)
     moved = read_particles(tmp_path / "c" / "particles.star").table["cryoposePoseChange"].to_numpy(float)
     assert moved.max() <= 4 + 1e-3
@@ -293,7 +303,10 @@ def test_schedule_steps_shrink_with_resolution():
     coarse = local_search_schedule(30.0, 300.0, 6.0, 5.0)
     fine = local_search_schedule(8.0, 300.0, 6.0, 5.0)
     finest = lambda s: s.angle_step / 2 ** (s.levels - 1)  # noqa: E731
-    assert coarse.angle_step == fine.angle_step == 2.0 and coarse.prior_angle == 6.0 and coarse.prior_shift == 5.0
+    assert coarse.angle_step == fine.angle_step == 2.0 and coarse.prior_sigma == 6.0 and coarse.prior_shift == 5.0
+    assert coarse.prior_angle is None and coarse.max_angle == 6.0
+    wall = local_search_schedule(30.0, 300.0, 4.0, 5.0, search_angle=9.0, prior="wall")
+    assert wall.prior_angle == 4.0 and wall.prior_sigma is None and wall.max_angle == 9.0 and wall.angle_step == 3.0
     assert finest(fine) < finest(coarse)
     for s, d in ((coarse, 30.0), (fine, 8.0)):
         assert finest(s) <= angular_step_for_resolution(d, 300.0) < 2 * finest(s)
@@ -304,5 +317,214 @@ def test_help_shows_the_options(capsys):
     code, out, _ = run(["refine", "--help"], capsys)
     assert code == 0
     for flag in ("--particles", "--map", "--half-maps", "--sigma-angle", "--max-shift", "--iterations", "--score",
-                 "--sym", "--workers", "--scheduler", "--device", "--force"):
+                 "--sym", "--workers", "--scheduler", "--device", "--force", "--global", "--ini-high",
+                 "--initial-reference", "--prior", "--search-angle", "--global-passes", "--global-sampling"):
         assert flag in out, flag
+
+
+# ----------------------------------------------------------------------------- the first references
+def test_ini_high_low_pass_holds_its_band_and_the_first_search_stays_in_it(data, refined):
+    volume, apix = read_map(data["map"])
+    vol = torch.from_numpy(volume)
+    box = vol.shape[-1]
+    assert map_content_resolution(vol, apix) == pytest.approx(2 * apix)  # a map with content to Nyquist
+    low = lowpass_volume(vol, 40.0, apix)
+    held = map_content_resolution(low, apix)
+    # the raised-cosine edge reaches one shell past the cut-off, no further
+    assert box * apix / held == math.floor(box * apix / 40.0) + 1
+    # the default run started from the map low-passed to 30 A, for both halves, and searched in that band
+    summary = refined[0]
+    first, second = summary["iterations"][:2]
+    assert first["references"] == "the map low-passed to 30 A" and first["halves_identical"]
+    assert first["resolution_0143"] == summary["resolution_start_0143"] == 30.0
+    assert first["fsc_0143_of_the_halves"] == pytest.approx(2 * apix)  # one map twice: FSC 1 to Nyquist, not used
+    assert second["comparison_resolution"] == 30.0
+    assert second["working_box"] < box
+
+
+def test_identical_half_maps_do_not_set_the_band_to_nyquist(data, tmp_path, capsys):
+    volume, apix = read_map(data["map"])
+    vol = torch.from_numpy(volume)
+    box = vol.shape[-1]
+    low = lowpass_volume(vol, 25.0, apix)
+    f = fourier_shell_correlation(low, low.clone(), apix)
+    assert f.resolution_0143 == pytest.approx(2 * apix)  # what the FSC alone would say
+    held = map_content_resolution(low, apix)
+    assert reference_resolution(f.fsc, f.resolution_0143, held, 40.0, box, apix) == (40.0, True)  # --ini-high 40
+    assert reference_resolution(f.fsc, f.resolution_0143, held, 20.0, box, apix) == (held, True)  # never past the content
+    # two different half maps: their FSC, but not beyond what they hold
+    noisy = low + 0.05 * low.std() * torch.randn(low.shape, generator=torch.Generator().manual_seed(0))
+    g = fourier_shell_correlation(low, lowpass_volume(noisy, 25.0, apix), apix)
+    res, same = reference_resolution(g.fsc, g.resolution_0143, held, 40.0, box, apix)
+    assert not same and res == pytest.approx(max(g.resolution_0143, held)) and res >= held
+    # through the command: the same low-passed map as both halves is searched at --ini-high, not at Nyquist
+    write_map(tmp_path / "low.mrc", low.numpy(), apix)
+    star, _ = _start(data, tmp_path / "start.star", np.arange(40))
+    with torch_threads(1):
+        code, _, err = run(["refine", "--particles", star, "--map", data["map"], "--half-maps", tmp_path / "low.mrc",
+                            tmp_path / "low.mrc", "--iterations", "1", "--ini-high", "35", "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    import json
+
+    its = json.loads((tmp_path / "out" / "summary.json").read_text())["iterations"]
+    assert its[0]["references"] == "given half maps" and its[0]["halves_identical"]
+    assert its[1]["comparison_resolution"] == 35.0
+
+
+def test_initial_references_from_the_input_poses_stay_available(data, tmp_path):
+    star, _ = _start(data, tmp_path / "start.star", np.arange(60))
+    with torch_threads(1):
+        summary = run_refine(star, data["map"], tmp_path / "out", settings=RefineSettings(iterations=1,
+                                                                                          initial_reference="poses"))
+    first = summary["iterations"][0]
+    assert first["references"] == "reconstructed from the input poses" and not first["halves_identical"]
+    assert first["resolution_0143"] == first["fsc_0143_of_the_halves"] < 30.0
+    assert summary["iterations"][1]["comparison_resolution"] == pytest.approx(first["resolution_0143"])
+
+
+# ----------------------------------------------------------------------------- the prior
+def test_a_gaussian_prior_lets_a_pose_beyond_sigma_come_back_and_a_wall_does_not(small_case):
+    """Poses 10 deg from the truth, prior sigma 4 deg about them, a 6 deg search about the
+    current pose, three rounds: with the Gaussian prior they come back to the truth; a wall
+    at 4 deg holds them at least 6 deg away."""
+    vol, apix, draw, images = small_case
+    ref = make_reference(vol, apix, 3 * apix)
+    prep = prepare_particles(ref, images, draw.ctf, ctf_references=True)
+    prior, prior_origin = _perturb(draw.rotations, draw.shifts_angstrom, 10.0, 0.0, seed=5)
+    ends = {}
+    for kind in ("gaussian", "wall"):
+        search = local_search_schedule(3 * apix, 0.9 * 32 * apix, 4.0, 2.0, search_angle=6.0, prior=kind)
+        rot, origin = prior.float(), prior_origin.float()
+        for _ in range(3):
+            res = local_search(ref, prep, rot, origin, search, prior_rotations=prior, prior_shifts_angstrom=prior_origin)
+            rot, origin = res.rotations, res.shifts_angstrom
+        ends[kind] = _deg(rot, draw.rotations)
+    assert ends["gaussian"].max() < 2.0, ends["gaussian"]
+    assert ends["wall"].min() > 5.9, ends["wall"]
+
+
+def test_the_prior_weighs_against_the_data_as_a_log_likelihood(small_case):
+    """With NCC the prior is weighed against (M/2) NCC |NCC|: a narrow enough prior keeps the
+    particle at its prior pose, a wide one lets the data move it (one level, same candidates)."""
+    vol, apix, draw, images = small_case
+    ref = make_reference(vol, apix, 3 * apix)
+    prep = prepare_particles(ref, images, draw.ctf, ctf_references=True)
+    prior, origin = _perturb(draw.rotations, draw.shifts_angstrom, 4.0, 0.0, seed=6)
+    moved = {}
+    for sigma in (0.05, 30.0):
+        s = LocalSearchSettings(max_angle=6, angle_step=2, max_shift=0, levels=1, prior_sigma=sigma)
+        res = local_search(ref, prep, prior.float(), origin.float(), s, prior_rotations=prior)
+        moved[sigma] = _deg(res.rotations, prior)
+    assert moved[0.05].max() < 1e-3
+    assert moved[30.0].min() > 1.0
+
+
+def test_a_local_refinement_brings_back_particles_that_start_beyond_sigma(data, tmp_path):
+    rows = np.arange(150)
+    t = data["tensors"][rows]
+    start, origins = _perturb(t.rotations, t.shifts_angstrom, 10.0, 2.0, seed=9)
+    write_star(data["truth"].subset(rows).with_poses(start.numpy(), origins.numpy()), tmp_path / "start.star")
+    errors = {}
+    with torch_threads(1):
+        for kind in ("gaussian", "wall"):
+            run_refine(tmp_path / "start.star", data["map"], tmp_path / kind,
+                       settings=RefineSettings(iterations=2, prior=kind, max_shift=10.0))
+            out = read_particles(tmp_path / kind / "particles.star").to_tensors()
+            errors[kind] = _deg(out.rotations, t.rotations)
+    assert errors["gaussian"].median() < 2.5, errors["gaussian"].median()
+    assert errors["wall"].median() > 3.5, errors["wall"].median()
+
+
+# ----------------------------------------------------------------------------- global
+def _without_poses(data, path: Path, rows: np.ndarray) -> Path:
+    """A star of the particles ``rows`` with CTF but no angles and no origins."""
+    table = data["truth"].subset(rows).table.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
+                                                           "rlnOriginXAngst", "rlnOriginYAngst"])
+    write_star(data["truth"].subset(rows)._new(table), path)
+    return path
+
+
+def test_global_refinement_assigns_poses_without_poses(data, tmp_path, capsys):
+    rows = np.arange(160)
+    star = _without_poses(data, tmp_path / "ctf_only.star", rows)
+    with torch_threads(1):
+        code, stdout, err = run(["refine", "--global", "--particles", star, "--map", data["map"], "--max-shift", "10",
+                                 "--global-passes", "1", "--iterations", "2", "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert "global, then local" in stdout and "looks like chance" not in err
+    out = read_particles(tmp_path / "out" / "particles.star")
+    truth = data["tensors"][rows]
+    got = out.to_tensors()
+    error = _deg(got.rotations, truth.rotations)
+    # uniformly random poses would be 126 deg off on average; a 7.5 deg grid alone about 4-5 deg
+    assert error.median() < 3.5, error.median()
+    assert (error < 10).double().mean() > 0.85
+    assert (got.shifts_angstrom - truth.shifts_angstrom).norm(dim=-1).median() < 3.0
+    assert "cryoposePoseChange" not in out.table.columns and "cryoposeRefineScore" in out.table.columns
+    import json
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    its = summary["iterations"]
+    assert [r["search"] for r in its] == [None, "global"] + ["local"] * (len(its) - 2)
+    assert its[1]["comparison_resolution"] == 30.0 and its[1]["directions"] > 300 and its[1]["psi_steps"] == 48
+    assert its[1]["pose_change_median_deg"] is None
+    assert summary["at_chance"] is False and summary["chance_reasons"] == []
+    assert summary["resolution_0143"] < 0.8 * summary["chance_resolution_0143"]
+
+
+def test_an_interrupted_global_run_resumes_with_the_same_result(data, tmp_path, monkeypatch):
+    star = _without_poses(data, tmp_path / "ctf_only.star", np.arange(60))
+    settings = RefineSettings(global_search=True, global_passes=1, iterations=1, chunk_size=20, max_shift=10.0)
+
+    def stop(k, total):
+        raise KeyboardInterrupt
+
+    with torch_threads(1):
+        with pytest.raises(KeyboardInterrupt):
+            run_refine(star, data["map"], tmp_path / "a", settings=settings, progress=stop)
+        assert len(list((tmp_path / "a" / job.STORE / "iteration_01_global").glob("chunk_*.npz"))) == 1
+        searched = []
+        original = job._global_part
+        monkeypatch.setattr(job, "_global_part", lambda shared, part: searched.append(len(part[2])) or original(shared, part))
+        run_refine(star, data["map"], tmp_path / "a", settings=settings)
+        assert searched == [20, 20]  # the stored chunk is not searched again
+        monkeypatch.setattr(job, "_global_part", original)
+        run_refine(star, data["map"], tmp_path / "b", settings=settings)
+    _tables_equal(tmp_path / "a" / "particles.star", tmp_path / "b" / "particles.star")
+    assert read_map(tmp_path / "a" / "map.mrc")[0].tobytes() == read_map(tmp_path / "b" / "map.mrc")[0].tobytes()
+
+
+def test_global_and_local_refusals_are_one_line(data, tmp_path, capsys):
+    rows = np.arange(10)
+    star = _without_poses(data, tmp_path / "ctf_only.star", rows)
+    base = ["refine", "--particles", star, "--map", data["map"], "--out", tmp_path / "out"]
+    assert_user_error(base, capsys, "no angles", "--global")
+    no_ctf = data["truth"].subset(rows)
+    no_ctf = no_ctf._new(no_ctf.table.drop(columns=["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"]))
+    write_star(no_ctf, tmp_path / "no_ctf.star")
+    assert_user_error(["refine", "--global", "--particles", tmp_path / "no_ctf.star", "--map", data["map"], "--out",
+                       tmp_path / "out"], capsys, "CTF", "--no-ctf")
+    assert_user_error([*base, "--global", "--ini-high", "12"], capsys, "coarser than Nyquist", "--ini-high")
+    assert_user_error(["refine", "--particles", data["root"] / "sim" / "particles.star", "--map", data["map"],
+                       "--half-maps", data["map"], data["map"], "--initial-reference", "poses", "--out", tmp_path / "out"],
+                      capsys, "--initial-reference")
+    assert not (tmp_path / "out" / "particles.star").exists()
+
+
+# ----------------------------------------------------------------------------- chance
+def test_a_refinement_from_random_poses_says_it_is_at_chance(data, tmp_path, caplog):
+    rows = np.arange(100)
+    star, is_random = _start(data, tmp_path / "start.star", rows, random_fraction=1.0, seed=13)
+    assert is_random.all()
+    with torch_threads(1), caplog.at_level(logging.WARNING, logger="cryopose"):
+        summary = run_refine(star, data["map"], tmp_path / "out", settings=RefineSettings(iterations=1, prior="wall",
+                                                                                          initial_reference="poses"))
+    assert summary["at_chance"] is True and summary["chance_reasons"]
+    assert any("looks like chance" in r.getMessage() for r in caplog.records)
+
+
+def test_chance_reasons():
+    assert chance_reasons(20.0, 40.0, 60.0) == []
+    assert "initial low-pass" in chance_reasons(41.0, 40.0, 60.0)[0]
+    assert "random poses" in chance_reasons(30.0, 40.0, 35.0)[0]
+    assert len(chance_reasons(math.inf, 40.0, 50.0)) == 2

@@ -194,6 +194,21 @@ def test_refine_on_two_workers_equals_one_process(executor, data, tmp_path):
         assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max(), name
 
 
+def test_global_refine_on_two_workers_equals_one_process(executor, data, tmp_path):
+    """The global pass (its galleries sent once to each worker) and the local iteration on the
+    cluster give the poses of one process (float32 rounding)."""
+    from cryopose.jobs.refine import RefineSettings, run_refine
+
+    settings = RefineSettings(global_search=True, global_passes=1, iterations=1, chunk_size=10, max_shift=8.0,
+                              ini_high=25.0)
+    with torch_threads(1):
+        run_refine(data["star"], data["map_file"], tmp_path / "one", settings=settings)
+    run_refine(data["star"], data["map_file"], tmp_path / "two", settings=settings, executor=executor)
+    one, two = read_star(tmp_path / "one" / "particles.star").table, read_star(tmp_path / "two" / "particles.star").table
+    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "cryoposeRefineScore"):
+        np.testing.assert_allclose(two[c].to_numpy(float), one[c].to_numpy(float), rtol=1e-6, atol=1e-4, err_msg=c)
+
+
 def test_interrupted_validate_resumes_on_the_cluster(executor, data, tmp_path):
     calls = []
 

@@ -122,9 +122,11 @@ def evaluate_poses(predictions: PathLike | list[PathLike], out: PathLike, truth:
                         settings=EvaluateSettings(**settings), apix=apix, device=device)
 def refine_poses(particles: PathLike, map_path: PathLike, out: PathLike, half_maps: tuple[PathLike, PathLike] | None = None,
                  apix: float | None = None, device: str | torch.device = "cpu", **settings: Any) -> dict:
-    """Gold-standard local refinement of a particle file's poses into ``out`` (particles.star,
-    half maps, map, FSC, summary.json); settings as ``RefineSettings`` (symmetry,
-    sigma_angle, max_shift, iterations, score, ctf, seed, chunk_size). Returns the summary."""
+    """Gold-standard refinement of a particle file's poses into ``out`` (particles.star, half
+    maps, map, FSC, summary.json), local from its poses or, with ``global_search=True``,
+    from scratch; settings as ``RefineSettings`` (symmetry, sigma_angle, search_angle,
+    prior, max_shift, iterations, score, ctf, seed, chunk_size, initial_reference, ini_high,
+    global_search, global_passes, global_sampling). Returns the summary."""
     return run_refine(Path(particles), Path(map_path), Path(out),
                       None if half_maps is None else (Path(half_maps[0]), Path(half_maps[1])),
                       RefineSettings(**settings), apix=apix, device=device)

@@ -1,7 +1,7 @@
 """Alignment: the scoring kernel, global projection matching, local search, the rules of
 local refinement, map-to-map alignment (numerical code on tensors; no files)."""
 
-from cryopose.align.local_search import LocalSearchResult, LocalSearchSettings, local_search, rotation_ball
+from cryopose.align.local_search import LocalSearchResult, LocalSearchSettings, local_search, ncc_log_likelihood, rotation_ball
 from cryopose.align.map_alignment import (
     MapAlignment,
     MapAlignmentSettings,
@@ -12,8 +12,14 @@ from cryopose.align.map_alignment import (
 from cryopose.align.projection_matching import MatchResult, MatchSettings, build_gallery, match_images
 from cryopose.align.refinement import (
     angular_step_for_resolution,
+    chance_reasons,
+    comparison_band,
     fsc_reference_weights,
+    global_match_settings,
     local_search_schedule,
+    map_content_resolution,
+    poses_moving,
+    reference_resolution,
     resolution_improved,
     shell_noise_power,
 )
@@ -33,6 +39,7 @@ __all__ = [
     "LocalSearchSettings",
     "local_search",
     "rotation_ball",
+    "ncc_log_likelihood",
     "MapAlignment",
     "MapAlignmentSettings",
     "align_map",
@@ -55,4 +62,10 @@ __all__ = [
     "local_search_schedule",
     "resolution_improved",
     "shell_noise_power",
+    "chance_reasons",
+    "comparison_band",
+    "global_match_settings",
+    "map_content_resolution",
+    "poses_moving",
+    "reference_resolution",
 ]

@@ -9,11 +9,18 @@ Coarse to fine: after each level the ``keep`` best candidates seed the next leve
 rotation ball and shift disc are one step of the previous level wide and whose steps are
 halved. Units: degrees and Å at the boundary (settings), radians and working pixels inside.
 
-Optional priors bound the search absolutely: with ``prior_rotations`` and
-``settings.prior_angle``, a candidate farther than ``prior_angle`` (geodesic, on SO(3))
-from its particle's prior pose is never chosen, and likewise origins farther than
-``settings.prior_shift`` from the prior origin; so an iterated search never wanders
-beyond them, whatever the number of levels or iterations.
+Priors about each particle's prior pose P (``prior_rotations``) and origin:
+
+- ``settings.prior_sigma``: a Gaussian prior on the rotation, log p = -theta^2 / (2 sigma^2)
+  with theta the geodesic angle between the candidate and P (on SO(3), psi included), as
+  RELION's ``--sigma_ang``. Candidates are ranked by data term + log prior: with the
+  likelihood score the data term is the log-likelihood itself; with NCC it is the
+  log-likelihood the NCC implies under white noise of the particle's own power,
+  (M/2) NCC |NCC| (:func:`ncc_log_likelihood`, M the coefficients of the band);
+- ``settings.prior_angle`` (a wall): a candidate farther than ``prior_angle`` from P is
+  never chosen, and likewise origins farther than ``settings.prior_shift`` from the prior
+  origin; so an iterated search never wanders beyond them, whatever the number of levels or
+  iterations.
 """
 
 from __future__ import annotations
@@ -23,10 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from cryopose.align.scoring import GaussianNoise, PreparedParticles, Reference, disc_offsets, score_poses
+from cryopose.align.scoring import GaussianNoise, PreparedParticles, Reference, disc_offsets, score_poses, shell_sizes
 from cryopose.geometry.rotations import axis_angle_to_matrix
 
-__all__ = ["LocalSearchSettings", "LocalSearchResult", "rotation_ball", "local_search"]
+__all__ = ["LocalSearchSettings", "LocalSearchResult", "rotation_ball", "ncc_log_likelihood", "local_search"]
 
 
 @dataclass
@@ -40,12 +47,14 @@ class LocalSearchSettings:
     levels: int = 3  # coarse-to-fine levels (steps halve each level)
     keep: int = 2  # candidates carried from one level to the next
     prior_angle: float | None = None  # deg, largest distance from the prior pose (with prior_rotations)
+    prior_sigma: float | None = None  # deg, sigma of a Gaussian prior about the prior pose (with prior_rotations)
     prior_shift: float | None = None  # Å, largest distance from the prior origin (with prior_shifts_angstrom)
 
 
 @dataclass
 class LocalSearchResult:
-    """Best pose per particle: rotations (B, 3, 3) RELION A, origins (B, 2) Å, NCC (B,)."""
+    """Best pose per particle: rotations (B, 3, 3) RELION A, origins (B, 2) Å, and its score
+    (B,): NCC, or the log-likelihood with a noise model (the prior not included)."""
 
     rotations: torch.Tensor
     shifts_angstrom: torch.Tensor
@@ -63,6 +72,16 @@ def rotation_ball(max_angle: float, step: float, dtype: torch.dtype = torch.floa
     return axis_angle_to_matrix(grid).to(dtype=dtype, device=device)
 
 
+def ncc_log_likelihood(ncc: torch.Tensor, reference: Reference) -> torch.Tensor:
+    """The log-likelihood (up to a constant) that an NCC implies: (M/2) NCC |NCC|, M the
+    number of coefficients of the full transform in the reference's band. For a particle X
+    whose noise is white with power |X|^2 / M per coefficient, the Gaussian log-likelihood at
+    the best amplitude is -(M/2)(1 - NCC^2); the sign is kept so that the ranking of
+    negative NCCs is kept too."""
+    m = float(shell_sizes(reference).sum())
+    return 0.5 * m * ncc * ncc.abs()
+
+
 def local_search(
     reference: Reference,
     particles: PreparedParticles,
@@ -78,8 +97,9 @@ def local_search(
     prepared ``particles`` against ``reference``; returns the best candidate found.
     ``prior_rotations`` (B, 3, 3) and ``prior_shifts_angstrom`` (B, 2) with the settings'
     ``prior_angle``/``prior_shift`` bound the result (see the module docstring); the
-    current poses must lie within those bounds. ``noise``: score by the Gaussian
-    log-likelihood of the kernel instead of NCC."""
+    current poses must lie within those bounds; with ``prior_sigma`` they carry a Gaussian
+    prior instead (or as well). ``noise``: score by the Gaussian log-likelihood of the
+    kernel instead of NCC."""
     s = settings or LocalSearchSettings()
     device = reference.device
     b = len(particles)
@@ -89,9 +109,13 @@ def local_search(
     # current candidates: (B, C, 3, 3) rotations and (B, C, 2) origins in working px
     rots = rotations.to(device, torch.float32)[:, None]
     origins = (shifts_angstrom.to(device, torch.float32) / apix)[:, None]
+    prior = None if prior_rotations is None else prior_rotations.to(device, torch.float64)
     cone = None
-    if prior_rotations is not None and s.prior_angle is not None:
-        cone = (prior_rotations.to(device, torch.float64), math.cos(math.radians(s.prior_angle)))
+    if prior is not None and s.prior_angle is not None:
+        cone = math.cos(math.radians(s.prior_angle))
+    gaussian = None
+    if prior is not None and s.prior_sigma is not None:
+        gaussian = 0.5 / math.radians(s.prior_sigma) ** 2
     disc = None
     if prior_shifts_angstrom is not None and s.prior_shift is not None:
         disc = (prior_shifts_angstrom.to(device, torch.float32) / apix, s.prior_shift / apix)
@@ -111,15 +135,23 @@ def local_search(
             scores.append(score_poses(reference, particles, pidx[sl], flat_rots[sl], offsets, flat_centres[sl],
                                       noise=noise))
         table = torch.cat(scores).reshape(b, c * k, -1)  # (B, C*K, T)
-        if cone is not None:  # cos of the angle to the prior = (trace(P^T A') - 1) / 2
-            cos = ((cone[0][:, None] * cand.double()).sum((-2, -1)) - 1) / 2
-            table = table.masked_fill((cos < cone[1] - 1e-9)[..., None], -math.inf)
+        if prior is not None and (cone is not None or gaussian is not None):
+            # cos of the angle to the prior = (trace(P^T A') - 1) / 2
+            cos = ((prior[:, None] * cand.double()).sum((-2, -1)) - 1) / 2
+            if cone is not None:
+                table = table.masked_fill((cos < cone - 1e-9)[..., None], -math.inf)
         if disc is not None:
             away = (centres[:, :, None] + offsets[None, None] - disc[0][:, None, None]).norm(dim=-1)  # (B, C*K, T)
             table = table.masked_fill(away > disc[1] + 1e-4, -math.inf)
         per_rot, t_idx = table.max(dim=-1)  # (B, C*K)
+        objective = per_rot
+        if gaussian is not None:
+            data = per_rot if noise is not None else ncc_log_likelihood(per_rot, reference)
+            theta = torch.arccos(cos.clamp(-1, 1))
+            objective = data - (gaussian * theta**2).to(data.dtype)
         keep = min(s.keep if level < s.levels - 1 else 1, c * k)
-        best_scores, top = per_rot.topk(keep, dim=1)  # (B, keep)
+        _, top = objective.topk(keep, dim=1)  # (B, keep)
+        best_scores = per_rot.gather(1, top)
         rots = cand.gather(1, top[:, :, None, None].expand(-1, -1, 3, 3))
         chosen_t = t_idx.gather(1, top)
         origins = centres.gather(1, top[:, :, None].expand(-1, -1, 2)) + offsets[chosen_t]

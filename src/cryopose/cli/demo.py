@@ -214,6 +214,7 @@ def learning_section(out: Path, true_map: Path, device: str, seed: int, options:
     predicted = pose_error_summary(learn / "predicted" / "particles.star", test_star)
     kept = read_json(learn / "predicted" / "summary.json")["against_input_poses"]
     refined = pose_error_summary(learn / "refined" / "particles.star", test_star)
+    chance = read_json(learn / "refined" / "summary.json")["chance_reasons"]
     n_test = n_sim - int(0.8 * n_sim)
     lines = [
         "## Learning poses, then refining them",
@@ -225,13 +226,15 @@ def learning_section(out: Path, true_map: Path, device: str, seed: int, options:
         f"`cryopose refine` then searched near each predicted pose against the map: median {refined['median_deg']:.1f}°, "
         f"mean {refined['mean_deg']:.1f}°, origins {predicted['origin_median_angstrom']:.1f} -> "
         f"{refined['origin_median_angstrom']:.1f} Å. A few minutes of CPU training gives a start that local refinement "
-        "finishes; longer training (see the README's benchmark) gives a better start.",
+        "finishes; longer training (see the README's benchmark) gives a better start."
+        + (f" Here the refinement said its result looks like chance ({'; '.join(chance)}): the start was too far off."
+           if chance else ""),
         "",
         "![training curve](learning/model/training.png)",
         "",
     ]
     values = {"learning_predicted": predicted, "learning_kept_median_deg": kept["kept_median_deg"],
-              "learning_refined": refined}
+              "learning_refined": refined, "learning_refined_at_chance": bool(chance)}
     return lines, values
 
 

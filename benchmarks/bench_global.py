@@ -133,7 +133,7 @@ def _simulate(tmp: Path, map_path: Path, n: int, seed: int, use_relion: bool) ->
 
 
 def _without_poses(ps: ParticleSet, path: Path) -> Path:
-    write_star(ps._new(ps.table.drop(columns=[c for c in POSE_COLUMNS if c in ps.table.columns])), path)
+    write_star(ps.with_table(ps.table.drop(columns=[c for c in POSE_COLUMNS if c in ps.table.columns])), path)
     return path
 
 

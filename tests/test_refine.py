@@ -440,7 +440,7 @@ def _without_poses(data, path: Path, rows: np.ndarray) -> Path:
     """A star of the particles ``rows`` with CTF but no angles and no origins."""
     table = data["truth"].subset(rows).table.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
                                                            "rlnOriginXAngst", "rlnOriginYAngst"])
-    write_star(data["truth"].subset(rows)._new(table), path)
+    write_star(data["truth"].subset(rows).with_table(table), path)
     return path
 
 
@@ -500,7 +500,7 @@ def test_global_and_local_refusals_are_one_line(data, tmp_path, capsys):
     base = ["refine", "--particles", star, "--map", data["map"], "--out", tmp_path / "out"]
     assert_user_error(base, capsys, "no angles", "--global")
     no_ctf = data["truth"].subset(rows)
-    no_ctf = no_ctf._new(no_ctf.table.drop(columns=["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"]))
+    no_ctf = no_ctf.with_table(no_ctf.table.drop(columns=["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"]))
     write_star(no_ctf, tmp_path / "no_ctf.star")
     assert_user_error(["refine", "--global", "--particles", tmp_path / "no_ctf.star", "--map", data["map"], "--out",
                        tmp_path / "out"], capsys, "CTF", "--no-ctf")

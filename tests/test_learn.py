@@ -136,6 +136,22 @@ def test_forum_estimator_gives_the_head_quaternion_and_dispersions():
     assert torch.allclose(out["lambda_max"], torch.full((3,), 1 - 4.0))
 
 
+def test_forum_default_head_symmetric_a_behind_a_hidden_layer():
+    torch.manual_seed(0)
+    config = {**models.default_network("forum"), **SMALL, "auxiliary_grid": False}
+    assert config["qcqp"] == "symmetric" and config["head_hidden"] == 256
+    model = models.build_estimator(config).eval()
+    with torch.no_grad():
+        model.head[-1].weight.zero_()
+    out = model.predict(torch.randn(3, 1, 16, 16))
+    # the bias is A = diag(1, 2, 3, 4) itself: q = (1, 0, 0, 0), Lambda = (1-4, 1-3, 1-2)
+    assert torch.allclose(out["rotations"], torch.eye(3).expand(3, 3, 3), atol=1e-5)
+    assert torch.allclose(out["lambda_trace"], torch.full((3,), -6.0)) and torch.allclose(out["lambda_max"], torch.full((3,), -1.0))
+    v = torch.arange(10.0)
+    A = so3.symmetric_from_entries(v)
+    assert torch.equal(A, A.T) and torch.equal(A[torch.triu_indices(4, 4).unbind()], v)
+
+
 # ---------------------------------------------------------------------- losses
 def test_curriculum_weights():
     assert losses.curriculum_weights(0.0) == (0.0, 1.0)

@@ -43,15 +43,17 @@ __all__ = ["TrainSettings", "TrainingData", "train_estimator", "predict_poses", 
            "learning_rate_at", "chance_level", "at_chance", "DEFAULT_EPOCHS"]
 
 
-DEFAULT_EPOCHS = 40
-"""Epochs when neither epochs nor minutes are given."""
+DEFAULT_EPOCHS = {"grid": 40, "forum": 100}
+"""Epochs per estimator when neither epochs nor minutes are given: at 32 px on 8,000
+particles, about 10 and 25 minutes on 2 CPU cores (cryo-forum's quaternion head needs more
+epochs than the grid; benchmarks/bench_learn.py)."""
 
 
 @dataclass
 class TrainSettings:
     """How to train. ``epochs``: the length of the schedule; ``minutes``: a time budget
     turned into epochs after the first one (with both, the smaller); neither:
-    ``DEFAULT_EPOCHS``. ``network``: the estimator's config (``model`` "forum" or "grid",
+    ``DEFAULT_EPOCHS`` of the estimator. ``network``: the estimator's config (``model`` "forum" or "grid",
     channels, blur_sigmas, grid_order, degree, auxiliary_grid, dropout)."""
 
     network: dict[str, Any] = field(default_factory=lambda: {"model": "grid"})
@@ -67,7 +69,7 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.minutes is None:
-            self.epochs = DEFAULT_EPOCHS
+            self.epochs = DEFAULT_EPOCHS.get(self.network.get("model"), DEFAULT_EPOCHS["grid"])
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"the number of epochs must be at least 1, not {self.epochs}")
         if self.minutes is not None and not (self.minutes > 0 and math.isfinite(self.minutes)):

@@ -110,9 +110,13 @@ def test_prediction_does_not_depend_on_the_chunk_size(sim, grid_model, tmp_path)
         np.testing.assert_allclose(a[c].to_numpy(float), b[c].to_numpy(float), atol=1e-3)
 
 
-def test_forum_writes_bingham_uncertainty(sim, tmp_path):
-    code, _, err = _train(sim / "particles.star", tmp_path / "forum", "--model", "forum", "--epochs", "1")
+@pytest.mark.parametrize("head", ["default", "paper"])
+def test_forum_writes_bingham_uncertainty(sim, tmp_path, head):
+    extra = ["--paper-head"] if head == "paper" else []
+    code, _, err = _train(sim / "particles.star", tmp_path / "forum", "--model", "forum", "--epochs", "1", *extra)
     assert code == 0, err
+    config = read_model_file(tmp_path / "forum" / "model.pt")["config"]
+    assert (config["head_hidden"], config["qcqp"]) == ((0, "cholesky") if head == "paper" else (256, "symmetric"))
     code, _, err = _run_cli(["predict", "--model", tmp_path / "forum", "--particles", sim / "particles.star",
                              "--out", tmp_path / "pred", "--min-confidence", "0"])
     assert code == 0, err

@@ -137,7 +137,7 @@ def train(particles: PathLike, out: PathLike, model: str = "grid", epochs: int |
           network: dict[str, Any] | None = None, **train_settings: Any) -> dict:
     """Train a pose estimator ("grid" or "forum") on a particle file's poses into ``out``
     (model.pt, training.csv/png, summary.json; with ``halves`` one per half set). Without
-    ``epochs`` or ``minutes`` it trains for ``learn.train.DEFAULT_EPOCHS`` (grid 40, forum
+    ``epochs`` or ``minutes`` it trains for ``learn.train.DEFAULT_EPOCHS`` (grid 60, forum
     100); ``minutes`` sets the number of epochs from the first one's duration. ``network``: extra estimator
     settings (channels, grid_order, degree, blur_sigmas, auxiliary_grid, head_hidden, qcqp;
     defaults: ``learn.models.default_network``); other keywords

@@ -21,7 +21,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               "predict each half with the other half's model, evaluate.")
 @click.option("--model", "kind", type=click.Choice(["grid", "forum"]), default="grid", show_default=True,
               help="With --train: the estimator to train.")
-@click.option("--epochs", type=COUNT, default=None, help="With --train: epochs per half [default: grid 40, forum 100, without --minutes].")
+@click.option("--epochs", type=COUNT, default=None, help="With --train: epochs per half [default: grid 60, forum 100, without --minutes].")
 @click.option("--minutes", type=POSITIVE, default=None,
               help="With --train: time budget per half (its first epoch's duration sets the number of epochs).")
 @click.option("--image-size", type=click.IntRange(min=8), default=32, show_default=True,

@@ -23,7 +23,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="Fraction of the box kept by a centre crop before resizing.")
 @click.option("--ctf-correction", type=click.Choice(["none", "phase_flip", "wiener"]), default="phase_flip",
               show_default=True, help="CTF correction of the images.")
-@click.option("--epochs", type=COUNT, default=None, help="Epochs of the learning-rate schedule [default: grid 40, forum 100, without --minutes].")
+@click.option("--epochs", type=COUNT, default=None, help="Epochs of the learning-rate schedule [default: grid 60, forum 100, without --minutes].")
 @click.option("--minutes", type=POSITIVE, default=None,
               help="Time budget: the first epoch's duration sets the number of epochs (at most --epochs), fixed from then on.")
 @click.option("--val-fraction", default=0.1, type=Number(0, 1, high_open=True), show_default=True,
@@ -36,6 +36,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--grid-order", default=2, type=click.IntRange(1, 3), show_default=True,
               help="HEALPix order of the SO(3) grid (2: 4,608 poses about 15 deg apart).")
 @click.option("--no-auxiliary-grid", is_flag=True, help="forum: train the quaternion head alone (no auxiliary grid loss).")
+@click.option("--paper-head", is_flag=True,
+              help="forum: the paper's head (one linear layer, A = L L^T) instead of a hidden layer and a symmetric A.")
 @click.option("--pair-sampling", type=click.Choice(["random", "stratified"]), default="random", show_default=True,
               help="forum: pairs for the Siamese distance loss.")
 @click.option("--max-shift-augment", default=0.0, type=NON_NEGATIVE, show_default=True,
@@ -45,8 +47,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @force_option
 @device_option
 def command(particles, out, kind, sym, image_size, crop_factor, ctf_correction, epochs, minutes, val_fraction, halves,
-            batch_size, learning_rate, channels, grid_order, no_auxiliary_grid, pair_sampling, max_shift_augment, apix,
-            seed, force, device) -> None:
+            batch_size, learning_rate, channels, grid_order, no_auxiliary_grid, paper_head, pair_sampling, max_shift_augment,
+            apix, seed, force, device) -> None:
     """Train a pose estimator (poses and origins from images) on aligned PARTICLES.
 
     Writes DIR/model.pt (the best epoch by validation median error, with its settings),
@@ -58,7 +60,7 @@ def command(particles, out, kind, sym, image_size, crop_factor, ctf_correction, 
     saved every epoch and an interrupted run resumes. On several GPUs or machines start it
     with torchrun (one process per GPU).
 
-    Example: cryopose train --particles run_data.star --out model --epochs 40
+    Example: cryopose train --particles run_data.star --out model --model forum --minutes 20
     """
     from cryopose.errors import UserError
     from cryopose.geometry.symmetry import normalise_symmetry_name
@@ -76,6 +78,8 @@ def command(particles, out, kind, sym, image_size, crop_factor, ctf_correction, 
         raise UserError(f"--channels {channels!r}: give 1 to 6 positive widths (e.g. 16,32,64,128)")
     dev = resolve_device(device)
     network = {**default_network(kind), "channels": widths, "grid_order": grid_order, "auxiliary_grid": not no_auxiliary_grid}
+    if paper_head:
+        network.update(head_hidden=0, qcqp="cholesky")
     settings = TrainJobSettings(
         train=TrainSettings(network=network, epochs=epochs, minutes=minutes, batch_size=batch_size,
                             learning_rate=learning_rate, symmetry=normalise_symmetry_name(sym),

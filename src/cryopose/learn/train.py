@@ -43,9 +43,9 @@ __all__ = ["TrainSettings", "TrainingData", "train_estimator", "predict_poses", 
            "learning_rate_at", "chance_level", "at_chance", "DEFAULT_EPOCHS"]
 
 
-DEFAULT_EPOCHS = {"grid": 40, "forum": 100}
+DEFAULT_EPOCHS = {"grid": 60, "forum": 100}
 """Epochs per estimator when neither epochs nor minutes are given: at 32 px on 8,000
-particles, about 10 and 25 minutes on 2 CPU cores (cryo-forum's quaternion head needs more
+particles, about 15 and 25 minutes on 2 CPU cores (cryo-forum's quaternion head needs more
 epochs than the grid; benchmarks/bench_learn.py)."""
 
 

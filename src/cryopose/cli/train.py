@@ -94,10 +94,10 @@ def command(particles, out, kind, sym, image_size, crop_factor, ctf_correction, 
         best = m["best"]
         where = f"{out}/{m['name']}" if summary["halves"] else str(out)
         if "val_median_deg" in best:
-            verdict = (f"AT CHANCE LEVEL (random poses: {m['chance_median_deg']:.1f} deg), do not use it" if m["at_chance"]
-                       else f"random poses: {m['chance_median_deg']:.1f} deg")
+            verdict = (f", AT CHANCE LEVEL (random poses: {m['chance_median_deg']:.1f} deg; do not use this model)"
+                       if m["at_chance"] else f" (random poses: {m['chance_median_deg']:.1f} deg)")
             click.echo(f"{m['name']}: {m['epochs']} epochs in {m['training_seconds'] / 60:.1f} min; best epoch {m['best_epoch']}: "
-                       f"validation median {best['val_median_deg']:.1f} deg, mean {best['val_mean_deg']:.1f} deg "
-                       f"({verdict}), origin {best['val_origin_median_angstrom']:.1f} A -> {where}/model.pt")
+                       f"validation median {best['val_median_deg']:.1f} deg, mean {best['val_mean_deg']:.1f} deg{verdict}, "
+                       f"origin {best['val_origin_median_angstrom']:.1f} A -> {where}/model.pt")
         else:
             click.echo(f"{m['name']}: {m['epochs']} epochs in {m['training_seconds'] / 60:.1f} min -> {where}/model.pt")

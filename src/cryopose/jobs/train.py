@@ -220,7 +220,7 @@ def _report_epoch(label: str, state: dict, settings: TrainSettings) -> None:
     still at chance level."""
     epoch, planned = int(state["epoch"]), state.get("planned_epochs")
     if epoch == 1 and settings.minutes is not None and planned is not None:
-        log.info("%s: the first epoch took %.0f s, so the %g-minute budget runs %d epochs (the schedule is fixed in "
+        log.info("%s: the first epoch took %.1f s, so the %g-minute budget runs %d epochs (the schedule is fixed in "
                  "epochs from now on; a busier machine takes longer, not fewer epochs)", label,
                  state["first_epoch_seconds"], settings.minutes, planned)
     if planned and planned >= 4 and epoch == planned // 2 and state.get("at_chance"):

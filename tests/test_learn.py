@@ -3,6 +3,7 @@ the losses, and the training loop (resume is exact)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -135,6 +136,22 @@ def test_forum_estimator_gives_the_head_quaternion_and_dispersions():
     assert torch.allclose(out["lambda_max"], torch.full((3,), 1 - 4.0))
 
 
+def test_forum_default_head_symmetric_a_behind_a_hidden_layer():
+    torch.manual_seed(0)
+    config = {**models.default_network("forum"), **SMALL, "auxiliary_grid": False}
+    assert config["qcqp"] == "symmetric" and config["head_hidden"] == 256
+    model = models.build_estimator(config).eval()
+    with torch.no_grad():
+        model.head[-1].weight.zero_()
+    out = model.predict(torch.randn(3, 1, 16, 16))
+    # the bias is A = diag(1, 2, 3, 4) itself: q = (1, 0, 0, 0), Lambda = (1-4, 1-3, 1-2)
+    assert torch.allclose(out["rotations"], torch.eye(3).expand(3, 3, 3), atol=1e-5)
+    assert torch.allclose(out["lambda_trace"], torch.full((3,), -6.0)) and torch.allclose(out["lambda_max"], torch.full((3,), -1.0))
+    v = torch.arange(10.0)
+    A = so3.symmetric_from_entries(v)
+    assert torch.equal(A, A.T) and torch.equal(A[torch.triu_indices(4, 4).unbind()], v)
+
+
 # ---------------------------------------------------------------------- losses
 def test_curriculum_weights():
     assert losses.curriculum_weights(0.0) == (0.0, 1.0)
@@ -221,8 +238,111 @@ def test_training_lowers_the_loss_and_predicts_every_particle():
     assert np.allclose(np.linalg.det(out["rotations"]), 1.0, atol=1e-4)
 
 
-def test_time_budget_stops_training():
-    ticks = iter(np.arange(0, 10_000, 7.0))  # every clock reading is 7 s later
+def _ticking(step: float):
+    """A clock whose every reading is ``step`` seconds after the last."""
+    readings = itertools.count()
+    return lambda: step * next(readings)
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+def test_the_schedule_counts_epochs_not_the_clock():
+    settings = TrainSettings(network={"model": "grid", **SMALL}, epochs=3, batch_size=32)
+    slow = train_estimator(_toy(), None, settings, clock=_ticking(500.0))  # a machine 10^5 times busier
+    fast = train_estimator(_toy(), None, settings, clock=_ticking(0.005))
+    assert slow["epoch"] == fast["epoch"] == slow["planned_epochs"] == 3
+    assert _same_weights(slow["model"], fast["model"])
+    assert slow["history"][-1]["seconds"] > 1000 * fast["history"][-1]["seconds"]
+    assert [r["learning_rate"] for r in slow["history"]] == [r["learning_rate"] for r in fast["history"]]
+
+
+def test_the_learning_rate_warms_up_over_one_epoch_then_follows_a_cosine():
+    from cryopose.learn.train import learning_rate_at
+
+    assert learning_rate_at(1.0, 0.0, 10) == pytest.approx(0.1)
+    assert learning_rate_at(1.0, 0.5, 10) == pytest.approx(0.55)
+    assert learning_rate_at(1.0, 0.5, None) == learning_rate_at(1.0, 0.5, 3)  # the first epoch needs no length
+    assert learning_rate_at(1.0, 1.0, 10) == pytest.approx(1.0)
+    assert learning_rate_at(1.0, 5.5, 10) == pytest.approx(0.01 + 0.99 * 0.5)  # half way through the cosine
+    assert learning_rate_at(1.0, 10.0, 10) == pytest.approx(0.01)
+
+
+def test_a_time_budget_fixes_the_epochs_after_the_first_and_resumes_exactly():
+    # the first epoch is timed at 15 s (two clock readings): a 1-minute budget plans 4 epochs
     settings = TrainSettings(network={"model": "grid", **SMALL}, minutes=1.0, batch_size=32)
-    state = train_estimator(_toy(), None, settings, clock=lambda: float(next(ticks)))
-    assert state["finished"] and 60.0 <= state["elapsed"] < 90.0
+    budget = train_estimator(_toy(), None, settings, clock=_ticking(15.0))
+    assert budget["first_epoch_seconds"] == 15.0 and budget["planned_epochs"] == budget["epoch"] == 4
+    assert budget["finished"] and budget["elapsed"] == 60.0
+    by_epochs = train_estimator(_toy(), None, TrainSettings(network={"model": "grid", **SMALL}, epochs=4, batch_size=32))
+    assert _same_weights(budget["model"], by_epochs["model"])  # the same as asking for 8 epochs
+    saved = []
+
+    def stop_after_second(state):
+        saved.append(state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_estimator(_toy(), None, settings, on_epoch=stop_after_second, clock=_ticking(15.0))
+    resumed = train_estimator(_toy(), None, settings, state=saved[-1], clock=_ticking(50.0))  # busier after the restart
+    assert resumed["planned_epochs"] == resumed["epoch"] == 4
+    assert _same_weights(budget["model"], resumed["model"])
+    # both: the smaller
+    both = TrainSettings(network={"model": "grid", **SMALL}, minutes=1.0, epochs=3, batch_size=32)
+    assert train_estimator(_toy(), None, both, clock=_ticking(15.0))["epoch"] == 3
+
+
+# ---------------------------------------------------------------------- chance level
+def test_chance_level_of_random_poses_matches_the_formula_and_monte_carlo():
+    from scipy.optimize import brentq
+
+    from cryopose.evaluate.pose_errors import chance_error_quantile
+    from cryopose.geometry.distances import rotation_distance
+
+    exact = brentq(lambda t: t - math.sin(t) - math.pi / 2, 0.0, math.pi)  # C1: P(angle < t) = (t - sin t) / pi
+    assert math.degrees(chance_error_quantile("C1")) == pytest.approx(math.degrees(exact), abs=0.1)
+    assert math.degrees(exact) == pytest.approx(132.35, abs=0.01)
+    g = torch.Generator().manual_seed(5)
+    for sym in ("C4", "C2v"):  # C2v has mirrors: mates J T g depend on the truth T
+        errors = rotation_distance(random_rotations(100_000, g), random_rotations(100_000, g), sym)
+        quartiles = [math.degrees(float(errors.quantile(q))) for q in (0.25, 0.5)]
+        mine = [math.degrees(v) for v in chance_error_quantile(sym, [0.25, 0.5])]
+        assert mine == pytest.approx(quartiles, abs=0.5), sym  # Monte Carlo: about 0.2 deg standard error
+    assert math.degrees(chance_error_quantile("C4")) < 100  # symmetry lowers the chance level
+
+
+def test_chance_threshold_rule():
+    from cryopose.learn.train import at_chance, chance_level
+
+    large, small = chance_level("C1", 100_000), chance_level("C1", 30)
+    assert large["chance_median_deg"] == pytest.approx(132.35, abs=0.1)
+    assert large["chance_threshold_deg"] == pytest.approx(0.9 * large["chance_median_deg"])  # the 10% margin
+    assert small["chance_threshold_deg"] < 0.8 * small["chance_median_deg"]  # 4 standard errors of 30 medians
+    assert at_chance(125.0, large) and not at_chance(100.0, large) and at_chance(float("nan"), large)
+
+
+def _posed_toy(n: int, seed: int, shuffle: bool = False) -> TrainingData:
+    """Images that are a fixed linear function of their pose's matrix (plus a little noise):
+    an estimator can learn them in a few epochs; with the labels shuffled it cannot."""
+    g = torch.Generator().manual_seed(seed)
+    rotations = random_rotations(n, g).float()
+    patterns = torch.randn(9, 8, 8, generator=torch.Generator().manual_seed(99))
+    images = torch.einsum("nk,kyx->nyx", rotations.reshape(n, 9), patterns)[:, None]
+    images = images + 0.1 * torch.randn(images.shape, generator=g)
+    if shuffle:
+        rotations = rotations[torch.randperm(n, generator=g)]
+    return TrainingData(images, rotations, torch.zeros(n, 2), torch.ones(n), 4.0)
+
+
+def test_a_model_that_cannot_learn_is_flagged_at_chance_and_one_that_learns_is_not():
+    settings = TrainSettings(network={"model": "grid", **SMALL}, epochs=6, batch_size=32, learning_rate=1e-2)
+    learned = train_estimator(_posed_toy(256, 0), _posed_toy(64, 1), settings)
+    shuffled = train_estimator(_posed_toy(256, 0, shuffle=True), _posed_toy(64, 1), settings)
+    for state in (learned, shuffled):
+        assert state["chance"]["chance_median_deg"] == pytest.approx(132.35, abs=0.1)
+    assert learned["best_score"] < learned["chance"]["chance_threshold_deg"] and learned["at_chance"] is False
+    assert shuffled["best_score"] > 110 and shuffled["at_chance"] is True
+    assert train_estimator(_posed_toy(64, 0), None, TrainSettings(network={"model": "grid", **SMALL}, epochs=1,
+                                                                   batch_size=32))["at_chance"] is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,9 +110,13 @@ def test_prediction_does_not_depend_on_the_chunk_size(sim, grid_model, tmp_path)
         np.testing.assert_allclose(a[c].to_numpy(float), b[c].to_numpy(float), atol=1e-3)
 
 
-def test_forum_writes_bingham_uncertainty(sim, tmp_path):
-    code, _, err = _train(sim / "particles.star", tmp_path / "forum", "--model", "forum", "--epochs", "1")
+@pytest.mark.parametrize("head", ["default", "paper"])
+def test_forum_writes_bingham_uncertainty(sim, tmp_path, head):
+    extra = ["--paper-head"] if head == "paper" else []
+    code, _, err = _train(sim / "particles.star", tmp_path / "forum", "--model", "forum", "--epochs", "1", *extra)
     assert code == 0, err
+    config = read_model_file(tmp_path / "forum" / "model.pt")["config"]
+    assert (config["head_hidden"], config["qcqp"]) == ((0, "cholesky") if head == "paper" else (256, "symmetric"))
     code, _, err = _run_cli(["predict", "--model", tmp_path / "forum", "--particles", sim / "particles.star",
                              "--out", tmp_path / "pred", "--min-confidence", "0"])
     assert code == 0, err
@@ -155,6 +160,26 @@ def test_a_rerun_with_more_epochs_continues(sim, tmp_path):
     assert code == 0, err
     assert "discarding checkpoint" in err
     assert len(list(csv.DictReader(open(out / "training.csv")))) == 1
+
+
+def test_a_model_trained_on_shuffled_poses_is_flagged_at_chance_by_train_and_predict(sim, tmp_path):
+    ps = read_star(sim / "particles.star")
+    angles = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    shuffled = ps.table[angles].to_numpy()[np.random.default_rng(0).permutation(len(ps))]
+    write_star(ps.with_columns(**{c: shuffled[:, i] for i, c in enumerate(angles)}), sim / "shuffled.star")
+    code, stdout, err = _train(sim / "shuffled.star", tmp_path / "m", "--epochs", "2")
+    assert code == 0, err
+    assert "AT CHANCE LEVEL" in stdout and "has not learned the poses" in err
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())["models"][0]
+    assert summary["at_chance"] is True and summary["chance_median_deg"] == pytest.approx(132.35, abs=0.1)
+    assert summary["best"]["val_median_deg"] > summary["chance_threshold_deg"]
+    meta = read_model_file(tmp_path / "m" / "model.pt")["metadata"]
+    assert meta["at_chance"] is True and meta["chance"]["chance_median_deg"] == pytest.approx(132.35, abs=0.1)
+    code, stdout, err = _run_cli(["predict", "--model", tmp_path / "m", "--particles", sim / "particles.star",
+                                  "--out", tmp_path / "p"])
+    assert code == 0, err
+    assert "did not learn the poses" in err and "chance level" in stdout
+    assert json.loads((tmp_path / "p" / "summary.json").read_text())["models_at_chance"] == [str(tmp_path / "m" / "model.pt")]
 
 
 def test_predict_refuses_particles_of_another_pixel_size(sim, grid_model, tmp_path, capsys):

@@ -4,7 +4,7 @@
 >>> cryopose.simulate("map.mrc", "sim", n=2000, snr=0.1, max_shift=10)
 >>> cryopose.reconstruct_map("sim/particles.star", "rec")["resolution_0143"]
 >>> cryopose.refine_poses("predicted.star", "rec/map.mrc", "refined")["resolution_0143"]
->>> cryopose.train("sim/particles.star", "model", image_size=32, minutes=15)["models"][0]["best"]
+>>> cryopose.train("sim/particles.star", "model", epochs=40)["models"][0]["best"]
 >>> cryopose.predict("model/model.pt", "new/particles.star", "pred", keep_fraction=0.75)
 >>> particles = cryopose.read_particles("sim/particles.star")
 

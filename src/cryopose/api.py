@@ -30,6 +30,7 @@ from cryopose.jobs.simulate import SimulateSettings, run_simulate
 from cryopose.jobs.train import TrainJobSettings, run_train
 from cryopose.jobs.validate import ValidationOptions, run_validate
 from cryopose.learn.dataset import ParticlesDataset
+from cryopose.learn.preprocess import DEFAULT_IMAGE_SIZE
 from cryopose.particles import ParticleSet
 from cryopose.reconstruct.fsc import FSCResult
 
@@ -133,21 +134,22 @@ def refine_poses(particles: PathLike, map_path: PathLike, out: PathLike, half_ma
 
 
 def train(particles: PathLike, out: PathLike, model: str = "grid", epochs: int | None = None, minutes: float | None = None,
-          image_size: int = 64, ctf_correction: str = "phase_flip", sym: str = "C1", halves: bool = False,
+          image_size: int = DEFAULT_IMAGE_SIZE, ctf_correction: str = "phase_flip", sym: str = "C1", halves: bool = False,
           val_fraction: float = 0.1, apix: float | None = None, device: str | torch.device = "cpu",
           network: dict[str, Any] | None = None, **train_settings: Any) -> dict:
     """Train a pose estimator ("grid" or "forum") on a particle file's poses into ``out``
     (model.pt, training.csv/png, summary.json; with ``halves`` one per half set). Without
-    ``epochs`` or ``minutes`` it trains for 20 minutes. ``network``: extra estimator
-    settings (channels, grid_order, degree, blur_sigmas, auxiliary_grid); other keywords
+    ``epochs`` or ``minutes`` it trains for ``learn.train.DEFAULT_EPOCHS`` (grid 60, forum
+    100); ``minutes`` sets the number of epochs from the first one's duration. ``network``: extra estimator
+    settings (channels, grid_order, degree, blur_sigmas, auxiliary_grid, head_hidden, qcqp;
+    defaults: ``learn.models.default_network``); other keywords
     as ``TrainSettings`` (batch_size, learning_rate, pair_sampling, seed). Returns the summary."""
     from cryopose.geometry.symmetry import normalise_symmetry_name
+    from cryopose.learn.models import default_network
     from cryopose.learn.preprocess import ImageSettings
     from cryopose.learn.train import TrainSettings
 
-    if epochs is None and minutes is None:
-        minutes = 20.0
-    net = {"model": model, "blur_sigmas": (1.0, 2.0) if model == "forum" else (), **(network or {})}
+    net = {**default_network(model), **(network or {})}
     settings = TrainJobSettings(train=TrainSettings(network=net, epochs=epochs, minutes=minutes,
                                                     symmetry=normalise_symmetry_name(sym), **train_settings),
                                 image=ImageSettings(image_size=image_size, ctf_correction=ctf_correction),

@@ -21,9 +21,10 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               "predict each half with the other half's model, evaluate.")
 @click.option("--model", "kind", type=click.Choice(["grid", "forum"]), default="grid", show_default=True,
               help="With --train: the estimator to train.")
-@click.option("--epochs", type=COUNT, default=None, help="With --train: epochs at most per half.")
-@click.option("--minutes", type=POSITIVE, default=None, help="With --train: training minutes per half [default: 20 without --epochs].")
-@click.option("--image-size", type=click.IntRange(min=8), default=64, show_default=True,
+@click.option("--epochs", type=COUNT, default=None, help="With --train: epochs per half [default: grid 60, forum 100, without --minutes].")
+@click.option("--minutes", type=POSITIVE, default=None,
+              help="With --train: time budget per half (its first epoch's duration sets the number of epochs).")
+@click.option("--image-size", type=click.IntRange(min=8), default=32, show_default=True,
               help="With --train: side (px) the images are Fourier-cropped to.")
 @click.option("--map", "gt_map", type=_FILE, help="Ground-truth map to compare with [default: (GT0 + GT1)/2 from the truth].")
 @click.option("--mask", type=_FILE, help="Mask for the masked metrics [default: automatic from the ground-truth map].")
@@ -60,7 +61,7 @@ def command(truth, preds, train, kind, epochs, minutes, image_size, gt_map, mask
 
     Example: cryopose evaluate --truth sim/particles.star --pred pred_half1.star --pred pred_half2.star --out eval
 
-    Example: cryopose evaluate --truth sim/particles.star --train --model grid --image-size 32 --minutes 10 --out eval
+    Example: cryopose evaluate --truth sim/particles.star --train --model grid --epochs 30 --out eval
     """
     from cryopose.errors import UserError
     from cryopose.jobs.evaluate import EvaluateSettings, run_evaluate
@@ -78,13 +79,13 @@ def command(truth, preds, train, kind, epochs, minutes, image_size, gt_map, mask
     if train:
         from cryopose.jobs.protocol import run_protocol
         from cryopose.jobs.train import TrainJobSettings
+        from cryopose.learn.models import default_network
         from cryopose.learn.preprocess import ImageSettings
         from cryopose.learn.train import TrainSettings
 
-        network = {"model": kind, "blur_sigmas": (1.0, 2.0) if kind == "forum" else ()}
+        network = default_network(kind)
         training = TrainJobSettings(
-            train=TrainSettings(network=network, epochs=epochs, minutes=20.0 if epochs is None and minutes is None else minutes,
-                                seed=seed),
+            train=TrainSettings(network=network, epochs=epochs, minutes=minutes, seed=seed),
             image=ImageSettings(image_size=image_size, ctf_correction="phase_flip" if ctf else "none"), halves=True)
         with progress_bar("evaluate --train", unit="step") as update:
             m = run_protocol(truth, out, training, settings, gt_map=gt_map, mask=mask, apix=apix, device=dev,

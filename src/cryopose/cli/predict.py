@@ -47,6 +47,8 @@ def command(model, particles, out, keep_fraction, min_confidence, batch_size, ch
     if "against_input_poses" in s:
         a = s["against_input_poses"]
         line += f"; against the input poses: median {a['median_deg']:.1f} deg, mean {a['mean_deg']:.1f} deg"
+    if s["models_at_chance"]:
+        line += " (the model is at chance level: see the warning)"
     click.echo(line)
     if "kept" in s:
         click.echo(f"kept {s['kept']} of {s['n_particles']} in {out}/kept.star")

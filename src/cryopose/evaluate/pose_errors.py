@@ -25,9 +25,11 @@ from dataclasses import dataclass
 
 import torch
 
-from cryopose.geometry.distances import direction_distance_matrices, nearest_symmetry_mate
-from cryopose.geometry.rotations import matrix_to_quaternion
-from cryopose.geometry.symmetry import symmetry_order
+from functools import lru_cache
+
+from cryopose.geometry.distances import direction_distance_matrices, nearest_symmetry_mate, rotation_distance
+from cryopose.geometry.rotations import matrix_to_quaternion, super_fibonacci_rotations
+from cryopose.geometry.symmetry import normalise_symmetry_name, symmetry_order
 
 __all__ = [
     "PoseErrors",
@@ -36,6 +38,7 @@ __all__ = [
     "error_statistics",
     "spearman_correlation",
     "confident_subset_statistics",
+    "chance_error_quantile",
     "EXPECTED_RANDOM_ERROR_C1",
 ]
 
@@ -122,6 +125,39 @@ def error_statistics(
         "rms": float(torch.sqrt((e * e).mean())),
         "fraction_below": {f"{t:g}": float((e < t).double().mean()) for t in thresholds},
     }
+
+
+@lru_cache(maxsize=16)
+def _chance_errors(sym: str, n: int) -> torch.Tensor:
+    """Sorted symmetry-reduced errors (rad) of n evenly spread predictions against n evenly
+    spread truths: point i of a super-Fibonacci sample of SO(3) against point (i k) mod n,
+    k odd near 0.618 n (a rank-1 lattice over the pairs; the truth matters for groups with
+    mirrors, whose mates L_g T R_g are not all T g)."""
+    poses = super_fibonacci_rotations(n)
+    k = int(n * 0.6180339887498949) | 1
+    while math.gcd(k, n) != 1:
+        k += 2
+    truths = poses[(torch.arange(n) * k) % n]
+    per_batch = max(1, _PAIRS_PER_BATCH // symmetry_order(sym))
+    errors = torch.cat([rotation_distance(poses[i:i + per_batch], truths[i:i + per_batch], sym)
+                        for i in range(0, n, per_batch)])
+    return errors.sort().values
+
+
+def chance_error_quantile(sym: str = "C1", quantile: float | Sequence[float] = 0.5, n: int | None = None):
+    """The ``quantile`` (or quantiles) of the angular error (rad; geodesic, minimised over
+    ``sym``) of uniformly random predictions against uniformly random truths: the error of
+    an estimator that learned nothing. C1's median is the root of t - sin t = pi/2
+    (132.35 deg; the error angle has density (1 - cos t)/pi); higher symmetry lowers it.
+    Computed once per group on a deterministic quasi-uniform sample of ``n`` pairs
+    (default 65,536, fewer for groups of more than 16 operators: within about 0.1 deg)."""
+    sym = normalise_symmetry_name(sym)
+    if n is None:
+        n = min(65536, max(8192, 1 << ((_PAIRS_PER_BATCH // symmetry_order(sym)).bit_length() - 1)))
+    errors = _chance_errors(sym, int(n))
+    q = torch.as_tensor(quantile, dtype=torch.float64)
+    values = errors.quantile(q.clamp(0.0, 1.0))
+    return float(values) if values.ndim == 0 else [float(v) for v in values]
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:

@@ -129,8 +129,10 @@ def write_table_csv(path: str | os.PathLike, records: Sequence[dict]) -> None:
             fh.write(",".join(cell(record.get(c)) for c in columns) + "\n")
 
 
-def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, title: str) -> None:
-    """Training loss and validation angular error (median and mean, deg) per epoch."""
+def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, title: str, chance: dict | None = None) -> None:
+    """Training loss and validation angular error (median and mean, deg) per epoch; with
+    ``chance`` ({"chance_median_deg", "chance_threshold_deg"}) the error of random poses and
+    the threshold a learned model's median is below."""
     epochs = [r["epoch"] for r in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     left.plot(epochs, [r.get("train_loss", np.nan) for r in history], "o-", ms=3, label="training loss")
@@ -140,6 +142,9 @@ def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, title
     if any("val_median_deg" in r for r in history):
         right.plot(epochs, [r.get("val_median_deg", np.nan) for r in history], "o-", ms=3, label="median")
         right.plot(epochs, [r.get("val_mean_deg", np.nan) for r in history], "s--", ms=3, label="mean")
+        if chance:
+            right.axhline(chance["chance_median_deg"], color="0.4", lw=1, label="median of random poses")
+            right.axhline(chance["chance_threshold_deg"], color="0.4", lw=1, ls=":", label="learned below this")
         right.set_ylim(bottom=0)
         right.legend()
     else:

@@ -14,6 +14,7 @@ is predicted by the model trained on the other half.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from cryopose.particles import ANGLE_COLUMNS, ORIGIN_ANGST_COLUMNS, ParticleTens
 
 __all__ = ["PredictSettings", "run_predict", "model_files", "load_estimator", "predict_particles", "STORE"]
 
+log = logging.getLogger("cryopose")
 STORE = ".cryopose_predict"
 TRUE_ANGLES = ("cryoposeTrueAngleRot", "cryoposeTrueAngleTilt", "cryoposeTrueAnglePsi")
 TRUE_ORIGINS = ("cryoposeTrueOriginXAngst", "cryoposeTrueOriginYAngst")
@@ -165,6 +167,18 @@ def predict_particles(
     return run_chunks(len(tensors), chunk_size, work, store, progress, executor)
 
 
+def chance_level_warning(payload: dict[str, Any], path: Path) -> str | None:
+    """A warning when ``cryopose train`` found the model at chance level (its metadata's
+    "at_chance"), else None."""
+    meta = payload.get("metadata", {})
+    if not meta.get("at_chance"):
+        return None
+    median = meta.get("validation", {}).get("val_median_deg", math.nan)
+    chance = (meta.get("chance") or {}).get("chance_median_deg", math.nan)
+    return (f"WARNING: model {path} did not learn the poses (its validation median error, {median:.1f} deg, was at "
+            f"chance level: {chance:.1f} deg for random poses); its predictions are no better than random poses")
+
+
 def _cleanup(confidence: np.ndarray, settings: PredictSettings) -> np.ndarray | None:
     if settings.keep_fraction is not None:
         n_keep = max(1, int(round(settings.keep_fraction * len(confidence))))
@@ -204,8 +218,13 @@ def run_predict(
     images = ParticleImages(ps)
     box = images.image_shape[0]
     pixel_size = float(np.median(ps.pixel_size))
+    warnings = []
     for payload, f, _ in payloads:
         _check_compatible(payload, box, pixel_size, f)
+        warning = chance_level_warning(payload, f)
+        if warning:
+            log.warning("%s", warning)
+            warnings.append(warning)
     groups: list[tuple[dict, Path, np.ndarray]] = []
     if len(payloads) == 2:
         if tensors.half_sets is None:
@@ -263,6 +282,8 @@ def run_predict(
             "particles_per_second": n / max(seconds_predict, 1e-9),
             "confidence_median": float(np.median(confidence)),
             "settings": asdict(settings),
+            "models_at_chance": [str(f) for p, f, _ in payloads if chance_level_warning(p, f)],
+            "warnings": warnings,
         }
         if truth is not None:
             errors = angular_errors_deg(torch.from_numpy(rotations), truth, payloads[0][0]["symmetry"]).numpy()

@@ -188,8 +188,9 @@ def _train_one(name: str, idx: np.ndarray, ps, tensors, images: ParticleImages, 
         (out / STORE).mkdir(exist_ok=True)
         checkpoint.save(st)
         write_table_csv(where / "training.csv", st["history"])
-        plot_training_curves(st["history"], where / "training.png", title)
+        plot_training_curves(st["history"], where / "training.png", title, st.get("chance"))
         _write_model(where / "model.pt", st, settings, pixel_size, box, ps, name)
+        _report_epoch(label, st, settings.train)
 
     if stage is not None and ctx.is_main:
         stage(f"training {label}")
@@ -198,10 +199,34 @@ def _train_one(name: str, idx: np.ndarray, ps, tensors, images: ParticleImages, 
         save(state)
     best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] > 0 else {}
     last = state["history"][-1] if state["history"] else {}
+    if ctx.is_main and state.get("at_chance"):
+        log.warning("%s", chance_warning(label, best.get("val_median_deg", math.nan), state["chance"], settings.train.symmetry))
     return {"name": label, "n_train": int(len(train_idx)), "n_validation": int(len(val_idx)),
-            "epochs": int(state["epoch"]), "best_epoch": int(state["best_epoch"]),
+            "epochs": int(state["epoch"]), "planned_epochs": state.get("planned_epochs"), "best_epoch": int(state["best_epoch"]),
             "training_seconds": float(state["elapsed"]), "pixel_size": pixel_size, "image_size": int(prepared.shape[-1]),
-            "best": best, "last": last}
+            **(state.get("chance") or {}), "at_chance": state.get("at_chance"), "best": best, "last": last}
+
+
+def chance_warning(label: str, median_deg: float, chance: dict, sym: str) -> str:
+    """The warning for a model whose best validation median is at chance level."""
+    return (f"WARNING: {label} has not learned the poses: its best validation median error, {median_deg:.1f} deg, is not "
+            f"clearly better than chance ({chance['chance_median_deg']:.1f} deg for random poses in {sym}; a model that "
+            f"learned is below {chance['chance_threshold_deg']:.1f} deg). Do not use its predictions; check the poses "
+            "and --sym of the training particles, or train longer (--epochs) or at another --image-size.")
+
+
+def _report_epoch(label: str, state: dict, settings: TrainSettings) -> None:
+    """Log the schedule once a time budget has set it, and warn halfway through a run
+    still at chance level."""
+    epoch, planned = int(state["epoch"]), state.get("planned_epochs")
+    if epoch == 1 and settings.minutes is not None and planned is not None:
+        log.info("%s: the first epoch took %.1f s, so the %g-minute budget runs %d epochs (the schedule is fixed in "
+                 "epochs from now on; a busier machine takes longer, not fewer epochs)", label,
+                 state["first_epoch_seconds"], settings.minutes, planned)
+    if planned and planned >= 4 and epoch == planned // 2 and state.get("at_chance"):
+        best = state["history"][state["best_epoch"] - 1].get("val_median_deg", math.nan)
+        log.warning("%s: after %d of %d epochs the best validation median error (%.1f deg) is still at chance level "
+                    "(%.1f deg for random poses)", label, epoch, planned, best, state["chance"]["chance_median_deg"])
 
 
 def _write_model(path: Path, state: dict, settings: TrainJobSettings, pixel_size: float, box: int, ps, name: str) -> None:
@@ -211,4 +236,5 @@ def _write_model(path: Path, state: dict, settings: TrainJobSettings, pixel_size
                      {"trained_on": str(ps.source_file) if ps.source_file else None, "half": name or None,
                       "input_box": int(box), "input_pixel_size": float(np.median(ps.pixel_size)),
                       "epochs": int(state["epoch"]), "best_epoch": int(state.get("best_epoch", -1)),
-                      "validation": {k: v for k, v in best.items() if k.startswith("val_")}})
+                      "validation": {k: v for k, v in best.items() if k.startswith("val_")},
+                      "chance": state.get("chance"), "at_chance": state.get("at_chance")})

@@ -28,9 +28,14 @@ from cryopose.imaging.filters import normalise_background
 from cryopose.imaging.fourier import centered_irfft2, centered_rfft2
 from cryopose.imaging.resample import fourier_resize_images
 
-__all__ = ["CTF_CORRECTIONS", "ImageSettings", "cropped_size", "prepared_size", "prepared_pixel_size", "prepare_images"]
+__all__ = ["CTF_CORRECTIONS", "DEFAULT_IMAGE_SIZE", "ImageSettings", "cropped_size", "prepared_size", "prepared_pixel_size", "prepare_images"]
 
 CTF_CORRECTIONS = ("none", "phase_flip", "wiener")
+
+DEFAULT_IMAGE_SIZE = 32
+"""Side (px) the training images are Fourier-cropped to unless told otherwise. At 32 px the
+estimators leave the chance plateau within a few epochs on maps at 1 and 5.7 Å/px; at 64 px
+an epoch costs four times as much and the plateau lasts longer (benchmarks/bench_learn.py)."""
 
 
 @dataclass
@@ -44,7 +49,7 @@ class ImageSettings:
     normalise: normalise the background to mean 0, standard deviation 1.
     """
 
-    image_size: int | None = 64
+    image_size: int | None = DEFAULT_IMAGE_SIZE
     crop_factor: float = 1.0
     ctf_correction: str = "none"
     wiener_snr: float = 1.0

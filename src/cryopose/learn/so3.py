@@ -26,6 +26,7 @@ from cryopose.geometry.symmetry import pose_symmetry_operators
 
 __all__ = [
     "symmetric_from_triangle",
+    "symmetric_from_entries",
     "quaternion_from_symmetric",
     "bingham_dispersions",
     "quaternion_distance",
@@ -45,6 +46,16 @@ def symmetric_from_triangle(v: torch.Tensor) -> torch.Tensor:
     L = v.new_zeros(*v.shape[:-1], 4, 4)
     L[..., _TRIU[0], _TRIU[1]] = v
     return L @ L.transpose(-1, -2)
+
+
+def symmetric_from_entries(v: torch.Tensor) -> torch.Tensor:
+    """10 numbers per row (..., 10) -> the symmetric A (..., 4, 4) with them as its upper
+    triangle (row-major), the lower one mirrored: Peretroukhin et al.'s parameterisation, in
+    which -4 q q^T, whose smallest eigenvector is q, is linear in the entries of q's matrix."""
+    A = v.new_zeros(*v.shape[:-1], 4, 4)
+    A[..., _TRIU[0], _TRIU[1]] = v
+    A[..., _TRIU[1], _TRIU[0]] = v
+    return A
 
 
 def quaternion_from_symmetric(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -414,9 +414,11 @@ def estimator_config_problem(config: dict[str, Any]) -> str | None:
     for key, low, high in (("dropout", 0.0, 0.99), ("gem_p", 1.0, 16.0)):
         if key in config and not _real(config[key], low, high):
             return f"its {key} {config[key]!r} is not a number in [{low}, {high}]"
-    for key, low, high in (("grid_order", 0, 5), ("degree", 1, 12), ("refine_levels", 0, 16)):
+    for key, low, high in (("grid_order", 0, 5), ("degree", 1, 12), ("refine_levels", 0, 16), ("head_hidden", 0, 8192)):
         if key in config and not _whole(config[key], low, high):
             return f"its {key} {config[key]!r} is not a whole number in [{low}, {high}]"
+    if config.get("qcqp", "cholesky") not in ("cholesky", "symmetric"):
+        return f"its qcqp {config['qcqp']!r} is neither cholesky nor symmetric"
     if "auxiliary_grid" in config and not isinstance(config["auxiliary_grid"], bool):
         return f"its auxiliary_grid {config['auxiliary_grid']!r} is not true or false"
     if config["model"] == "grid" or config.get("auxiliary_grid", True):

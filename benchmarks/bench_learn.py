@@ -4,7 +4,8 @@ or learn_heldout.json with ``--heldout``).
 10,000 particles simulated from a map, SNR 0.1, CTF with defocus 1-2.5 µm, origins up to
 ``--max-shift`` Å: by default the bundled map (EMD-1832, 64 px, 5.7 Å/px, origins up to
 10 Å); ``--heldout`` takes the 70S ribosome of ../shared/data/relion_projections_70s
-(64 px, 1.0 Å/px, origins up to 3 Å), a map the defaults were not tuned on; ``--map`` and
+(64 px, taken at 5.0 Å/px as benchmarks/bench_global.py takes it: its header's 1.0 Å/px would make
+the ribosome 46 Å across; origins up to 4 Å), a map the bundled data never show; ``--map`` and
 ``--apix`` any other. Each estimator trains on the first 8,000 (of which the job holds out
 10% for its validation curve) for ``--epochs`` (default: cryopose train's) or a
 ``--minutes`` budget, and predicts the other 2,000, as the commands do (files in, files
@@ -34,7 +35,7 @@ from common import machine, print_table, write_results
 
 from cryopose.evaluate.pose_errors import confident_subset_statistics, error_statistics, pose_errors, spearman_correlation
 from cryopose.io import read_particles, write_star
-from cryopose.io.mrc import ParticleImages
+from cryopose.io.mrc import ParticleImages, read_map, write_map
 from cryopose.jobs.predict import PredictSettings, run_predict
 from cryopose.jobs.refine import RefineSettings, run_refine
 from cryopose.jobs.simulate import SimulateSettings, run_simulate
@@ -71,10 +72,10 @@ def _errors(star: Path, truth) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="1,000 particles, 3 epochs per estimator (a smoke run)")
-    p.add_argument("--heldout", action="store_true", help="the 70S ribosome map at 1 Å/px, origins up to 3 Å")
+    p.add_argument("--heldout", action="store_true", help="the 70S ribosome map at 5 Å/px, origins up to 4 Å")
     p.add_argument("--map", type=Path, default=None, help="map to simulate from [default: the bundled EMD-1832]")
-    p.add_argument("--apix", type=float, default=None, help="pixel size of the map (Å) [default: 5.7, or 1.0 with --heldout]")
-    p.add_argument("--max-shift", type=float, default=None, help="largest origin (Å) [default: 10, or 3 with --heldout]")
+    p.add_argument("--apix", type=float, default=None, help="pixel size of the map (Å) [default: 5.7, or 5.0 with --heldout]")
+    p.add_argument("--max-shift", type=float, default=None, help="largest origin (Å) [default: 10, or 4 with --heldout]")
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per estimator [default: {DEFAULT_EPOCHS}]")
     p.add_argument("--minutes", type=float, default=None, help="a time budget per estimator instead of --epochs")
@@ -87,8 +88,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     map_path = args.map or (HELDOUT_MAP if args.heldout else MAP)
-    apix = args.apix or (1.0 if args.heldout else 5.7)
-    max_shift = args.max_shift if args.max_shift is not None else (3.0 if args.heldout else 10.0)
+    apix = args.apix or (5.0 if args.heldout else 5.7)
+    map_name = map_path.name
+    max_shift = args.max_shift if args.max_shift is not None else (4.0 if args.heldout else 10.0)
     n = args.n or (1000 if args.quick else 10000)
     epochs = args.epochs if args.epochs is not None else (3 if args.quick and not args.minutes else None)
     n_train = int(0.8 * n)
@@ -96,7 +98,10 @@ def main() -> None:
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run_simulate(map_path, tmp / "sim", SimulateSettings(n=n, snr=0.1, defocus=(1.0, 2.5), max_shift=max_shift, apix=apix,
+        volume, _ = read_map(map_path)  # the map taken at ``apix`` (not resampled to it)
+        write_map(tmp / "map.mrc", volume, apix)
+        map_path = tmp / "map.mrc"
+        run_simulate(map_path, tmp / "sim", SimulateSettings(n=n, snr=0.1, defocus=(1.0, 2.5), max_shift=max_shift,
                                                              seed=0), device=args.device)
         everything = read_particles(tmp / "sim" / "particles.star")
         box = int(ParticleImages(everything).image_shape[0])
@@ -143,7 +148,7 @@ def main() -> None:
         "machine": machine(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "setup": {"map": map_path.name, "particles": n, "train": n_train, "test": n - n_train, "box": box, "pixel_size": apix,
+        "setup": {"map": map_name, "particles": n, "train": n_train, "test": n - n_train, "box": box, "pixel_size": apix,
                   "snr": 0.1, "defocus_um": [1.0, 2.5], "max_origin_angstrom": max_shift, "image_size": args.image_size,
                   "epochs": epochs or {k: DEFAULT_EPOCHS[k] for k in args.models}, "minutes_per_estimator": args.minutes, "device": args.device,
                   "ctf_correction": "phase_flip"},

@@ -58,8 +58,9 @@ class CTFParameters:
     def __getitem__(self, index) -> "CTFParameters":
         return CTFParameters(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
-    def to(self, device: torch.device | str) -> "CTFParameters":
-        return CTFParameters(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "CTFParameters":
+        """The parameters on ``device`` and/or as ``dtype`` (e.g. float32 for the image kernels)."""
+        return CTFParameters(**{f.name: getattr(self, f.name).to(device=device, dtype=dtype) for f in fields(self)})
 
 
 def electron_wavelength(voltage_kv: torch.Tensor) -> torch.Tensor:

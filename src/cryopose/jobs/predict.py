@@ -39,14 +39,18 @@ from cryopose.learn.dataset import ParticlesDataset
 from cryopose.learn.models import build_estimator, estimator_config_problem, weights_problem
 from cryopose.learn.preprocess import ImageSettings, prepared_pixel_size, prepared_size
 from cryopose.learn.train import angular_errors_deg, predict_poses
-from cryopose.particles import ANGLE_COLUMNS, ORIGIN_ANGST_COLUMNS, ParticleTensors
+from cryopose.particles import (
+    ANGLE_COLUMNS,
+    ORIGIN_ANGST_COLUMNS,
+    TRUE_ANGLE_COLUMNS,
+    TRUE_ORIGIN_COLUMNS,
+    ParticleTensors,
+)
 
 __all__ = ["PredictSettings", "run_predict", "model_files", "load_estimator", "predict_particles", "STORE"]
 
 log = logging.getLogger("cryopose")
 STORE = ".cryopose_predict"
-TRUE_ANGLES = ("cryoposeTrueAngleRot", "cryoposeTrueAngleTilt", "cryoposeTrueAnglePsi")
-TRUE_ORIGINS = ("cryoposeTrueOriginXAngst", "cryoposeTrueOriginYAngst")
 EXTRA_COLUMNS = {"lambda_max": "cryoposeLambdaMax", "lambda_trace": "cryoposeLambdaTrace",
                  "grid_probability": "cryoposeGridProbability"}
 
@@ -264,9 +268,9 @@ def run_predict(
         keep_truth: dict[str, Any] = {}
         truth = tensors.rotations
         if all(c in table.columns for c in ANGLE_COLUMNS):
-            keep_truth.update({t: table[c].to_numpy() for t, c in zip(TRUE_ANGLES, ANGLE_COLUMNS)})
+            keep_truth.update({t: table[c].to_numpy() for t, c in zip(TRUE_ANGLE_COLUMNS, ANGLE_COLUMNS)})
         if all(c in table.columns for c in ORIGIN_ANGST_COLUMNS):
-            keep_truth.update({t: table[c].to_numpy() for t, c in zip(TRUE_ORIGINS, ORIGIN_ANGST_COLUMNS)})
+            keep_truth.update({t: table[c].to_numpy() for t, c in zip(TRUE_ORIGIN_COLUMNS, ORIGIN_ANGST_COLUMNS)})
         predicted = ps.with_poses(rotations, origins).with_columns(**keep_truth, cryoposeConfidence=confidence, **extras)
         write_star(predicted, out / "particles.star")
         keep = _cleanup(confidence, settings)

@@ -156,7 +156,7 @@ def reconstruct_halves(
     if settings.ctf:
         if tensors.ctf is None:
             raise UserError("the particles have no CTF columns (rlnDefocusU ...); reconstruct without CTF", option="no-ctf")
-        ctf_all = CTFParameters(**{k: v.float() for k, v in vars(tensors.ctf).items()})
+        ctf_all = tensors.ctf.to(dtype=torch.float32)
     n = len(tensors)
     box = images.image_shape[0]
     symmetry = symmetry_matrices(settings.symmetry, dtype=torch.float32, device=device)

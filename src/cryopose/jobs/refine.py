@@ -269,7 +269,7 @@ def _half_images(device: str, part: tuple) -> Iterator[tuple[int, np.ndarray, to
         imgs = torch.as_tensor(images.read(np.arange(len(images))), device=dev)
     finally:
         images.close()
-    ctf = None if rows.ctf is None else CTFParameters(**{k: v.float() for k, v in vars(rows.ctf.to(dev)).items()})
+    ctf = None if rows.ctf is None else rows.ctf.to(dev, torch.float32)
     for h in (1, 2):
         sel = np.nonzero(halves == h)[0]
         if len(sel) > 0:

@@ -20,7 +20,6 @@ import torch
 
 from cryopose.errors import UserError
 from cryopose.geometry.grids import poses_in_asymmetric_unit
-from cryopose.imaging.ctf import CTFParameters
 from cryopose.imaging.projection import FourierVolume, fourier_volume
 from cryopose.imaging.resample import resample_map
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
@@ -203,7 +202,7 @@ def run_simulate(
     with output_folder(out, inputs=inputs, outputs=OUTPUTS, force=force):
         shifts_px = shifts_a / pixel_size
         checkpoint = Checkpoint(out / PROGRESS, signature)
-        ctf_float = None if ctf_params is None else CTFParameters(**{k: v.float() for k, v in vars(ctf_params).items()})
+        ctf_float = None if ctf_params is None else ctf_params.to(dtype=torch.float32)
         shared = _BlockShared(fv, s.snr, s.seed, mask_radius, pixel_size, str(device))
         blocks = -(-n // BLOCK)
 

@@ -138,7 +138,7 @@ def _score_part(shared: _ScoreShared, part: tuple) -> dict[str, np.ndarray]:
     finally:
         images.close()
     ctf = None if rows.ctf is None else rows.ctf.to(device)
-    ctf = None if ctf is None else type(ctf)(**{k: v.float() for k, v in vars(ctf).items()})
+    ctf = None if ctf is None else ctf.to(dtype=torch.float32)
     shifts = rows.shifts_angstrom if rows.rotations is not None else None
     out = score_chunk(shared.gallery, shared.clean_volume, imgs, ctf, rows.rotations, shifts, shared.apix, shared.noise,
                       shared.convention)

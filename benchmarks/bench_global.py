@@ -158,8 +158,8 @@ def _perturbed(ps: ParticleSet, path: Path, seed: int) -> tuple[Path, np.ndarray
 # ----------------------------------------------------------------------------- scoring an arm
 def _errors(result: ParticleSet, truth: ParticleSet, sym: str, subsets: dict[str, np.ndarray] | None = None) -> dict:
     """Errors of ``result`` against ``truth``, the particles matched by image (stack file and index)."""
-    order = {key: i for i, key in enumerate(zip(truth.image_paths, truth.image_indices))}
-    idx = np.array([order[key] for key in zip(result.image_paths, result.image_indices)])
+    order = {(Path(p).name, i): k for k, (p, i) in enumerate(zip(truth.image_paths, truth.image_indices))}
+    idx = np.array([order[(Path(p).name, i)] for p, i in zip(result.image_paths, result.image_indices)])
     if len(set(idx.tolist())) != len(truth):
         raise RuntimeError(f"the result has {len(set(idx.tolist()))} of the {len(truth)} particles")
     got = result.to_tensors(ctf=False)
@@ -219,6 +219,35 @@ def _relion_arm(tmp: Path, star: Path, reference: Path, ini_high: float, diamete
             "iterations": len(list(out.glob("run_it*_data.star"))) - 1}
 
 
+def _relion_earlier_arm(folder: Path, tmp: Path, truth: ParticleSet, true_map: np.ndarray, apix: float, sym: str) -> dict:
+    """The last iteration a RELION run of the same particles left in ``folder`` (run_it*_data.star),
+    scored as the ``relion`` arm is: for a run too long to repeat within one session. Its particles
+    must be this run's (the same stack bytes, checked); its time is the wall time between its first
+    and last files (CPU time unknown)."""
+    import hashlib
+
+    stacks = [folder.parent / "data" / "particles.mrcs", tmp / "data" / "particles.mrcs"]
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None for p in stacks]
+    if digests[0] is None or digests[0] != digests[1]:
+        raise SystemExit(f"{folder}: its particles ({stacks[0]}) are not this run's; run with the same --n and --seed")
+    data = sorted(folder.glob("run_it*_data.star"))
+    if not data:
+        raise SystemExit(f"{folder} has no run_it*_data.star")
+    last = data[-1]
+    it = last.name[len("run_it"):len("run_it") + 3]
+    result = replace(read_particles(last), source_dir=folder.parent)
+    half1, half2 = (folder / f"run_it{it}_half{h}_class001.mrc" for h in (1, 2))
+    full = tmp / "relion_earlier_average.mrc"
+    write_map(full, 0.5 * (read_map(half1)[0] + read_map(half2)[0]), apix)
+    first = min(p.stat().st_mtime for p in folder.glob("run_it000_*"))
+    header = (folder / "run_it000_optimiser.star").read_text().splitlines()
+    command = next((line[2:].strip() for line in header if line.startswith("# --o ")), "unknown")
+    return {"command": "mpirun -np 3 relion_refine_mpi " + command.replace(str(folder.parent), "TMP")
+                       + " (an earlier run of these particles, stopped unfinished)",
+            "cpu_seconds": None, "wall_seconds": round(last.stat().st_mtime - first, 1), **_errors(result, truth, sym),
+            **_maps(half1, half2, full, true_map, apix), "iterations": int(it), "converged": False}
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -233,6 +262,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--model", type=Path, default=None, help="a model.pt: add the arm cryopose predict -> refine")
     p.add_argument("--no-relion", action="store_true", help="skip RELION even where it is installed")
+    p.add_argument("--relion-from", type=Path, default=None,
+                   help="score the last iteration of an earlier RELION run of the same particles in this folder "
+                        "(WORK/relion of a --keep WORK run) instead of running RELION")
     p.add_argument("--arms", default=None, help="comma-separated arms to run [default: all that apply]")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here instead of benchmarks/results/global.json")
     p.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
@@ -241,7 +273,7 @@ def main() -> None:
     has_relion = all(shutil.which(x) for x in ("relion_refine_mpi", "relion_project", "mpirun"))
     arms = args.arms.split(",") if args.arms else (
         ["global", "local"] if args.quick else
-        ["global", "global_1pass", "local", "local_wall", "from_truth"] + (["relion"] if has_relion and not args.no_relion else [])
+        ["global", "global_1pass", "local", "local_wall", "from_truth"] + (["relion"] if (has_relion and not args.no_relion) or args.relion_from else [])
         + (["predict"] if args.model else []))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     torch.set_num_threads(args.threads)
@@ -278,6 +310,8 @@ def main() -> None:
             elif arm == "from_truth":
                 results[arm] = _cryopose_arm(arm, ["--particles", star, *common], tmp / arm, env, truth, volume, apix,
                                              args.sym)
+            elif arm == "relion" and args.relion_from is not None:
+                results[arm] = _relion_earlier_arm(args.relion_from, tmp, truth, volume, apix, args.sym)
             elif arm == "relion":
                 results[arm] = _relion_arm(tmp, ctf_only, tmp / "reference_lowpass.mrc", args.ini_high, 0.9 * box * apix,
                                            args.sym, 5.0, apix, truth, volume, env)

@@ -34,6 +34,10 @@ under 2 deg, median origin error, CPU and wall seconds, the FSC 0.143 of its hal
 of its map against the true map (both by cryopose's FSC, unmasked).
 
     python benchmarks/bench_global.py [--quick] [--n 2000] [--threads 2] [--model model.pt] [--no-relion]
+
+RELION's auto-refine of 2,000 particles takes hours on 2 cores: ``--relion-minutes M`` stops it after
+M minutes and scores its last finished iteration (said in the JSON), and ``--arms relion --merge``
+adds that arm to the results of an earlier run of the cryopose arms on the same data.
 """
 
 from __future__ import annotations
@@ -76,23 +80,57 @@ POSE_COLUMNS = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
 
 
 # ----------------------------------------------------------------------------- running an arm
-def _timed(command: list[str], env: dict, log: Path, cwd: Path | None = None) -> dict:
-    """Run ``command``; its wall seconds and the CPU seconds (user + sys) of it and its children."""
+def _timed(command: list[str], env: dict, log: Path, cwd: Path | None = None, limit_s: float | None = None) -> dict:
+    """Run ``command``; its wall seconds and the CPU seconds (user + sys) of it and its children.
+    With ``limit_s`` the command is stopped (SIGTERM to its process group) after that many seconds
+    and ``stopped`` is True."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
+    stopped = False
     with open(log, "w") as f:
-        proc = subprocess.run(command, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
+        proc = subprocess.Popen(command, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+        polled: dict[int, float] = {}  # CPU seconds of each process of its session, last seen
+        while proc.poll() is None:
+            polled.update(_session_cpu_seconds(proc.pid))
+            if limit_s is not None and time.perf_counter() - t0 > limit_s:
+                stopped = True
+                os.killpg(proc.pid, 15)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
+                break
+            time.sleep(2.0)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not stopped:
         raise RuntimeError(f"{' '.join(map(str, command))} failed ({proc.returncode}); see {log}:\n"
                            + log.read_text()[-2000:])
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1)}
+    # processes stopped by the limit are not all reaped by their parents: then the polled figure counts
+    cpu = max(cpu, sum(polled.values()))
+    return {"cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1), "stopped": stopped}
+
+
+def _session_cpu_seconds(session: int) -> dict[int, float]:
+    """CPU seconds (user + sys) of each live process of ``session``, from /proc (Linux; else empty)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # fields after the name: state ppid pgrp session ... utime(11) stime(12)
+            found[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
 
 
 def _cryopose(args: list, env: dict, log: Path) -> dict:
-    return _timed([sys.executable, "-m", "cryopose", *map(str, args)], env, log)
+    timing = _timed([sys.executable, "-m", "cryopose", *map(str, args)], env, log)
+    del timing["stopped"]
+    return timing
 
 
 # ----------------------------------------------------------------------------- data
@@ -200,7 +238,7 @@ def _cryopose_arm(name: str, args: list, out: Path, env: dict, truth: ParticleSe
 
 
 def _relion_arm(tmp: Path, star: Path, reference: Path, ini_high: float, diameter: float, sym: str, max_shift: float,
-                apix: float, truth: ParticleSet, true_map: np.ndarray, env: dict) -> dict:
+                apix: float, truth: ParticleSet, true_map: np.ndarray, env: dict, limit_minutes: float | None) -> dict:
     out = tmp / "relion"
     out.mkdir()
     step = max_shift / apix / 2
@@ -211,12 +249,36 @@ def _relion_arm(tmp: Path, star: Path, reference: Path, ini_high: float, diamete
                "--healpix_order", "2", "--auto_local_healpix_order", "4", "--offset_range", f"{max_shift / apix:g}",
                "--offset_step", f"{step:g}", "--sym", sym, "--low_resol_join_halves", "40", "--norm", "--scale",
                "--j", "1"]
-    timing = _timed(command, env, tmp / "relion.log", cwd=tmp)  # RELION resolves image names from where it runs
-    result = replace(read_particles(out / "run_data.star"), source_dir=tmp)
-    return {"command": " ".join(command).replace(str(tmp), "TMP"), **timing, **_errors(result, truth, sym),
-            **_maps(out / "run_half1_class001_unfil.mrc", out / "run_half2_class001_unfil.mrc", out / "run_class001.mrc",
-                    true_map, apix),
-            "iterations": len(list(out.glob("run_it*_data.star"))) - 1}
+    # RELION resolves image names from where it runs
+    timing = _timed(command, env, tmp / "relion.log", cwd=tmp, limit_s=None if limit_minutes is None else 60 * limit_minutes)
+    stopped = timing.pop("stopped")
+    described = " ".join(command).replace(str(tmp), "TMP")
+    if stopped:
+        described += f" (stopped after {limit_minutes:g} min, unfinished: its last iteration is scored)"
+    return {"command": described, **timing, **_relion_iteration(out, tmp, truth, true_map, apix, sym, final=not stopped)}
+
+
+def _relion_iteration(folder: Path, tmp: Path, truth: ParticleSet, true_map: np.ndarray, apix: float, sym: str,
+                      final: bool) -> dict:
+    """Scores of a RELION run in ``folder``: its final output (``final``), else its last finished iteration
+    (run_itNNN_*; the map scored against the truth is then the average of the two half maps)."""
+    if final:
+        result = replace(read_particles(folder / "run_data.star"), source_dir=tmp)
+        return {**_errors(result, truth, sym),
+                **_maps(folder / "run_half1_class001_unfil.mrc", folder / "run_half2_class001_unfil.mrc",
+                        folder / "run_class001.mrc", true_map, apix),
+                "iterations": len(list(folder.glob("run_it*_data.star"))) - 1, "converged": True}
+    data = sorted(folder.glob("run_it*_data.star"))
+    if len(data) < 2:
+        raise SystemExit(f"{folder}: RELION finished no iteration; give it more time (--relion-minutes)")
+    last = data[-1]
+    it = last.name[len("run_it"):len("run_it") + 3]
+    result = replace(read_particles(last), source_dir=tmp)
+    half1, half2 = (folder / f"run_it{it}_half{h}_class001.mrc" for h in (1, 2))
+    full = tmp / "relion_last_average.mrc"
+    write_map(full, 0.5 * (read_map(half1)[0] + read_map(half2)[0]), apix)
+    return {**_errors(result, truth, sym), **_maps(half1, half2, full, true_map, apix), "iterations": int(it),
+            "converged": False}
 
 
 def _relion_earlier_arm(folder: Path, tmp: Path, truth: ParticleSet, true_map: np.ndarray, apix: float, sym: str) -> dict:
@@ -230,22 +292,15 @@ def _relion_earlier_arm(folder: Path, tmp: Path, truth: ParticleSet, true_map: n
     digests = [hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None for p in stacks]
     if digests[0] is None or digests[0] != digests[1]:
         raise SystemExit(f"{folder}: its particles ({stacks[0]}) are not this run's; run with the same --n and --seed")
-    data = sorted(folder.glob("run_it*_data.star"))
-    if not data:
-        raise SystemExit(f"{folder} has no run_it*_data.star")
-    last = data[-1]
-    it = last.name[len("run_it"):len("run_it") + 3]
-    result = replace(read_particles(last), source_dir=folder.parent)
-    half1, half2 = (folder / f"run_it{it}_half{h}_class001.mrc" for h in (1, 2))
-    full = tmp / "relion_earlier_average.mrc"
-    write_map(full, 0.5 * (read_map(half1)[0] + read_map(half2)[0]), apix)
+    final = (folder / "run_data.star").exists()
+    scores = _relion_iteration(folder, folder.parent, truth, true_map, apix, sym, final=final)
+    files = list(folder.glob("run_*"))
     first = min(p.stat().st_mtime for p in folder.glob("run_it000_*"))
     header = (folder / "run_it000_optimiser.star").read_text().splitlines()
     command = next((line[2:].strip() for line in header if line.startswith("# --o ")), "unknown")
     return {"command": "mpirun -np 3 relion_refine_mpi " + command.replace(str(folder.parent), "TMP")
-                       + " (an earlier run of these particles, stopped unfinished)",
-            "cpu_seconds": None, "wall_seconds": round(last.stat().st_mtime - first, 1), **_errors(result, truth, sym),
-            **_maps(half1, half2, full, true_map, apix), "iterations": int(it), "converged": False}
+                       + " (an earlier run of these particles)" + ("" if final else ", stopped unfinished"),
+            "cpu_seconds": None, "wall_seconds": round(max(p.stat().st_mtime for p in files) - first, 1), **scores}
 
 
 # ----------------------------------------------------------------------------- main
@@ -265,7 +320,11 @@ def main() -> None:
     p.add_argument("--relion-from", type=Path, default=None,
                    help="score the last iteration of an earlier RELION run of the same particles in this folder "
                         "(WORK/relion of a --keep WORK run) instead of running RELION")
+    p.add_argument("--relion-minutes", type=float, default=None,
+                   help="stop RELION after this many minutes and score its last finished iteration [default: no limit]")
     p.add_argument("--arms", default=None, help="comma-separated arms to run [default: all that apply]")
+    p.add_argument("--merge", action="store_true",
+                   help="add these arms to the results JSON already written (same data, checked) instead of replacing it")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here instead of benchmarks/results/global.json")
     p.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
     args = p.parse_args()
@@ -314,7 +373,7 @@ def main() -> None:
                 results[arm] = _relion_earlier_arm(args.relion_from, tmp, truth, volume, apix, args.sym)
             elif arm == "relion":
                 results[arm] = _relion_arm(tmp, ctf_only, tmp / "reference_lowpass.mrc", args.ini_high, 0.9 * box * apix,
-                                           args.sym, 5.0, apix, truth, volume, env)
+                                           args.sym, 5.0, apix, truth, volume, env, args.relion_minutes)
             elif arm == "predict":
                 timing = _cryopose(["predict", "--model", args.model, "--particles", ctf_only, "--out", tmp / "predicted",
                                     "--device", args.device], env, tmp / "predict.log")
@@ -345,6 +404,21 @@ def main() -> None:
         "settings": {"ini_high": args.ini_high, "relion": "relion_refine_mpi 3.1, mpirun -np 3 (2 workers), --j 1"},
         "arms": results,
     }
+    target = args.out or Path(__file__).parent / "results" / "global.json"
+    if args.merge and target.exists():
+        import json
+
+        earlier = json.loads(target.read_text())
+        if earlier["data"] != result["data"]:
+            raise SystemExit(f"{target} holds another data set; run with its --n, --seed and --map, or without --merge")
+        earlier.setdefault("runs", [{key: earlier[key] for key in ("machine", "load_average_before",
+                                                                    "load_average_after", "total_wall_seconds")
+                                     } | {"arms": list(earlier["arms"])}])
+        earlier["runs"].append({key: result[key] for key in ("machine", "load_average_before", "load_average_after",
+                                                              "total_wall_seconds")} | {"arms": list(results)})
+        earlier["arms"].update(results)
+        result = earlier
+        results = result["arms"]
     rows = []
     for name, r in results.items():
         rows.append({"arm": name, "median (deg)": r["median_deg"], "mean (deg)": r["mean_deg"], "< 2 deg": r["under_2_deg"],

@@ -240,6 +240,30 @@ def test_a_stale_checkpoint_is_discarded(small_sim, tmp_path, capsys, monkeypatc
     assert np.allclose(a, b, atol=1e-5 * np.abs(b).max())
 
 
+def test_reconstruct_reports_the_canonical_symmetry_and_resumes_across_spellings(small_sim, tmp_path, capsys,
+                                                                                monkeypatch):
+    import cryopose.jobs.reconstruct as rec
+
+    monkeypatch.setattr(rec, "CHECKPOINT_SECONDS", -1.0)
+    original = rec.insert_images
+    calls = {"n": 0}
+
+    def interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rec, "insert_images", interrupt)
+    args = ["reconstruct", small_sim / "particles.star", "--chunk-size", "8", "--out", tmp_path]
+    code, _, _ = run([*args, "--sym", "c2"], capsys)
+    assert code == 130 and (tmp_path / rec.CHECKPOINT).exists()
+    monkeypatch.setattr(rec, "insert_images", original)
+    code, _, err = run([*args, "--sym", "C2"], capsys)
+    assert code == 0 and "resuming" in err and "discarding" not in err, err
+    assert json.loads((tmp_path / "summary.json").read_text())["symmetry"] == "C2"
+
+
 def test_simulate_sym_draws_in_asymmetric_unit(tmp_path, capsys):
     import torch
 

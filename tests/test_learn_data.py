@@ -200,8 +200,8 @@ def _particles(small_map, angles: bool = True, n: int = N):
 def test_dataset_items(small_map):
     pset, images = _particles(small_map)
     settings = ImageSettings(image_size=16, ctf_correction="phase_flip")
-    ds = ParticlesDataset(images, pset.to_tensors(), settings, sym="c1")
-    assert len(ds) == N and ds.image_size == 16 and ds.sym == "C1"
+    ds = ParticlesDataset(images, pset.to_tensors(), settings, symmetry="c1")
+    assert len(ds) == N and ds.image_size == 16 and ds.symmetry == "C1"
     assert ds.pixel_size == pytest.approx(small_map[1] * 2)
     item = ds[2]
     shapes = {"image": (1, 16, 16), "rotation": (3, 3), "quaternion": (4,), "origin": (2,), "confidence": (),

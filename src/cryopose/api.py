@@ -9,6 +9,7 @@ reconstruct and validate jobs are ``reconstruct_map`` and ``validate_alignment``
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from cryopose.align.map_alignment import MapAlignmentSettings
 from cryopose.align.projection_matching import MatchSettings
+from cryopose.geometry.symmetry import Symmetry
 from cryopose.io import read_particles
 from cryopose.io.mrc import ParticleImages, read_map, write_map
 from cryopose.io.star import write_star
@@ -53,6 +55,16 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
+
+
+def _symmetry(symmetry: str, sym: str | None, function: str) -> Symmetry:
+    """``symmetry``, or the deprecated ``sym`` (a DeprecationWarning; kept for one release)."""
+    if sym is None:
+        return Symmetry(symmetry)
+    warnings.warn(f"{function}(sym=...) is deprecated; use symmetry=...", DeprecationWarning, stacklevel=3)
+    if symmetry != "C1" and Symmetry(symmetry) != Symmetry(sym):
+        raise TypeError(f"{function}() got symmetry={symmetry!r} and sym={sym!r}; give symmetry only")
+    return Symmetry(sym)
 
 
 def write_particles(particles: ParticleSet, path: PathLike, version: str = "3.1") -> None:
@@ -134,24 +146,25 @@ def refine_poses(particles: PathLike, map_path: PathLike, out: PathLike, half_ma
 
 
 def train(particles: PathLike, out: PathLike, model: str = "grid", epochs: int | None = None, minutes: float | None = None,
-          image_size: int = DEFAULT_IMAGE_SIZE, ctf_correction: str = "phase_flip", sym: str = "C1", halves: bool = False,
-          val_fraction: float = 0.1, apix: float | None = None, device: str | torch.device = "cpu",
-          network: dict[str, Any] | None = None, **train_settings: Any) -> dict:
+          image_size: int = DEFAULT_IMAGE_SIZE, ctf_correction: str = "phase_flip", symmetry: str = "C1",
+          halves: bool = False, val_fraction: float = 0.1, apix: float | None = None,
+          device: str | torch.device = "cpu", network: dict[str, Any] | None = None, sym: str | None = None,
+          **train_settings: Any) -> dict:
     """Train a pose estimator ("grid" or "forum") on a particle file's poses into ``out``
     (model.pt, training.csv/png, summary.json; with ``halves`` one per half set). Without
     ``epochs`` or ``minutes`` it trains for ``learn.train.DEFAULT_EPOCHS`` (grid 60, forum
     100); ``minutes`` sets the number of epochs from the first one's duration. ``network``: extra estimator
     settings (channels, grid_order, degree, blur_sigmas, auxiliary_grid, head_hidden, qcqp;
     defaults: ``learn.models.default_network``); other keywords
-    as ``TrainSettings`` (batch_size, learning_rate, pair_sampling, seed). Returns the summary."""
-    from cryopose.geometry.symmetry import normalise_symmetry_name
+    as ``TrainSettings`` (batch_size, learning_rate, pair_sampling, seed). ``symmetry``: the
+    particles' point group (``sym``: its deprecated name). Returns the summary."""
     from cryopose.learn.models import default_network
     from cryopose.learn.preprocess import ImageSettings
     from cryopose.learn.train import TrainSettings
 
     net = {**default_network(model), **(network or {})}
     settings = TrainJobSettings(train=TrainSettings(network=net, epochs=epochs, minutes=minutes,
-                                                    symmetry=normalise_symmetry_name(sym), **train_settings),
+                                                    symmetry=_symmetry(symmetry, sym, "train"), **train_settings),
                                 image=ImageSettings(image_size=image_size, ctf_correction=ctf_correction),
                                 val_fraction=val_fraction, halves=halves)
     return run_train(Path(particles), Path(out), settings, apix=apix, device=device)
@@ -178,17 +191,19 @@ def load_estimator(model: PathLike, device: str | torch.device = "cpu") -> torch
 
 
 def particles_dataset(particles: PathLike, image_size: int | None = 64, ctf_correction: str = "none",
-                      crop_factor: float = 1.0, sym: str = "C1", augment: bool = False, apix: float | None = None,
-                      seed: int = 0) -> ParticlesDataset:
+                      crop_factor: float = 1.0, symmetry: str = "C1", augment: bool = False,
+                      apix: float | None = None, seed: int = 0, *, sym: str | None = None) -> ParticlesDataset:
     """A PyTorch Dataset over a RELION STAR and its stacks (images read on demand; safe with
     DataLoader workers): each item holds the prepared image (1, s, s), pose matrix and
     quaternion, origin (Å), confidence, CTF parameters, half set and index. ``augment``
-    adds random in-plane rotations with exactly updated poses."""
+    adds random in-plane rotations with exactly updated poses. ``symmetry``: the particles'
+    point group (``sym``: its deprecated name)."""
     from cryopose.learn.augment import AugmentSettings
     from cryopose.learn.preprocess import ImageSettings
 
+    group = _symmetry(symmetry, sym, "particles_dataset")
     ps = read_particles(Path(particles), apix)
     tensors = ps.to_tensors(ctf=ctf_correction != "none")
     return ParticlesDataset(ParticleImages(ps), tensors,
                             ImageSettings(image_size=image_size, crop_factor=crop_factor, ctf_correction=ctf_correction),
-                            augment=AugmentSettings() if augment else None, sym=sym, seed=seed)
+                            augment=AugmentSettings() if augment else None, symmetry=group, seed=seed)

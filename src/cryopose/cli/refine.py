@@ -50,11 +50,10 @@ def command(particles, map_path, half_maps, out, global_search, ini_high, initia
 
     Example: cryopose refine --global --particles ctf_only.star --map initial_model.mrc --out refined
     """
-    from cryopose.geometry.symmetry import normalise_symmetry_name
     from cryopose.jobs.refine import RefineSettings, run_refine
 
     dev = resolve_device(device)
-    settings = RefineSettings(symmetry=normalise_symmetry_name(sym), sigma_angle=sigma_angle, search_angle=search_angle,
+    settings = RefineSettings(symmetry=sym, sigma_angle=sigma_angle, search_angle=search_angle,
                               prior=prior, max_shift=max_shift, iterations=iterations, score=score, ctf=not no_ctf,
                               seed=seed, chunk_size=chunk_size, initial_reference=initial_reference, ini_high=ini_high,
                               global_search=global_search, global_passes=global_passes, global_sampling=global_sampling)

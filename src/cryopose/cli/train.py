@@ -63,7 +63,6 @@ def command(particles, out, kind, sym, image_size, crop_factor, ctf_correction, 
     Example: cryopose train --particles run_data.star --out model --model forum --minutes 20
     """
     from cryopose.errors import UserError
-    from cryopose.geometry.symmetry import normalise_symmetry_name
     from cryopose.jobs.train import TrainJobSettings, run_train
     from cryopose.learn.augment import AugmentSettings
     from cryopose.learn.models import default_network
@@ -82,7 +81,7 @@ def command(particles, out, kind, sym, image_size, crop_factor, ctf_correction, 
         network.update(head_hidden=0, qcqp="cholesky")
     settings = TrainJobSettings(
         train=TrainSettings(network=network, epochs=epochs, minutes=minutes, batch_size=batch_size,
-                            learning_rate=learning_rate, symmetry=normalise_symmetry_name(sym),
+                            learning_rate=learning_rate, symmetry=sym,
                             pair_sampling=pair_sampling, seed=seed),
         image=ImageSettings(image_size=image_size, crop_factor=crop_factor, ctf_correction=ctf_correction),
         augment=AugmentSettings(in_plane=True, max_shift_angstrom=max_shift_augment),

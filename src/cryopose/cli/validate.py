@@ -40,12 +40,11 @@ def command(maps, particles, out, angular_sampling, max_shift, resolution, xi, s
     Example: cryopose validate --map run_class001.mrc --particles run_data.star --sym C4 --out val
     """
     from cryopose.align.projection_matching import MatchSettings
-    from cryopose.geometry.symmetry import normalise_symmetry_name
     from cryopose.jobs.validate import ValidationOptions, run_validate
 
     dev = resolve_device(device)
     match = MatchSettings(angular_sampling=angular_sampling, max_shift=max_shift, resolution=resolution, xi=xi,
-                          symmetry=normalise_symmetry_name(sym), ctf_references=ctf_references)
+                          symmetry=sym, ctf_references=ctf_references)
     opts = ValidationOptions(match=match, noise_draws=noise_draws, precision_threshold=precision_threshold,
                              accuracy_threshold=accuracy_threshold, convention=convention, seed=seed, chunk_size=chunk_size)
     with progress_bar("validate") as update:

@@ -27,6 +27,10 @@ direction d with -M d. ``proper_symmetry_matrices`` gives the det +1 subgroup;
 ``direction_symmetry_matrices`` gives the rotations {R} u {-M} that act on viewing
 directions (equal to the proper subgroup for chiral groups, which are the usual case).
 RELION symmetrises reconstructions with the full group.
+
+``Symmetry(name)`` parses and checks a user's name once and is its canonical spelling (a
+``str``), so settings hold a group that is known to be valid and every function below that
+takes ``name: str`` takes it. Parses and groups are cached per name.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import torch
 from cryopose.errors import UserError
 
 __all__ = [
+    "Symmetry",
     "symmetry_matrices",
     "proper_symmetry_matrices",
     "direction_symmetry_matrices",
@@ -79,7 +84,8 @@ def _mirror(normal) -> np.ndarray:
 # are generated from RELION's 2-fold and 5-fold alone (they generate the whole group);
 # RELION's 3-fold (listed in ICOSAHEDRAL_3FOLD_AXES) is a member of the result, to the 1e-8
 # accuracy of its decimals for I3/I4.
-_ICOS = {
+_Element = tuple  # ("rot", fold, axis) | ("mirror", normal) | ("inversion",)
+_ICOS: dict[str, list[_Element]] = {
     "I2": [("rot", 2, (0, 0, 1)), ("rot", 5, (1, 0, _PHI))],
     "I1": [("rot", 2, (1, 0, 0)), ("rot", 5, (_PHI, 0, -1))],
     "I3": [("rot", 2, (-1, 0, _PHI)), ("rot", 5, (0, 0, 1))],
@@ -92,17 +98,16 @@ ICOSAHEDRAL_3FOLD_AXES = {
     "I4": (0.4911234778630044, 0.3568220764705179, 0.7946544753759428),
 }
 _ICOS_MIRROR = {"I2": (1, 0, 0), "I1": (0, 0, -1), "I3": (_PHI, 0, 1), "I4": (_PHI, 0, -1)}
-_T = [("rot", 3, (0, 0, 1)), ("rot", 2, (0, math.sqrt(2 / 3), math.sqrt(1 / 3)))]
-_O = [("rot", 3, (1, 1, 1)), ("rot", 4, (0, 0, 1))]
+_T: list[_Element] = [("rot", 3, (0, 0, 1)), ("rot", 2, (0, math.sqrt(2 / 3), math.sqrt(1 / 3)))]
+_O: list[_Element] = [("rot", 3, (1, 1, 1)), ("rot", 4, (0, 0, 1))]
 
 
-def normalise_symmetry_name(name: str) -> str:
-    """Canonical spelling of a symmetry name (upper case, I -> I2, IH -> I2H).
+def normalise_symmetry_name(name: str) -> Symmetry:
+    """Canonical spelling of a symmetry name (upper case, I -> I2, IH -> I2H): ``Symmetry(name)``.
 
     Raises UserError for a name RELION does not know.
     """
-    _generators(str(name))  # validates
-    return _canonical(str(name))
+    return Symmetry(name)
 
 
 def _canonical(name: str) -> str:
@@ -114,11 +119,12 @@ def _canonical(name: str) -> str:
     return s
 
 
-def _bad(name: str) -> UserError:
-    return UserError(f"unknown symmetry {name!r}; valid forms: {VALID_SYMMETRY_FORMS}")
+def _bad(name: object) -> UserError:
+    return UserError(f"unknown symmetry {name!r}; give a RELION point group (valid forms: {VALID_SYMMETRY_FORMS})",
+                     option="sym")
 
 
-def _generators(name: str) -> list:
+def _generators(name: str) -> list[_Element]:
     s = _canonical(name)
     m = re.fullmatch(r"([CDS])(\d+)([VH]?)", s)
     if m:
@@ -129,7 +135,7 @@ def _generators(name: str) -> list:
             if suffix or n % 2:
                 raise _bad(name)
             return [("rot", n // 2, (0, 0, 1)), ("inversion",)]
-        elems = [("rot", n, (0, 0, 1))]
+        elems: list[_Element] = [("rot", n, (0, 0, 1))]
         if kind == "D":
             elems.append(("rot", 2, (1, 0, 0)))
             if suffix == "V":
@@ -163,6 +169,72 @@ def _generators(name: str) -> list:
             elems.append(("mirror", _ICOS_MIRROR[m.group(1)]))
         return elems
     raise _bad(name)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(name: str) -> str:
+    """Canonical spelling of a valid name (each spelling parsed once); UserError otherwise."""
+    _generators(name)
+    return _canonical(name)
+
+
+def _canonical_name(name: str) -> str:
+    """The canonical spelling of ``name``; a ``Symmetry`` already is one."""
+    if isinstance(name, Symmetry):
+        return name
+    if not isinstance(name, str):
+        raise _bad(name)
+    return _parse(name)
+
+
+class Symmetry(str):
+    """A point group, as its canonical RELION name: ``Symmetry("d7") == "D7"``, ``Symmetry("i") == "I2"``.
+
+    Constructing it parses and checks the name once (UserError, a ValueError, for a name
+    RELION does not know). It is a ``str``: it compares, hashes, prints and goes into JSON as
+    its canonical name, pickles (settings shipped to Dask workers), and is taken wherever a
+    symmetry name is. ``Symmetry(Symmetry("D7"))`` is the same object.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, name: str = "C1") -> Symmetry:
+        if isinstance(name, Symmetry):
+            return name
+        return super().__new__(cls, _canonical_name(name))
+
+    def __repr__(self) -> str:
+        return f"Symmetry({str(self)!r})"
+
+    def __reduce__(self) -> tuple[type[Symmetry], tuple[str]]:
+        return Symmetry, (str(self),)
+
+    def __copy__(self) -> Symmetry:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Symmetry:
+        return self
+
+    @property
+    def matrices(self) -> torch.Tensor:
+        """All operators, float64 (G, 3, 3), identity first (``symmetry_matrices``); a new tensor on
+        each access (the group itself is computed once per name), so changing it changes nothing else."""
+        return symmetry_matrices(self)
+
+    @property
+    def proper_matrices(self) -> torch.Tensor:
+        """The rotation (det +1) subgroup, float64 (G+, 3, 3), identity first; a new tensor on each access."""
+        return proper_symmetry_matrices(self)
+
+    @property
+    def order(self) -> int:
+        """Number of operators of the full group (proper and improper)."""
+        return symmetry_order(self)
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the group is C1 (no symmetry)."""
+        return self == "C1"
 
 
 def _close(generators: list[np.ndarray], tol: float = 1e-6) -> np.ndarray:
@@ -218,10 +290,11 @@ def symmetry_matrices(
 ) -> torch.Tensor:
     """All operators of the point group ``name`` (RELION name, any case), shape (G, 3, 3).
 
-    Identity first. Improper groups include their det -1 elements (mirrors, inversion).
+    Identity first. Improper groups include their det -1 elements (mirrors, inversion). The
+    name is parsed and the group built once per name; each call returns a new tensor.
+    Raises UserError for a name RELION does not know.
     """
-    _generators(str(name))  # raises UserError for unknown names
-    return _to_torch(_group(_canonical(str(name))), dtype, device)
+    return _to_torch(_group(_canonical_name(name)), dtype, device)
 
 
 def proper_symmetry_matrices(
@@ -253,8 +326,7 @@ def direction_symmetry_matrices(
     O, I...) this is the proper subgroup; for improper ones it is a rotation group
     isomorphic to the point group modulo {I, -I}. Identity first.
     """
-    _generators(str(name))
-    return _to_torch(_direction_group(_canonical(str(name))), dtype, device)
+    return _to_torch(_direction_group(_canonical_name(name)), dtype, device)
 
 
 def pose_symmetry_operators(
@@ -273,5 +345,4 @@ def pose_symmetry_operators(
 
 def symmetry_order(name: str) -> int:
     """Number of operators in the full group ``name`` (proper and improper)."""
-    _generators(str(name))
-    return int(_group(_canonical(str(name))).shape[0])
+    return int(_group(_canonical_name(name)).shape[0])

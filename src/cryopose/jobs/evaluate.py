@@ -48,7 +48,7 @@ from cryopose.evaluate import (
     pose_errors,
     spearman_correlation,
 )
-from cryopose.geometry.symmetry import normalise_symmetry_name
+from cryopose.geometry.symmetry import Symmetry
 from cryopose.imaging.filters import soft_mask_from_map
 from cryopose.io import read_particles
 from cryopose.io.checkpoints import Checkpoint, file_identity
@@ -102,7 +102,7 @@ STAGES = ("gt", "pred")
 class EvaluateSettings:
     """Settings of an evaluation.
 
-    symmetry: RELION point group of the errors and reconstructions; reconstruct: False
+    symmetry: RELION point group of the errors and reconstructions (a str becomes a ``Symmetry``); reconstruct: False
     computes the pose errors only; ctf: CTF-weighted reconstruction; seed: of the random
     half split when no half sets are known; chunk_size: particles read and inserted at a
     time (results do not depend on it); thresholds: angular errors (deg) whose fractions
@@ -124,7 +124,7 @@ class EvaluateSettings:
     mask_soft_edge: float = 8.0
 
     def __post_init__(self) -> None:
-        self.symmetry = normalise_symmetry_name(self.symmetry)
+        self.symmetry = Symmetry(self.symmetry)
         self.thresholds = tuple(float(t) for t in self.thresholds)
         if int(self.chunk_size) < 1:
             raise UserError(f"the chunk size must be at least 1, got {self.chunk_size}", option="chunk-size")
@@ -381,12 +381,12 @@ def evaluate_predictions(
                 **{kind: {pair: [float(v) for v in r.fsc] for pair, r in c.fsc.items()} for kind, c in comparisons.items()},
             },
         }
-        maps = {"gt_half1": gt1, "gt_half2": gt2, "pred_half1": v1, "pred_half2": v2, "pred": 0.5 * (v1 + v2)}
+        volumes = {"gt_half1": gt1, "gt_half2": gt2, "pred_half1": v1, "pred_half2": v2, "pred": 0.5 * (v1 + v2)}
         if gt_given is None:
-            maps["gt"] = gt
+            volumes["gt"] = gt
         if mask_given is None:
-            maps["mask"] = mask_t
-        maps = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in maps.items()}
+            volumes["mask"] = mask_t
+        maps = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in volumes.items()}
         metrics["seconds_reconstruction"] = t_rec
     metrics["seconds_pose_errors"] = t_pose
     metrics["seconds"] = time.perf_counter() - t0

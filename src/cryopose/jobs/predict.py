@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from cryopose.errors import UserError
-from cryopose.geometry.symmetry import normalise_symmetry_name
+from cryopose.geometry.symmetry import Symmetry
 from cryopose.io import read_particles
 from cryopose.io.atomic import write_json_atomic
 from cryopose.io.checkpoints import ChunkStore, discard, file_identity
@@ -106,7 +106,7 @@ def load_estimator(payload: dict[str, Any], device: torch.device | str = "cpu", 
             problem = f"its image settings {payload['image_settings']!r} are not cryopose's"
     if problem is None:
         try:
-            normalise_symmetry_name(payload["symmetry"])
+            Symmetry(payload["symmetry"])
         except UserError:
             problem = f"its symmetry {payload['symmetry']!r} is not a RELION point group"
     if problem is None:
@@ -134,7 +134,7 @@ def _predict_chunk(shared: tuple, part: tuple) -> dict[str, np.ndarray]:
     payload, device, batch_size = shared
     images, tensors = part
     settings = ImageSettings(**payload["image_settings"])
-    dataset = ParticlesDataset(images, tensors, settings, sym=payload["symmetry"])
+    dataset = ParticlesDataset(images, tensors, settings, symmetry=payload["symmetry"])
     prepared = dataset.prepare_all(len(dataset))
     model = _cached_model(payload, torch.device(device))
     return predict_poses(model, prepared, dataset.pixel_size, batch_size, device)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cryopose.errors import UserError
-from cryopose.geometry.symmetry import symmetry_matrices
+from cryopose.geometry.symmetry import Symmetry, symmetry_matrices
 from cryopose.imaging.ctf import CTFParameters
 from cryopose.io.atomic import write_json_atomic
 from cryopose.io.checkpoints import Checkpoint, file_identity
@@ -48,14 +48,18 @@ CHECKPOINT_SECONDS = 30.0
 
 @dataclass
 class ReconstructSettings:
-    """symmetry: RELION group name; ctf: CTF-weighted insertion; seed: of the random half-set
-    split when the particles have no rlnRandomSubset; chunk_size: particles read and
-    inserted at a time (the maps do not depend on it)."""
+    """symmetry: RELION group name (a str becomes a ``Symmetry``: UserError for an unknown
+    name); ctf: CTF-weighted insertion; seed: of the random half-set split when the particles
+    have no rlnRandomSubset; chunk_size: particles read and inserted at a time (the maps do
+    not depend on it)."""
 
     symmetry: str = "C1"
     ctf: bool = True
     seed: int = 0
     chunk_size: int = 256
+
+    def __post_init__(self) -> None:
+        self.symmetry = Symmetry(self.symmetry)
 
 
 @dataclass
@@ -244,7 +248,6 @@ def run_reconstruct(
     ps = read_particles(particles, apix=apix)
     if len(ps) == 0:
         raise UserError(f"{particles} has no particles; nothing to reconstruct")
-    symmetry_matrices(settings.symmetry)  # validate the name before any work
     tensors = ps.to_tensors(ctf=settings.ctf)
     if tensors.rotations is None:
         raise UserError(f"{particles} has no angles (rlnAngleRot/Tilt/Psi); reconstruction needs poses")

@@ -71,7 +71,7 @@ from cryopose.align.scoring import (
 )
 from cryopose.errors import UserError
 from cryopose.geometry.rotations import geodesic_distance, random_rotations
-from cryopose.geometry.symmetry import symmetry_matrices
+from cryopose.geometry.symmetry import Symmetry
 from cryopose.imaging.ctf import CTFParameters
 from cryopose.imaging.filters import filter_shells, lowpass_volume
 from cryopose.io import read_particles
@@ -182,7 +182,7 @@ class RefineSettings:
         if self.global_search and self.initial_reference == "poses":
             raise UserError("a global search starts from the map, not from poses; drop the initial reference "
                             "from poses", option="initial-reference")
-        symmetry_matrices(self.symmetry)  # a bad name fails here, before any work
+        self.symmetry = Symmetry(self.symmetry)  # a bad name fails here, before any work
 
     def check(self, box: int, pixel_size: float) -> None:
         """UserError for settings that do not fit particles of ``box`` px at ``pixel_size`` Å."""

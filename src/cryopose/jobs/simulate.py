@@ -20,6 +20,7 @@ import torch
 
 from cryopose.errors import UserError
 from cryopose.geometry.grids import poses_in_asymmetric_unit
+from cryopose.geometry.symmetry import Symmetry
 from cryopose.imaging.projection import FourierVolume, fourier_volume
 from cryopose.imaging.resample import resample_map
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
@@ -57,7 +58,7 @@ class SimulateSettings:
     """n particles (ignored with ``from_star``) at ``snr`` (inf: no noise); CTF with defocus
     uniform in ``defocus`` (µm, underfocus) and ``voltage`` kV, ``cs`` mm,
     ``amplitude_contrast``; origins uniform in a disc of ``max_shift`` Å; poses uniform on
-    SO(3), moved into the asymmetric unit of ``symmetry``; the map resampled to ``apix``
+    SO(3), moved into the asymmetric unit of ``symmetry`` (a str becomes a ``Symmetry``); the map resampled to ``apix``
     Å/px and cropped/padded to ``box`` px (None: as it is); SNR measured inside a circle of
     ``particle_diameter`` Å (None: 0.8 of the box); ``from_star``: take poses, origins and
     CTF from this star file instead."""
@@ -82,6 +83,7 @@ class SimulateSettings:
             return UserError(what, option=option)
 
         finite = math.isfinite
+        self.symmetry = Symmetry(self.symmetry)
         if self.from_star is None and (self.n is None or int(self.n) < 1):
             raise bad("give the number of particles (a positive integer) or a star file to take poses from", "n")
         if math.isnan(self.snr) or self.snr <= 0:

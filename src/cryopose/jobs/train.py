@@ -161,7 +161,7 @@ def _train_one(name: str, idx: np.ndarray, ps, tensors, images: ParticleImages, 
     if ctx.is_main and name:
         where.mkdir(exist_ok=True)
     subset = tensors[idx]
-    dataset = ParticlesDataset(images.take(idx), subset, settings.image, sym=settings.train.symmetry)
+    dataset = ParticlesDataset(images.take(idx), subset, settings.image, symmetry=settings.train.symmetry)
     if stage is not None and ctx.is_main:
         stage(f"preparing {len(idx)} images ({label})")
     prepared = dataset.prepare_all(settings.chunk_size)

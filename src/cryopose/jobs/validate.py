@@ -25,6 +25,7 @@ import torch
 
 from cryopose.align.projection_matching import Gallery, MatchSettings, build_gallery
 from cryopose.errors import UserError
+from cryopose.geometry.symmetry import Symmetry
 from cryopose.imaging.projection import FourierVolume, fourier_volume
 from cryopose.io.atomic import write_json_atomic
 from cryopose.io.checkpoints import ChunkStore, discard, file_identity
@@ -68,7 +69,8 @@ class ValidationOptions:
     ``match`` holds the search (its ``max_shift`` None means 10% of the box in Å, its
     ``xi`` None means 7, or 6 with the xmipp convention); the noise references are drawn
     once per run from ``seed`` with ``noise_draws`` draws; ``chunk_size`` particles are read
-    and searched at a time (results do not depend on it).
+    and searched at a time (results do not depend on it). The search's symmetry becomes a
+    ``Symmetry`` (UserError for an unknown name).
     """
 
     match: MatchSettings = field(default_factory=MatchSettings)
@@ -80,6 +82,7 @@ class ValidationOptions:
     chunk_size: int = 64
 
     def __post_init__(self) -> None:
+        self.match = replace(self.match, symmetry=Symmetry(self.match.symmetry))
         if self.convention not in sc.CONVENTIONS:
             raise UserError(f"unknown convention {self.convention!r}; use paper or xmipp", option="convention")
         for name, low in (("noise_draws", 1), ("chunk_size", 1)):

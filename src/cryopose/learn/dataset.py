@@ -27,6 +27,7 @@ An item (``dataset[i]``) is a dict of tensors:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ from torch.utils.data import Dataset
 
 from cryopose.errors import UserError
 from cryopose.geometry.rotations import matrix_to_quaternion
-from cryopose.geometry.symmetry import normalise_symmetry_name
+from cryopose.geometry.symmetry import Symmetry
 from cryopose.learn.augment import AugmentDraw, AugmentSettings, apply_augmentation, draw_augmentation
 from cryopose.learn.preprocess import ImageSettings, prepare_images, prepared_pixel_size, prepared_size
 
@@ -60,8 +61,9 @@ class ParticlesDataset(Dataset):
         tensors: the particles' ``ParticleTensors`` (one pixel size for all).
         settings: how images are prepared.
         augment: random augmentation of every item, or None.
-        sym: the symmetry group of the particles (RELION's name), kept for the losses.
+        symmetry: the symmetry group of the particles (RELION's name), kept for the losses.
         seed: seed of the augmentation.
+        sym: the deprecated name of ``symmetry`` (a DeprecationWarning; kept for one release).
     """
 
     def __init__(
@@ -70,9 +72,16 @@ class ParticlesDataset(Dataset):
         tensors: Any,
         settings: ImageSettings,
         augment: AugmentSettings | None = None,
-        sym: str = "C1",
+        symmetry: str = "C1",
         seed: int = 0,
+        *,
+        sym: str | None = None,
     ) -> None:
+        if sym is not None:
+            warnings.warn("ParticlesDataset(sym=...) is deprecated; use symmetry=...", DeprecationWarning, stacklevel=2)
+            if symmetry != "C1" and Symmetry(symmetry) != Symmetry(sym):
+                raise TypeError(f"ParticlesDataset() got symmetry={symmetry!r} and sym={sym!r}; give symmetry only")
+            symmetry = sym
         n = len(tensors)
         if len(images) != n:
             raise UserError(f"the image source has {len(images)} images for {n} particles; give one image per particle")
@@ -94,7 +103,7 @@ class ParticlesDataset(Dataset):
         self.augment = augment
         self.seed = int(seed)
         self.epoch = 0
-        self._sym = normalise_symmetry_name(sym)
+        self._symmetry = Symmetry(symmetry)
         self._box = box
         self._input_pixel_size = float(apix[0])
         self._size = prepared_size(box, settings)  # raises UserError for an image size too large
@@ -128,9 +137,15 @@ class ParticlesDataset(Dataset):
         return self._pixel_size
 
     @property
-    def sym(self) -> str:
-        """The particles' symmetry group (RELION's canonical name)."""
-        return self._sym
+    def symmetry(self) -> Symmetry:
+        """The particles' symmetry group."""
+        return self._symmetry
+
+    @property
+    def sym(self) -> Symmetry:
+        """Deprecated name of :attr:`symmetry` (kept for one release)."""
+        warnings.warn("ParticlesDataset.sym is deprecated; use .symmetry", DeprecationWarning, stacklevel=2)
+        return self._symmetry
 
     @property
     def has_poses(self) -> bool:
@@ -151,11 +166,11 @@ class ParticlesDataset(Dataset):
             ctf = self._ctf[torch.from_numpy(idx)]
         return prepare_images(raw, ctf, self._input_pixel_size, self.settings)
 
-    def _draw(self, idx: np.ndarray) -> AugmentDraw:
+    def _draw(self, idx: np.ndarray, augment: AugmentSettings) -> AugmentDraw:
         draws = []
         for i in idx.tolist():
             generator = torch.Generator().manual_seed(_item_seed(self.seed, self.epoch, i))
-            draws.append(draw_augmentation(1, self._size, self.augment, generator))
+            draws.append(draw_augmentation(1, self._size, augment, generator))
         return AugmentDraw.cat(draws)
 
     def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> dict:
@@ -171,7 +186,8 @@ class ParticlesDataset(Dataset):
         rotations = self._rotations[t].to(device)
         origins = self._origins[t].to(device)
         if self.augment is not None:
-            images, rotations, origins = apply_augmentation(images, rotations, origins, self._pixel_size, self._draw(idx))
+            images, rotations, origins = apply_augmentation(images, rotations, origins, self._pixel_size,
+                                                           self._draw(idx, self.augment))
         return {
             "image": images.to(torch.float32),
             "rotation": rotations.to(torch.float32),

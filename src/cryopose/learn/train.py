@@ -35,6 +35,7 @@ from cryopose.errors import UserError
 from cryopose.evaluate.pose_errors import chance_error_quantile
 from cryopose.geometry.distances import rotation_distance
 from cryopose.geometry.rotations import matrix_to_quaternion
+from cryopose.geometry.symmetry import Symmetry
 from cryopose.learn.distributed import DistributedContext
 from cryopose.learn.losses import forum_loss, grid_cross_entropy, grid_targets, origin_loss, pair_indices
 from cryopose.learn.models import build_estimator
@@ -54,7 +55,8 @@ class TrainSettings:
     """How to train. ``epochs``: the length of the schedule; ``minutes``: a time budget
     turned into epochs after the first one (with both, the smaller); neither:
     ``DEFAULT_EPOCHS`` of the estimator. ``network``: the estimator's config (``model`` "forum" or "grid",
-    channels, blur_sigmas, grid_order, degree, auxiliary_grid, dropout)."""
+    channels, blur_sigmas, grid_order, degree, auxiliary_grid, dropout). ``symmetry``: the
+    particles' point group (a str becomes a ``Symmetry``)."""
 
     network: dict[str, Any] = field(default_factory=lambda: {"model": "grid"})
     epochs: int | None = None
@@ -68,6 +70,7 @@ class TrainSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.symmetry = Symmetry(self.symmetry)
         if self.epochs is None and self.minutes is None:
             self.epochs = DEFAULT_EPOCHS.get(self.network.get("model"), DEFAULT_EPOCHS["grid"])
         if self.epochs is not None and self.epochs < 1:

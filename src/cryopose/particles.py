@@ -23,8 +23,8 @@ from cryopose.errors import UserError
 from cryopose.geometry.rotations import euler_to_matrix, matrix_to_euler
 from cryopose.imaging.ctf import CTFParameters
 
-__all__ = ["ParticleSet", "ParticleTensors", "ANGLE_COLUMNS", "ORIGIN_ANGST_COLUMNS", "ORIGIN_PX_COLUMNS", "OPTICS_COLUMNS",
-           "TRUE_ANGLE_COLUMNS", "TRUE_ORIGIN_COLUMNS", "CONFIDENCE_COLUMN"]
+__all__ = ["ParticleSet", "ParticleTensors", "ANGLE_COLUMNS", "ORIGIN_ANGST_COLUMNS", "ORIGIN_PX_COLUMNS",
+           "OPTICS_COLUMNS", "TRUE_ANGLE_COLUMNS", "TRUE_ORIGIN_COLUMNS", "CONFIDENCE_COLUMN"]
 
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 ORIGIN_ANGST_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
@@ -308,6 +308,7 @@ class ParticleSet:
             if col in self.table.columns:
                 out[key] = self.finite_columns([col])[:, 0]
             else:
+                assert default is not None  # the columns without a default were checked above
                 out[key] = np.full(n, float(default), dtype=np.float64)
         self.reject_rows(out["voltage"] <= 0, "rlnVoltage", out["voltage"], "not positive", "give the voltage in kV")
         return out
@@ -366,7 +367,8 @@ class ParticleSet:
 
     def _whole_numbers(self, column: str) -> np.ndarray:
         values = self._column(column)
-        self.reject_rows(~np.isfinite(values) | (values != np.round(values)), column, values, "not a whole number", "fix")
+        self.reject_rows(~np.isfinite(values) | (values != np.round(values)), column, values, "not a whole number",
+                         "fix")
         return values.astype(np.int64)
 
     def confidence(self) -> np.ndarray:
@@ -500,7 +502,8 @@ class ParticleSet:
         particles["rlnOpticsGroup"] = np.ones(n, dtype=np.int64)
         table = pd.DataFrame(particles)
         for name, values in (extra_columns or {}).items():
-            table[name] = np.broadcast_to(np.asarray(values), (n,)).copy() if np.ndim(values) == 0 else np.asarray(values)
+            table[name] = (np.broadcast_to(np.asarray(values), (n,)).copy() if np.ndim(values) == 0
+                           else np.asarray(values))
         optics_df = pd.DataFrame(optics)
         merged = table.merge(optics_df, on="rlnOpticsGroup", how="left")
         pset = cls(table=merged, optics=optics_df, extra_blocks={}, source_dir=None)

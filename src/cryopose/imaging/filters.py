@@ -23,7 +23,7 @@ def radial_distance(size: int, ndim: int = 2, device=None, dtype=torch.float32) 
     """Distance (px) of each pixel/voxel from the box centre N//2, shape (N,)*ndim."""
     ax = torch.arange(size, device=device, dtype=dtype) - size // 2
     grids = torch.meshgrid(*([ax] * ndim), indexing="ij")
-    return torch.sqrt(sum(g**2 for g in grids))
+    return torch.sqrt(sum((g**2 for g in grids[1:]), grids[0] ** 2))
 
 
 def _soft_edge(r: torch.Tensor, radius: float, edge_width: float) -> torch.Tensor:
@@ -33,12 +33,14 @@ def _soft_edge(r: torch.Tensor, radius: float, edge_width: float) -> torch.Tenso
     return 0.5 * (1 + torch.cos(math.pi * t))
 
 
-def soft_circular_mask(size: int, radius: float, edge_width: float = 3.0, device=None, dtype=torch.float32) -> torch.Tensor:
+def soft_circular_mask(size: int, radius: float, edge_width: float = 3.0, device=None,
+                       dtype=torch.float32) -> torch.Tensor:
     """Circular mask (N, N): 1 inside ``radius`` px, raised-cosine edge ``edge_width`` px wide."""
     return _soft_edge(radial_distance(size, 2, device, dtype), radius, edge_width)
 
 
-def soft_spherical_mask(size: int, radius: float, edge_width: float = 3.0, device=None, dtype=torch.float32) -> torch.Tensor:
+def soft_spherical_mask(size: int, radius: float, edge_width: float = 3.0, device=None,
+                        dtype=torch.float32) -> torch.Tensor:
     """Spherical mask (N, N, N): 1 inside ``radius`` px, raised-cosine edge."""
     return _soft_edge(radial_distance(size, 3, device, dtype), radius, edge_width)
 

@@ -43,7 +43,8 @@ def rfft2_frequencies(
     """
     ky = torch.fft.fftfreq(size, d=pixel_size, device=device, dtype=dtype)
     kx = torch.fft.rfftfreq(size, d=pixel_size, device=device, dtype=dtype)
-    return torch.meshgrid(ky, kx, indexing="ij")
+    gy, gx = torch.meshgrid(ky, kx, indexing="ij")
+    return gy, gx
 
 
 def rfftn_frequencies(
@@ -55,7 +56,8 @@ def rfftn_frequencies(
     """Frequencies (kz, ky, kx), each (N, N, N//2+1), of the half transform of an N^3 volume."""
     k = torch.fft.fftfreq(size, d=pixel_size, device=device, dtype=dtype)
     kx = torch.fft.rfftfreq(size, d=pixel_size, device=device, dtype=dtype)
-    return torch.meshgrid(k, k, kx, indexing="ij")
+    gz, gy, gx = torch.meshgrid(k, k, kx, indexing="ij")
+    return gz, gy, gx
 
 
 def radial_shell_index(size: int, ndim: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -68,5 +70,5 @@ def radial_shell_index(size: int, ndim: int, device: torch.device | str | None =
         if ndim == 2
         else rfftn_frequencies(size, 1.0 / size, device, torch.float64)
     )
-    radius = torch.sqrt(sum(g**2 for g in grids))
+    radius = torch.sqrt(sum((g**2 for g in grids[1:]), grids[0] ** 2))
     return torch.round(radius).long()

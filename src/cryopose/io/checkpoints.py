@@ -112,7 +112,8 @@ class ChunkStore:
                 old = None
             if old != self.signature:
                 self.restarted_because = _differences(old, self.signature)
-                log.info("discarding finished chunks in %s: the run's %s changed", self.folder, ", ".join(self.restarted_because))
+                log.info("discarding finished chunks in %s: the run's %s changed", self.folder,
+                         ", ".join(self.restarted_because))
                 shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(sig_file, self.signature)
@@ -135,7 +136,8 @@ class ChunkStore:
         """Store the results of particles [start, stop) (each array has stop - start rows)."""
         with atomic_path(self._path(start, stop)) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+                payload: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+                np.savez(fh, **payload)
 
     def load(self, start: int, stop: int) -> dict[str, np.ndarray] | None:
         """The stored results of particles [start, stop), or None when the file is not a

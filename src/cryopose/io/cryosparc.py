@@ -148,19 +148,22 @@ def read_cryosparc(path: str | os.PathLike, apix: float | None = None) -> Partic
         _set_origins(table, cs, "alignments2D", pixel, path)
 
     return ParticleSet(
-        table=table, optics=None, extra_blocks={}, source_dir=locate_image_folder(table, path), source_file=path.resolve()
+        table=table, optics=None, extra_blocks={}, source_dir=locate_image_folder(table, path),
+        source_file=path.resolve(),
     )
 
 
 def _set_origins(table: pd.DataFrame, cs: np.ndarray, kind: str, pixel: np.ndarray | None, path: Path) -> None:
-    if f"{kind}/shift" not in cs.dtype.names:
+    fields = cs.dtype.names or ()  # a structured array (checked by the reader)
+    if f"{kind}/shift" not in fields:
         return
     shift_px = _f64(cs[f"{kind}/shift"]).reshape(len(cs), 2)
-    if f"{kind}/psize_A" in cs.dtype.names:
+    if f"{kind}/psize_A" in fields:
         scale = _f64(cs[f"{kind}/psize_A"])
     elif pixel is not None:
         scale = pixel
     else:
-        raise UserError(f"{path} has shifts in pixels but no pixel size (blob/psize_A); give the pixel size", option="apix")
+        raise UserError(f"{path} has shifts in pixels but no pixel size (blob/psize_A); give the pixel size",
+                        option="apix")
     table["rlnOriginXAngst"] = shift_px[:, 0] * scale
     table["rlnOriginYAngst"] = shift_px[:, 1] * scale

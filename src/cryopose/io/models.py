@@ -54,11 +54,13 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     if not p.exists():
         raise UserError(f"model file {p} does not exist; train one with cryopose train")
     if not p.is_file():
-        raise UserError(f"{p} is not a regular file (a device, pipe or socket); give the model.pt that cryopose train wrote")
+        raise UserError(f"{p} is not a regular file (a device, pipe or socket); give the model.pt that cryopose "
+                        "train wrote")
     try:
         payload = load_tensor_file(p)
     except UnreadableFile as exc:
-        raise UserError(f"{p} is not a cryopose model file: {exc}; give the model.pt that cryopose train wrote") from None
+        raise UserError(f"{p} is not a cryopose model file: {exc}; give the model.pt that cryopose train "
+                        "wrote") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise UserError(f"{p} is not a cryopose model file (it holds no {MODEL_FORMAT}); give the model.pt that "
                         "cryopose train wrote")

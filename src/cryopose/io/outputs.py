@@ -103,18 +103,22 @@ class OutputFolder:
     # ------------------------------------------------------------------ set-up
     def _make(self) -> None:
         if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"output path {self.path} exists and is not a folder; choose another output folder", option="out")
+            raise UserError(f"output path {self.path} exists and is not a folder; choose another output folder",
+                            option="out")
         for source in self.inputs:
             if _same_file(self.path, source):
-                raise UserError(f"the output folder {self.path} is an input; choose another output folder", option="out")
+                raise UserError(f"the output folder {self.path} is an input; choose another output folder",
+                                option="out")
         if not self.path.exists():
             try:
                 self.path.mkdir(parents=True)
             except OSError as exc:
-                raise UserError(f"cannot create the output folder {self.path} ({exc.strerror}); choose another one", option="out") from None
+                raise UserError(f"cannot create the output folder {self.path} ({exc.strerror}); choose another one",
+                                option="out") from None
             self.created = True
         if not os.access(self.path, os.W_OK | os.X_OK):
-            raise UserError(f"cannot write into the output folder {self.path} (permission denied); choose another one", option="out")
+            raise UserError(f"cannot write into the output folder {self.path} (permission denied); choose another one",
+                            option="out")
         manifest = self.path / MANIFEST
         if manifest.is_file():
             try:
@@ -139,11 +143,13 @@ class OutputFolder:
                     continue
                 raise UserError(
                     f"another cryopose run (pid {other.get('pid', '?')} on {other.get('host', '?')}: "
-                    f"{other.get('command', '?')}) is writing into {self.path}; wait for it or choose another output folder",
+                    f"{other.get('command', '?')}) is writing into {self.path}; wait for it or choose another output "
+                    "folder",
                     option="out",
                 ) from None
             except OSError as exc:
-                raise UserError(f"cannot write into the output folder {self.path} ({exc.strerror}); choose another one", option="out") from None
+                raise UserError(f"cannot write into the output folder {self.path} ({exc.strerror}); choose another one",
+                                option="out") from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             return

@@ -163,7 +163,8 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
         table = particles.copy()
 
     pset = ParticleSet(
-        table=table, optics=optics, extra_blocks=blocks, source_dir=locate_image_folder(table, path), source_file=path.resolve(),
+        table=table, optics=optics, extra_blocks=blocks, source_dir=locate_image_folder(table, path),
+        source_file=path.resolve(),
         particle_block=block_name, star_blocks=tuple(block_name if n == particle_name else n for n in order),
     )
     if apix is not None and pset.pixel_size_or_none() is None:
@@ -177,7 +178,8 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
             apix_arr = pset.pixel_size_or_none()
             if apix_arr is None:
                 raise UserError(
-                    f"{path} has origins in pixels (rlnOriginX/Y) but no pixel size (rlnImagePixelSize); give the pixel size",
+                    f"{path} has origins in pixels (rlnOriginX/Y) but no pixel size (rlnImagePixelSize); "
+                    "give the pixel size",
                     option="apix",
                 )
             position = table.columns.get_loc(ORIGIN_PX_COLUMNS[0])
@@ -220,17 +222,19 @@ def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
         apix = pset.pixel_size_or_none()
         if apix is not None:
             table["rlnImagePixelSize"] = apix
-    table = table.drop(columns=[c for c in ("rlnMagnification", "rlnDetectorPixelSize", "rlnPixelSize") if c in table.columns])
+    table = table.drop(columns=[c for c in ("rlnMagnification", "rlnDetectorPixelSize", "rlnPixelSize")
+                                if c in table.columns])
     if "rlnImageDimensionality" not in table.columns and ("rlnImageSize" in table.columns or pset.optics is None):
         table["rlnImageDimensionality"] = 2
 
     if pset.optics is not None and "rlnOpticsGroup" in table.columns:
         base = pset.optics.copy()
-        candidates = [c for c in dict.fromkeys([*base.columns, *OPTICS_COLUMNS]) if c != "rlnOpticsGroup" and c in table.columns]
+        candidates = [c for c in dict.fromkeys([*base.columns, *OPTICS_COLUMNS])
+                      if c != "rlnOpticsGroup" and c in table.columns]
         groups = table["rlnOpticsGroup"]
         movable = [c for c in candidates if _constant_within(table, c, groups)]
         # Refresh optics values from the table for the groups that have particles.
-        firsts = table.groupby("rlnOpticsGroup", sort=False)[movable].first() if movable else None
+        firsts = table.groupby("rlnOpticsGroup", sort=False)[movable].first() if movable else pd.DataFrame()
         for col in movable:
             mapped = base["rlnOpticsGroup"].map(firsts[col])
             if col not in base.columns:
@@ -274,10 +278,10 @@ def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _to_30(pset: ParticleSet) -> pd.DataFrame:
     table = pset.table.copy()
     if all(c in table.columns for c in ORIGIN_ANGST_COLUMNS):
-        apix = pset.pixel_size  # UserError "... give the pixel size" when unknown: 3.0 origins are in pixels
+        pixel = pset.pixel_size  # UserError "... give the pixel size" when unknown: 3.0 origins are in pixels
         position = table.columns.get_loc(ORIGIN_ANGST_COLUMNS[0])
-        ox = table[ORIGIN_ANGST_COLUMNS[0]].to_numpy(np.float64) / apix
-        oy = table[ORIGIN_ANGST_COLUMNS[1]].to_numpy(np.float64) / apix
+        ox = table[ORIGIN_ANGST_COLUMNS[0]].to_numpy(np.float64) / pixel
+        oy = table[ORIGIN_ANGST_COLUMNS[1]].to_numpy(np.float64) / pixel
         table = table.drop(columns=[*ORIGIN_ANGST_COLUMNS, *[c for c in ORIGIN_PX_COLUMNS if c in table.columns]])
         table.insert(position, ORIGIN_PX_COLUMNS[0], ox)
         table.insert(position + 1, ORIGIN_PX_COLUMNS[1], oy)
@@ -353,8 +357,9 @@ def write_star(particles: ParticleSet, path: str | os.PathLike, version: str = "
     (rlnOriginX/Y) and the pixel size as rlnMagnification=10000, rlnDetectorPixelSize=apix.
     Relative image names are rewritten to reach the same stacks from the folder
     :func:`names_folder` gives (the working folder when the file is written inside it, as
-    RELION expects; else the new file's folder) (``relink_image_names``). The file is written to a temporary name and renamed
-    into place; the source star file itself is never overwritten.
+    RELION expects; else the new file's folder) (``relink_image_names``). The file is written
+    to a temporary name and renamed into place; the source star file itself is never
+    overwritten.
     """
     path = Path(path)
     if version not in ("3.0", "3.1"):

@@ -151,7 +151,8 @@ def _read_text(path: Path) -> str:
         line = _first_line_with(text, r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
         raise _fail(path, line, "contains a control character; a STAR file is plain text (is it corrupted?)")
     if "\r" in text and text.count("\r") != text.count("\r\n"):
-        raise _fail(path, _first_line_with(text, r"\r(?!\n)"), "contains a lone carriage return (\\r); save it with \\n line ends")
+        raise _fail(path, _first_line_with(text, r"\r(?!\n)"),
+                    "contains a lone carriage return (\\r); save it with \\n line ends")
     return text
 
 
@@ -171,7 +172,8 @@ def _tokens(line: str) -> list[str]:
             out.append(inner)
         elif plain is not None:
             if any(c in plain for c in _SPECIAL):
-                raise ValueError(f"value {plain[:40]!r} holds a quote or '#' (quote whole values only, with a blank after)")
+                raise ValueError(f"value {plain[:40]!r} holds a quote or '#' (quote whole values only, "
+                                 "with a blank after)")
             out.append(plain)
     return out
 
@@ -216,7 +218,8 @@ def _check_count(path: Path, loop: LoopLayout, line_no: int, n: int | None, line
     if n < n_cols:
         what = f"{n} values where data_{loop.name} has {n_cols} columns: no value for {loop.columns[n]}"
     else:
-        what = f"{n} values where data_{loop.name} has {n_cols} columns (last {loop.columns[-1]}): {n - n_cols} too many"
+        what = (f"{n} values where data_{loop.name} has {n_cols} columns (last {loop.columns[-1]}): "
+                f"{n - n_cols} too many")
     raise _fail(path, line_no, f"{what}; fix or remove this row")
 
 
@@ -271,7 +274,8 @@ def scan_star(path: Path) -> StarLayout:
         block_line = line_no
         name = data_line.strip()[5:]
         if name in seen:
-            raise _fail(path, line_no, f"data_{name} appears twice (first at line {seen[name]}); give each block its own name")
+            raise _fail(path, line_no,
+                        f"data_{name} appears twice (first at line {seen[name]}); give each block its own name")
         seen[name] = line_no
         line_no += 1
         line = ""
@@ -281,27 +285,31 @@ def scan_star(path: Path) -> StarLayout:
                 break
             pos, line_no = nxt, line_no + 1
         else:
-            raise _fail(path, block_line, f"data_{name} is empty (no loop_ and no _name value lines); remove it or fill it")
+            raise _fail(path, block_line,
+                        f"data_{name} is empty (no loop_ and no _name value lines); remove it or fill it")
         first = line.strip()
         if first.startswith("loop_"):
             layout.blocks.append(_scan_loop(path, walk, name, block_line, pos, line_no, end))
         elif first.startswith("_"):
             layout.blocks.append(_scan_simple(path, walk, name, block_line, pos, line_no, end))
         else:
-            raise _fail(path, line_no, f"unexpected text {first[:40]!r} in data_{name}; expected loop_ or _name value lines")
+            raise _fail(path, line_no,
+                        f"unexpected text {first[:40]!r} in data_{name}; expected loop_ or _name value lines")
         if k + 1 < len(offsets):
             line_no = block_line + text.count("\n", start, end)
     return layout
 
 
-def _scan_simple(path: Path, walk: _Lines, name: str, block_line: int, pos: int, line_no: int, end: int) -> SimpleLayout:
+def _scan_simple(path: Path, walk: _Lines, name: str, block_line: int, pos: int, line_no: int,
+                 end: int) -> SimpleLayout:
     keys: list[str] = []
     while pos < end:
         line, nxt = walk.line(pos)
         s = line.strip()
         if s and not s.startswith("#"):
             if s.startswith("loop_"):
-                raise _fail(path, line_no, f"a loop_ after _name value lines in data_{name}; put the loop in its own data block")
+                raise _fail(path, line_no,
+                            f"a loop_ after _name value lines in data_{name}; put the loop in its own data block")
             if not s.startswith("_"):
                 raise _fail(path, line_no, f"unexpected text {s[:40]!r} in data_{name}; expected _name value lines "
                             "(is a loop_ line missing?)")
@@ -346,7 +354,8 @@ def _scan_loop(path: Path, walk: _Lines, name: str, block_line: int, pos: int, l
             raise _fail(path, line_no, f"_{column} is followed by {parts[1][:30]!r}; "
                         "a loop header line holds one _name (and a # comment)")
         if column in where:
-            raise _fail(path, line_no, f"column {column} appears twice in data_{name} (also at line {where[column]}); remove one")
+            raise _fail(path, line_no,
+                        f"column {column} appears twice in data_{name} (also at line {where[column]}); remove one")
         where[column] = line_no
         columns.append(column)
         pos, line_no = nxt, line_no + 1
@@ -446,5 +455,6 @@ def check_values(blocks: dict, layout: StarLayout, string_columns: set[str]) -> 
                 i = int(np.argmax(bad))
                 raise _fail(
                     path, int(spec.rows[i]),
-                    f"{column} is {str(values.iloc[i])[:40]!r}, not a number (data_{spec.name}); fix or remove this row",
+                    f"{column} is {str(values.iloc[i])[:40]!r}, not a number (data_{spec.name}); "
+                    "fix or remove this row",
                 )

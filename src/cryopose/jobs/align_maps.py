@@ -84,8 +84,8 @@ def _read_mask(path: Path, grid: tuple[np.ndarray, float], device) -> torch.Tens
     t = torch.as_tensor(mask, device=device)
     if mask.shape == vol.shape:
         if header > 0 and abs(header - apix) > 0.01 * apix:
-            log.info("note: mask %s has the box of its map but says %.4f A/px; it is used on the map's grid (%.4f A/px)",
-                     path, header, apix)
+            log.info("note: mask %s has the box of its map but says %.4f A/px; it is used on the map's grid "
+                     "(%.4f A/px)", path, header, apix)
         return t.clamp(0, 1)
     if header <= 0:
         raise UserError(f"mask {path} is {mask.shape[-1]}^3 but its map is {vol.shape[-1]}^3 and the mask has no pixel "
@@ -179,7 +179,8 @@ def run_align_maps(
         resolution = settings.resolution(apix)
         say(f"reference {reference}: {n}^3 voxels, {apix:.4f} A/px; low-pass {resolution:.2f} A; "
             f"max shift {settings.max_shift if settings.max_shift is not None else 0.25 * n * apix:.1f} A; "
-            f"max angle {settings.max_angle:g} deg; check hands {settings.check_hands}; apply mask {settings.apply_mask}")
+            f"max angle {settings.max_angle:g} deg; check hands {settings.check_hands}; "
+            f"apply mask {settings.apply_mask}")
         entries: list[dict[str, Any]] = []
         curves = []
         results: dict[Path, MapAlignment] = {}
@@ -187,8 +188,10 @@ def run_align_maps(
             vol, mapix = volumes[path]
             mmask = mask_volumes.get(path)
             say(f"aligning {path} ({vol.shape[-1]}^3, {mapix:.4f} A/px)")
-            res = align_map(ref_t, vol, apix, mapix, ref_mask=rmask, moving_mask=mmask, settings=settings, device=device, log=say)
-            say(f"{map_name(path)}: rotation M (aligned map V'(y) = V(M y + t)), det {np.linalg.det(res.rotation):+.0f}:\n"
+            res = align_map(ref_t, vol, apix, mapix, ref_mask=rmask, moving_mask=mmask, settings=settings,
+                            device=device, log=say)
+            say(f"{map_name(path)}: rotation M (aligned map V'(y) = V(M y + t)), "
+                f"det {np.linalg.det(res.rotation):+.0f}:\n"
                 f"{_format_matrix(res.rotation)}\n    t = [{', '.join(f'{v:+.3f}' for v in res.shift_A)}] A; "
                 f"hand flipped: {res.hand_flipped}; angle {res.angle_deg:.3f} deg; score {res.score:.4f}")
             for mpath in [path, *followers.get(path, [])]:
@@ -207,13 +210,15 @@ def run_align_maps(
                 entries.append(entry)
             if mmask is not None:
                 amask = apply_transform(mmask, res.rotation, res.shift_A, mapix, n, apix, oversample=1, device=device)
-                write_map(out / f"aligned_{map_name(mask_of[path])}.mrc", amask.clamp(0, 1).cpu().numpy().astype(np.float32), apix)
+                write_map(out / f"aligned_{map_name(mask_of[path])}.mrc",
+                          amask.clamp(0, 1).cpu().numpy().astype(np.float32), apix)
             results[path] = res
         for i, (star, ps) in enumerate(stars.items()):
             path = positional[i]
             res = results[member_of.get(path, path)]
             new_rot, new_sh = transform_poses(ps.rotations, ps.shifts_angstrom, res.rotation, res.shift_A)
-            write_star(ps.with_poses(rotations=new_rot, shifts_angstrom=new_sh), out / f"particles_{map_name(path)}.star")
+            write_star(ps.with_poses(rotations=new_rot, shifts_angstrom=new_sh),
+                       out / f"particles_{map_name(path)}.star")
             say(f"updated the poses of {len(ps)} particles from {star} (following {map_name(path)})")
         plot_fsc_curves(
             [(f"{name} ({r.resolution_0143:.1f} A)", r.frequency.numpy(), r.fsc.numpy()) for name, r in curves],

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping
 
 __all__ = ["ALLOCATOR_SETTINGS", "allocator_environment", "tune_allocator"]
 
@@ -38,11 +39,11 @@ ALLOCATOR_SETTINGS: tuple[tuple[str, int, int], ...] = (
 )
 
 
-def allocator_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+def allocator_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment variables that give a new process these settings, less those
     already set in ``environ`` (default: this process's environment)."""
-    environ = os.environ if environ is None else environ
-    return {name: str(value) for name, _, value in ALLOCATOR_SETTINGS if name not in environ}
+    current: Mapping[str, str] = os.environ if environ is None else environ
+    return {name: str(value) for name, _, value in ALLOCATOR_SETTINGS if name not in current}
 
 
 def tune_allocator(override: tuple[str, ...] = (), one_arena: bool = True) -> bool:

@@ -65,20 +65,23 @@ def evaluation_report(ev: Evaluation, title: str, written: set[str]) -> str:
                      + " | ".join("" for _ in pose["angular_error_deg"]["fraction_below"]) + " |")
     lines += ["", f"MAnE {_fmt(pose['MAnE_deg'])}°, wMAnE {_fmt(pose['wMAnE_deg'])}°, median "
               f"{_fmt(pose['median_angular_error_deg'])}°."
-              + ("" if sh is not None else " The predictions have no origins: no shift error; maps use the true origins."),
+              + ("" if sh is not None
+                 else " The predictions have no origins: no shift error; maps use the true origins."),
               "", "| half | particles | median (°) | MAnE (°) | wMAnE (°) |", "| --- | --- | --- | --- | --- |"]
     for h, s in pose["by_half"].items():
-        lines.append(f"| {h} | {s['n']} | {_fmt(s['median_angular_error_deg'])} | {_fmt(s['MAnE_deg'])} | {_fmt(s['wMAnE_deg'])} |")
+        lines.append(f"| {h} | {s['n']} | {_fmt(s['median_angular_error_deg'])} | {_fmt(s['MAnE_deg'])} | "
+                     f"{_fmt(s['wMAnE_deg'])} |")
     conf = pose["confidence"]
     if conf is not None:
         top = conf["most_confident"]
-        lines += ["", f"Predicted confidence (cryoposeConfidence, {conf['n']} particles): Spearman correlation with the "
-                  f"angular error {_fmt(conf['spearman_confidence_vs_error'], 3)} (negative: confident predictions are "
-                  f"better); the most confident {100 * top['fraction']:.0f}% ({top['n']}) have median error "
+        lines += ["", f"Predicted confidence (cryoposeConfidence, {conf['n']} particles): Spearman correlation with "
+                  f"the angular error {_fmt(conf['spearman_confidence_vs_error'], 3)} (negative: confident predictions "
+                  f"are better); the most confident {100 * top['fraction']:.0f}% ({top['n']}) have median error "
                   f"{_fmt(top['median'])}° and mean {_fmt(top['mean'])}°."]
     lines += ["", "![errors](errors.png)", "",
-              "`errors.png`: histograms of the per-particle angular error (geodesic, minimised over the symmetry group), "
-              "viewing-direction error, in-plane error and shift error, with the median (black) and mean (red dashed)."]
+              "`errors.png`: histograms of the per-particle angular error (geodesic, minimised over the symmetry "
+              "group), viewing-direction error, in-plane error and shift error, with the median (black) and mean "
+              "(red dashed)."]
     if "confidence.png" in written:
         what = "the predicted confidence" if conf is not None else "the ground truth's rlnMaxValueProbDistribution"
         lines += ["", "![confidence](confidence.png)", "",
@@ -92,12 +95,12 @@ def evaluation_report(ev: Evaluation, title: str, written: set[str]) -> str:
         mp = m["maps"]
         lines += ["", "## Maps", "",
                   f"Reconstructed with CTF weighting ({'on' if mp['ctf'] else 'off'}) and symmetry {m['symmetry']} at "
-                  f"{mp['pixel_size']:.3f} Å/px, box {mp['box']}; GT: {mp['gt_map']}; V = (V0 + V1)/2 from the predicted "
-                  f"poses; origins: {mp['origins']}. Mask: {mp['mask']['source']}"
+                  f"{mp['pixel_size']:.3f} Å/px, box {mp['box']}; GT: {mp['gt_map']}; V = (V0 + V1)/2 from the "
+                  f"predicted poses; origins: {mp['origins']}. Mask: {mp['mask']['source']}"
                   + (f" (threshold {mp['mask']['threshold']:.4g})" if "threshold" in mp["mask"] else "")
                   + f", {100 * mp['mask']['fraction_of_box_above_half']:.1f}% of the box above 0.5.", "",
-                  "| | PCC(GT, V) | PCC(V0, V1) | PCC(GT0, GT1) | dPCC | FSCR0.143 (GT, V) | (V0, V1) | (GT0, GT1) | dFSCR0.143 (Å) "
-                  "| FSCR0.5 (GT, V) | (V0, V1) | (GT0, GT1) | dFSCR0.5 (Å) |",
+                  "| | PCC(GT, V) | PCC(V0, V1) | PCC(GT0, GT1) | dPCC | FSCR0.143 (GT, V) | (V0, V1) | (GT0, GT1) "
+                  "| dFSCR0.143 (Å) | FSCR0.5 (GT, V) | (V0, V1) | (GT0, GT1) | dFSCR0.5 (Å) |",
                   "| --- |" + " --- |" * 12]
         for kind in ("unmasked", "masked"):
             c = mp[kind]
@@ -106,14 +109,15 @@ def evaluation_report(ev: Evaluation, title: str, written: set[str]) -> str:
                 f"{_fmt(c['delta_pcc'], 4)} | {_fmt(c['fscr_0143_gt_v'])} | {_fmt(c['fscr_0143_v0_v1'])} | "
                 f"{_fmt(c['fscr_0143_gt0_gt1'])} | {_fmt(c['delta_fscr_0143'])} | {_fmt(c['fscr_05_gt_v'])} | "
                 f"{_fmt(c['fscr_05_v0_v1'])} | {_fmt(c['fscr_05_gt0_gt1'])} | {_fmt(c['delta_fscr_05'])} |")
-        lines += ["", "Resolutions in Å (Nyquist when the FSC never falls below the threshold). Perfect predictions give "
-                  "PCC(GT, V) = 1, so dPCC = PCC(GT0, GT1) - 1: how far the ground truth's own halves disagree.", "",
+        lines += ["", "Resolutions in Å (Nyquist when the FSC never falls below the threshold). Perfect predictions "
+                  "give PCC(GT, V) = 1, so dPCC = PCC(GT0, GT1) - 1: how far the ground truth's own halves "
+                  "disagree.", "",
                   "![fsc](fsc.png) ![fsc masked](fsc_masked.png)", "",
-                  "`fsc.png`, `fsc_masked.png`: FSC of (GT, V), (V0, V1) and (GT0, GT1), without and with the mask. The gap "
-                  "between GT-V and GT0-GT1 is what the predicted poses lose.", "",
+                  "`fsc.png`, `fsc_masked.png`: FSC of (GT, V), (V0, V1) and (GT0, GT1), without and with the mask. "
+                  "The gap between GT-V and GT0-GT1 is what the predicted poses lose.", "",
                   "![slices](slices.png)", "", "`slices.png`: central slices of GT and V."]
-    lines += ["", f"Computed on {m['device']} in {m['seconds']:.1f} s. All numbers are in `metrics.json`, the per-particle "
-              "errors in `per_particle.star`.", ""]
+    lines += ["", f"Computed on {m['device']} in {m['seconds']:.1f} s. All numbers are in `metrics.json`, the "
+              "per-particle errors in `per_particle.star`.", ""]
     return "\n".join(lines)
 
 
@@ -134,7 +138,8 @@ def write_evaluation(ev: Evaluation, out: Path, title: str = "Pose evaluation") 
     written.append("per_particle.star")
     table = pp.table
     shift = table["cryoposeShiftError"].to_numpy(dtype=float)
-    plot_pose_errors(table["cryoposeAngularError"].to_numpy(dtype=float), table["cryoposeDirectionError"].to_numpy(dtype=float),
+    plot_pose_errors(table["cryoposeAngularError"].to_numpy(dtype=float),
+                     table["cryoposeDirectionError"].to_numpy(dtype=float),
                      table["cryoposeInPlaneError"].to_numpy(dtype=float), shift if np.isfinite(shift).any() else None,
                      out / "errors.png", f"{len(pp)} particles, {sym}")
     written.append("errors.png")
@@ -143,13 +148,17 @@ def write_evaluation(ev: Evaluation, out: Path, title: str = "Pose evaluation") 
                                  table[CONFIDENCE_COLUMN].to_numpy(dtype=float), out / "confidence.png",
                                  "predicted confidence (cryoposeConfidence)")
         written.append("confidence.png")
-    elif "rlnMaxValueProbDistribution" in table.columns and np.ptp(table["rlnMaxValueProbDistribution"].to_numpy(dtype=float)) > 0:
+    elif ("rlnMaxValueProbDistribution" in table.columns
+          and np.ptp(table["rlnMaxValueProbDistribution"].to_numpy(dtype=float)) > 0):
         plot_error_vs_confidence(table["cryoposeAngularError"].to_numpy(dtype=float),
                                  table["rlnMaxValueProbDistribution"].to_numpy(dtype=float), out / "confidence.png",
                                  "ground-truth confidence (rlnMaxValueProbDistribution)")
         written.append("confidence.png")
-    true_rot = euler_to_matrix(*torch.deg2rad(torch.from_numpy(pp.finite_columns(TRUE_ANGLE_COLUMNS))).unbind(1)).numpy()
-    plot_direction_distributions(_rot_tilt(true_rot, sym), _rot_tilt(pp.rotations, sym), out / "directions.png",
+    true_angles = torch.deg2rad(torch.from_numpy(pp.finite_columns(TRUE_ANGLE_COLUMNS)))
+    true_rot = euler_to_matrix(*true_angles.unbind(1)).numpy()
+    predicted_rot = pp.rotations
+    assert predicted_rot is not None  # the evaluated particles have their predicted poses
+    plot_direction_distributions(_rot_tilt(true_rot, sym), _rot_tilt(predicted_rot, sym), out / "directions.png",
                                  f"viewing directions in the asymmetric unit of {sym}")
     written.append("directions.png")
     if ev.comparisons:

@@ -30,7 +30,7 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +147,7 @@ class DaskExecutor:
         return self.client.submit(work.run, shared, work.part(np.arange(a, b)), key=self._key(f"chunk-{a}-{b}"),
                                   pure=False)
 
-    def map(self, work: "ChunkWork", ranges: list[Range]) -> Iterator[tuple[Range, Any]]:
+    def map(self, work: "ChunkWork", ranges: list[Range]) -> Generator[tuple[Range, Any], None, None]:
         """Run ``work`` on each [start, stop) of ``ranges``; yield (range, result) as tasks
         finish (any order). A task's exception is raised here; leaving the loop early
         (an error, an interrupt) cancels what is still queued."""
@@ -186,7 +186,7 @@ class DaskExecutor:
         combine: Callable[[Any, Any], Any],
         flush_seconds: float | None = 30.0,
         on_chunk: Callable[[Range], None] | None = None,
-    ) -> Iterator[tuple[list[Range], Any]]:
+    ) -> Generator[tuple[list[Range], Any], None, None]:
         """Run ``work`` on each range and sum the results with ``combine(a, b)`` (a top-level
         function returning a new value; associative and commutative) in a tree on the
         workers, pairing results as they finish. Every ``flush_seconds`` (None: never) a
@@ -287,8 +287,8 @@ def open_executor(
     if workers is not None:
         if workers < 1:
             raise UserError(f"the number of workers must be at least 1, got {workers}", option="workers")
-        threads, torch_n = local_cluster_shape(workers)
-        torch_n = torch_threads or torch_n
+        threads, cores_per_worker = local_cluster_shape(workers)
+        torch_n: int | None = torch_threads or cores_per_worker
         import dask
 
         # Workers start with cryopose's malloc settings (cryopose.jobs.allocator) instead

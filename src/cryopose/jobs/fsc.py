@@ -58,7 +58,8 @@ def run_fsc(
     if mask is not None:
         m, _ = read_map(mask)
         if m.shape != v1.shape:
-            raise UserError(f"mask {mask} is {m.shape[0]}^3 but the maps are {v1.shape[0]}^3; resample the mask onto the maps' grid")
+            raise UserError(f"mask {mask} is {m.shape[0]}^3 but the maps are {v1.shape[0]}^3; resample the mask onto "
+                            "the maps' grid")
         if not np.any(m > 0):
             raise UserError(f"mask {mask} is all zeros; give a mask that covers the particle")
         mask_t = torch.from_numpy(m).to(device)

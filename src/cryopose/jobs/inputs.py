@@ -45,7 +45,8 @@ def map_pixel_size(header: float, apix: float | None, path: str | Path, what: st
     UserError when neither; a note on the log when both are given and differ by over 1%."""
     if header > 0:
         if apix is not None and abs(header - apix) > 0.01 * header:
-            log.info("note: %s %s has its own pixel size (%.4f A); it is used, not the given %g A", what, path, header, apix)
+            log.info("note: %s %s has its own pixel size (%.4f A); it is used, not the given %g A", what, path, header,
+                     apix)
         return float(header)
     if apix is None:
         raise UserError(f"{what} {path} has no pixel size in its header; give the pixel size", option="apix")

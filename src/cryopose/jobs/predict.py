@@ -36,7 +36,7 @@ from cryopose.io.outputs import output_folder
 from cryopose.io.star import write_star
 from cryopose.jobs.chunks import ChunkWork, run_chunks
 from cryopose.learn.dataset import ParticlesDataset
-from cryopose.learn.models import build_estimator, estimator_config_problem, weights_problem
+from cryopose.learn.models import _Estimator, build_estimator, estimator_config_problem, weights_problem
 from cryopose.learn.preprocess import ImageSettings, prepared_pixel_size, prepared_size
 from cryopose.learn.train import angular_errors_deg, predict_poses
 from cryopose.particles import (
@@ -93,7 +93,7 @@ def model_files(path: str | Path) -> list[tuple[Path, int | None]]:
 
 
 def load_estimator(payload: dict[str, Any], device: torch.device | str = "cpu", source: str | Path = "the model file"
-                   ) -> torch.nn.Module:
+                   ) -> _Estimator:
     """The trained estimator of a model file's contents (``io.models.read_model_file``), in
     eval mode. The config is checked before anything is built (ranges, network size), and
     the weights against the network it describes; ``source`` names the file in the
@@ -113,7 +113,8 @@ def load_estimator(payload: dict[str, Any], device: torch.device | str = "cpu", 
         model = build_estimator(payload["config"])
         problem = weights_problem(model, payload["weights"])
     if problem is not None:
-        raise UserError(f"{source} is a damaged cryopose model file: {problem}; train the model again with cryopose train")
+        raise UserError(f"{source} is a damaged cryopose model file: {problem}; train the model again with "
+                        "cryopose train")
     model.load_state_dict(payload["weights"])
     return model.to(device).eval()
 
@@ -121,7 +122,7 @@ def load_estimator(payload: dict[str, Any], device: torch.device | str = "cpu", 
 _CACHE: list = []  # (payload, device, model) of the last model built in this process
 
 
-def _cached_model(payload: dict[str, Any], device: torch.device) -> torch.nn.Module:
+def _cached_model(payload: dict[str, Any], device: torch.device) -> _Estimator:
     if _CACHE and _CACHE[0] is payload and _CACHE[1] == device:
         return _CACHE[2]
     model = load_estimator(payload, device)
@@ -148,9 +149,10 @@ def _check_compatible(payload: dict[str, Any], box: int, pixel_size: float, path
     meta = payload.get("metadata", {})
     if abs(mine - trained) > 0.02 * trained:
         raise UserError(
-            f"model {path} was trained on {meta.get('input_box', '?')} px images of {meta.get('input_pixel_size', float('nan')):.3f} A/px "
-            f"({trained:.3f} A/px as the network sees them) but these particles are {box} px of {pixel_size:.3f} A/px "
-            f"({mine:.3f} A/px at {size} px); resample the particles to the training pixel size or train a model on them")
+            f"model {path} was trained on {meta.get('input_box', '?')} px images of "
+            f"{meta.get('input_pixel_size', float('nan')):.3f} A/px ({trained:.3f} A/px as the network sees them) "
+            f"but these particles are {box} px of {pixel_size:.3f} A/px ({mine:.3f} A/px at {size} px); "
+            "resample the particles to the training pixel size or train a model on them")
 
 
 def predict_particles(
@@ -239,8 +241,10 @@ def run_predict(
             groups.append((payload, f, np.nonzero(halves == half)[0]))
     else:
         groups.append((payloads[0][0], payloads[0][1], np.arange(len(ps))))
-    outputs = ["particles.star", "summary.json"] + (["kept.star"] if (settings.keep_fraction or settings.min_confidence is not None) else [])
-    with output_folder(out, inputs=[particles, *images.paths, *[f for _, f, _ in payloads]], outputs=outputs, force=force):
+    keeps = settings.keep_fraction or settings.min_confidence is not None
+    outputs = ["particles.star", "summary.json"] + (["kept.star"] if keeps else [])
+    model_paths = [f for _, f, _ in payloads]
+    with output_folder(out, inputs=[particles, *images.paths, *model_paths], outputs=outputs, force=force):
         n = len(ps)
         rotations = np.zeros((n, 3, 3))
         origins = np.zeros((n, 2))
@@ -257,9 +261,10 @@ def run_predict(
             signature = {"particles": file_identity(particles), "model": file_identity(f), "apix": apix,
                          "indices": [int(idx[0]), int(idx[-1]), int(len(idx))], "part": i}
             store = ChunkStore(out / STORE / f"part{i}", signature)
-            result = predict_particles(payload, images.take(idx), tensors[idx], settings.batch_size, settings.chunk_size,
-                                       device, store, step, executor)
-            rotations[idx], origins[idx], confidence[idx] = result["rotations"], result["origins_angstrom"], result["confidence"]
+            result = predict_particles(payload, images.take(idx), tensors[idx], settings.batch_size,
+                                       settings.chunk_size, device, store, step, executor)
+            rotations[idx], origins[idx] = result["rotations"], result["origins_angstrom"]
+            confidence[idx] = result["confidence"]
             for key, column in EXTRA_COLUMNS.items():
                 if key in result:
                     extras.setdefault(column, np.full(n, np.nan))[idx] = result[key]
@@ -271,7 +276,8 @@ def run_predict(
             keep_truth.update({t: table[c].to_numpy() for t, c in zip(TRUE_ANGLE_COLUMNS, ANGLE_COLUMNS)})
         if all(c in table.columns for c in ORIGIN_ANGST_COLUMNS):
             keep_truth.update({t: table[c].to_numpy() for t, c in zip(TRUE_ORIGIN_COLUMNS, ORIGIN_ANGST_COLUMNS)})
-        predicted = ps.with_poses(rotations, origins).with_columns(**keep_truth, cryoposeConfidence=confidence, **extras)
+        predicted = ps.with_poses(rotations, origins).with_columns(**keep_truth, cryoposeConfidence=confidence,
+                                                                   **extras)
         write_star(predicted, out / "particles.star")
         keep = _cleanup(confidence, settings)
         summary: dict[str, Any] = {
@@ -291,10 +297,11 @@ def run_predict(
         }
         if truth is not None:
             errors = angular_errors_deg(torch.from_numpy(rotations), truth, payloads[0][0]["symmetry"]).numpy()
-            summary["against_input_poses"] = {"median_deg": float(np.median(errors)), "mean_deg": float(np.mean(errors)),
+            origin_errors = np.linalg.norm(origins - tensors.shifts_angstrom.numpy(), axis=1)
+            summary["against_input_poses"] = {"median_deg": float(np.median(errors)),
+                                              "mean_deg": float(np.mean(errors)),
                                               "under_10_deg": float(np.mean(errors < 10)),
-                                              "origin_median_angstrom": float(np.median(np.linalg.norm(
-                                                  origins - tensors.shifts_angstrom.numpy(), axis=1)))}
+                                              "origin_median_angstrom": float(np.median(origin_errors))}
         if keep is not None:
             write_star(predicted.subset(keep), out / "kept.star")
             summary["kept"] = int(keep.sum())

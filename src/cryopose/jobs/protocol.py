@@ -4,9 +4,10 @@ other half, and evaluate the predictions against the truth (pose errors and maps
 
 Writes ``train/`` (the two models, as ``cryopose train --halves``), ``predict/`` (the
 cross-half predictions, as ``cryopose predict``), the evaluation itself and
-``protocol.json`` (the training and prediction summaries) into the output folder. A truth without rlnRandomSubset gets half sets drawn at random (the evaluation's
-seed), written as ``truth_halves.star`` and used by every step. Each step resumes: the training from its per-epoch state, the prediction and the
-reconstructions from their finished chunks.
+``protocol.json`` (the training and prediction summaries) into the output folder. A truth
+without rlnRandomSubset gets half sets drawn at random (the evaluation's seed), written as
+``truth_halves.star`` and used by every step. Each step resumes: the training from its
+per-epoch state, the prediction and the reconstructions from their finished chunks.
 """
 
 from __future__ import annotations

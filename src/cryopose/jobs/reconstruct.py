@@ -86,6 +86,7 @@ def _insert_range(
     half sets) into the accumulator of their half."""
     device = accs[0].sums.device
     batch = torch.from_numpy(images).to(device)
+    assert rows.rotations is not None  # reconstruct_halves checked that the particles have poses
     rotations = rows.rotations.float()
     shifts_px = (rows.shifts_angstrom / pixel_size).float()
     for h in (1, 2):
@@ -159,7 +160,8 @@ def reconstruct_halves(
     ctf_all = None
     if settings.ctf:
         if tensors.ctf is None:
-            raise UserError("the particles have no CTF columns (rlnDefocusU ...); reconstruct without CTF", option="no-ctf")
+            raise UserError("the particles have no CTF columns (rlnDefocusU ...); reconstruct without CTF",
+                            option="no-ctf")
         ctf_all = tensors.ctf.to(dtype=torch.float32)
     n = len(tensors)
     box = images.image_shape[0]
@@ -167,7 +169,7 @@ def reconstruct_halves(
     accs = [FourierAccumulator.zeros(box, device=device) for _ in range(2)]
     done: list[tuple[int, int]] = []
     state = checkpoint.load(map_location=device) if checkpoint is not None else None
-    if state is not None:
+    if checkpoint is not None and state is not None:
         accs[0].sums.copy_(state["sums1"])
         accs[1].sums.copy_(state["sums2"])
         done = [tuple(r) for r in state["done"]]
@@ -176,7 +178,7 @@ def reconstruct_halves(
         if progress is not None:
             progress(held, n)
 
-    def save() -> None:
+    def save(checkpoint: Checkpoint) -> None:
         checkpoint.save({"sums1": accs[0].sums.cpu(), "sums2": accs[1].sums.cpu(), "done": done})
 
     last_save = time.monotonic()
@@ -189,7 +191,7 @@ def reconstruct_halves(
             if progress is not None:
                 progress(hi - lo, n)
             if checkpoint is not None and time.monotonic() - last_save > CHECKPOINT_SECONDS and hi < n:
-                save()
+                save(checkpoint)
                 last_save = time.monotonic()
     else:
         shared = _InsertShared(box, pixel_size, symmetry.cpu(), settings.chunk_size, str(device))
@@ -209,14 +211,14 @@ def reconstruct_halves(
                 accs[1].sums += sums[1].to(device)
                 done.extend(covered)
                 if checkpoint is not None and sum(b - a for a, b in done) < n:
-                    save()
+                    save(checkpoint)
         finally:
             partials.close()
-        held = np.zeros(n, dtype=np.int64)
+        coverage = np.zeros(n, dtype=np.int64)
         for a, b in done:
-            held[a:b] += 1
-        if not np.all(held == 1):  # every particle inserted exactly once, whatever failed and was redone
-            raise RuntimeError(f"reconstruction covered particles {np.unique(held).tolist()} times; this is a bug")
+            coverage[a:b] += 1
+        if not np.all(coverage == 1):  # every particle inserted exactly once, whatever failed and was redone
+            raise RuntimeError(f"reconstruction covered particles {np.unique(coverage).tolist()} times; this is a bug")
     half1 = finalise_reconstruction(accs[0])
     half2 = finalise_reconstruction(accs[1])
     accs[0].add(accs[1])
@@ -264,8 +266,8 @@ def run_reconstruct(
     signature.pop("chunk_size")
     with output_folder(out, inputs=[particles, *images.paths], outputs=OUTPUTS, force=force):
         checkpoint = Checkpoint(out / CHECKPOINT, signature)
-        half1, half2, full = reconstruct_halves(tensors, images, halves, pixel_size, settings, device, checkpoint, progress,
-                                                executor)
+        half1, half2, full = reconstruct_halves(tensors, images, halves, pixel_size, settings, device, checkpoint,
+                                                progress, executor)
         elapsed = time.perf_counter() - t0
         for name, vol in (("map.mrc", full), ("half1.mrc", half1), ("half2.mrc", half2)):
             write_map(out / name, vol.cpu().numpy(), pixel_size)

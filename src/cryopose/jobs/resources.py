@@ -34,7 +34,8 @@ def total_memory(device: torch.device | str = "cpu") -> int:
         return 16 << 30
 
 
-def require_memory(nbytes: float, what: str, fix: str, device: torch.device | str = "cpu", option: str | None = None) -> None:
+def require_memory(nbytes: float, what: str, fix: str, device: torch.device | str = "cpu",
+                   option: str | None = None) -> None:
     """UserError when ``what`` would need more than MEMORY_FRACTION of the device's memory;
     the message gives both numbers and ``fix`` (what to do)."""
     total = total_memory(device)

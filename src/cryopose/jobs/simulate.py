@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,7 +98,8 @@ class SimulateSettings:
         if self.box is not None and int(self.box) < 8:
             raise bad(f"a box of {self.box} px is too small; give at least 8 px", "box")
         if self.particle_diameter is not None and not (finite(self.particle_diameter) and self.particle_diameter > 0):
-            raise bad(f"the particle diameter must be a positive number of Å, got {self.particle_diameter}", "particle-diameter")
+            raise bad(f"the particle diameter must be a positive number of Å, got {self.particle_diameter}",
+                      "particle-diameter")
         if not (finite(self.voltage) and self.voltage > 0):
             raise bad(f"the voltage must be a positive number of kV, got {self.voltage}", "voltage")
         if not (finite(self.cs) and self.cs >= 0):
@@ -166,7 +167,7 @@ def run_simulate(
     volume, map_apix = read_map(map_path)
     if not np.any(volume):
         raise UserError(f"the map {map_path} is all zeros; give a map with density")
-    apix, box, n = s.apix, s.box, s.n
+    apix, box = s.apix, s.box
     template = None
     inputs = [Path(map_path)]
     if s.from_star is not None:
@@ -178,6 +179,9 @@ def run_simulate(
         inputs.append(Path(s.from_star))
         if "rlnImageName" in template.table.columns:
             inputs += sorted(set(template.image_paths.tolist()))
+    else:
+        assert s.n is not None  # SimulateSettings requires n without from_star
+        n = s.n
     if map_apix <= 0:
         if apix is None:
             raise UserError(f"the map {map_path} has no pixel size in its header; give the pixel size", option="apix")
@@ -192,7 +196,7 @@ def run_simulate(
     vol = vol.float()
     if template is None:
         draw = draw_simulation_parameters(
-            n, torch.Generator().manual_seed(s.seed), s.max_shift, tuple(s.defocus) if s.ctf else None,
+            n, torch.Generator().manual_seed(s.seed), s.max_shift, (s.defocus[0], s.defocus[1]) if s.ctf else None,
             voltage=s.voltage, spherical_aberration=s.cs, amplitude_contrast=s.amplitude_contrast,
         )
         rotations = poses_in_asymmetric_unit(draw.rotations, s.symmetry)
@@ -200,7 +204,8 @@ def run_simulate(
     size = vol.shape[-1]
     fv = fourier_volume(vol.to(device))
     mask_radius = None if s.particle_diameter is None else s.particle_diameter / 2 / pixel_size
-    signature = {"map": file_identity(map_path), **asdict(s), "apix": pixel_size, "box": size, "n": n, "mask": mask_radius}
+    signature = {"map": file_identity(map_path), **asdict(s), "apix": pixel_size, "box": size, "n": n,
+                 "mask": mask_radius}
     with output_folder(out, inputs=inputs, outputs=OUTPUTS, force=force):
         shifts_px = shifts_a / pixel_size
         checkpoint = Checkpoint(out / PROGRESS, signature)
@@ -216,12 +221,14 @@ def run_simulate(
             state = checkpoint.load() if writer.resumed else None
             done: set[int] = set()
             if state is not None:
-                done = set(range(int(state["done_blocks"]))) if "done_blocks" in state else {int(b) for b in state["done"]}
+                done = (set(range(int(state["done_blocks"]))) if "done_blocks" in state
+                        else {int(b) for b in state["done"]})
                 held = sum(min((b + 1) * BLOCK, n) - b * BLOCK for b in done)
                 log.info("resuming: %d of %d particles already simulated", held, n)
                 if progress is not None:
                     progress(held, n)
             todo = [b for b in range(blocks) if b not in done]
+            results: Generator[tuple[tuple[int, int], np.ndarray], None, None]
             if executor is None:
                 results = (((b, b + 1), _simulate_block(shared, part(b))) for b in todo)
             else:  # workers compute, this process writes: one writer of the stack, same bytes
@@ -247,7 +254,8 @@ def run_simulate(
         if template is not None:
             skip = (set(template.optics.columns) if template.optics is not None else set()) | _REPLACED
             extra = {c: template.table[c].to_numpy() for c in template.table.columns if c not in skip}
-        ps = ParticleSet.from_arrays(rotations.double().numpy(), shifts_a.double().numpy(), pixel_size, size, names, ctf_dict, extra)
+        ps = ParticleSet.from_arrays(rotations.double().numpy(), shifts_a.double().numpy(), pixel_size, size, names,
+                                     ctf_dict, extra)
         write_star(ps, out / "particles.star")
     return {"n_particles": n, "box": size, "pixel_size": pixel_size, "snr": s.snr, "ctf": ctf_params is not None,
             "star": str(out / "particles.star"), "stack": str(out / "particles.mrcs")}

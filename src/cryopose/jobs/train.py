@@ -130,7 +130,8 @@ def run_train(
                       "train": {k: v for k, v in asdict(settings.train).items() if k not in ("epochs", "minutes")}}
     summaries = []
     with distributed_context(device) as ctx:
-        folder = (output_folder(out, inputs=[particles, *images.paths], outputs=_outputs([p[0] for p in parts]), force=force)
+        folder = (output_folder(out, inputs=[particles, *images.paths], outputs=_outputs([p[0] for p in parts]),
+                                force=force)
                   if ctx.is_main else nullcontext())
         with folder:
             ctx.barrier()
@@ -169,7 +170,8 @@ def _train_one(name: str, idx: np.ndarray, ps, tensors, images: ParticleImages, 
     train_idx, val_idx = _split(len(idx), settings.val_fraction, settings.train.seed)
     if len(train_idx) < settings.train.batch_size:
         raise UserError(f"{len(train_idx)} training particles in {label} are fewer than one batch of "
-                        f"{settings.train.batch_size}; use a smaller batch, a smaller validation fraction or more particles")
+                        f"{settings.train.batch_size}; use a smaller batch, a smaller validation fraction or more "
+                        "particles")
     train = _data(prepared, subset, train_idx, pixel_size)
     val = _data(prepared, subset, val_idx, pixel_size) if len(val_idx) else None
     checkpoint = Checkpoint(out / STORE / f"{label}.pt", {**signature_base, "part": name})
@@ -181,8 +183,8 @@ def _train_one(name: str, idx: np.ndarray, ps, tensors, images: ParticleImages, 
     def augment(images_, rotations, origins, generator):
         return augment_batch(images_, rotations, origins, pixel_size, augment_settings, generator)
 
-    title = f"{settings.train.network.get('model')} estimator{' ' + name if name else ''}: {len(train_idx)} training, " \
-            f"{len(val_idx)} validation particles"
+    title = (f"{settings.train.network.get('model')} estimator{' ' + name if name else ''}: "
+             f"{len(train_idx)} training, {len(val_idx)} validation particles")
 
     def save(st: dict) -> None:
         (out / STORE).mkdir(exist_ok=True)
@@ -200,19 +202,22 @@ def _train_one(name: str, idx: np.ndarray, ps, tensors, images: ParticleImages, 
     best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] > 0 else {}
     last = state["history"][-1] if state["history"] else {}
     if ctx.is_main and state.get("at_chance"):
-        log.warning("%s", chance_warning(label, best.get("val_median_deg", math.nan), state["chance"], settings.train.symmetry))
+        log.warning("%s", chance_warning(label, best.get("val_median_deg", math.nan), state["chance"],
+                                         settings.train.symmetry))
     return {"name": label, "n_train": int(len(train_idx)), "n_validation": int(len(val_idx)),
-            "epochs": int(state["epoch"]), "planned_epochs": state.get("planned_epochs"), "best_epoch": int(state["best_epoch"]),
-            "training_seconds": float(state["elapsed"]), "pixel_size": pixel_size, "image_size": int(prepared.shape[-1]),
+            "epochs": int(state["epoch"]), "planned_epochs": state.get("planned_epochs"),
+            "best_epoch": int(state["best_epoch"]), "training_seconds": float(state["elapsed"]),
+            "pixel_size": pixel_size, "image_size": int(prepared.shape[-1]),
             **(state.get("chance") or {}), "at_chance": state.get("at_chance"), "best": best, "last": last}
 
 
 def chance_warning(label: str, median_deg: float, chance: dict, sym: str) -> str:
     """The warning for a model whose best validation median is at chance level."""
-    return (f"WARNING: {label} has not learned the poses: its best validation median error, {median_deg:.1f} deg, is not "
-            f"clearly better than chance ({chance['chance_median_deg']:.1f} deg for random poses in {sym}; a model that "
-            f"learned is below {chance['chance_threshold_deg']:.1f} deg). Do not use its predictions; check the poses "
-            "and --sym of the training particles, or train longer (--epochs) or at another --image-size.")
+    return (f"WARNING: {label} has not learned the poses: its best validation median error, {median_deg:.1f} deg, "
+            f"is not clearly better than chance ({chance['chance_median_deg']:.1f} deg for random poses in {sym}; a "
+            f"model that learned is below {chance['chance_threshold_deg']:.1f} deg). Do not use its predictions; "
+            "check the poses and --sym of the training particles, or train longer (--epochs) or at another "
+            "--image-size.")
 
 
 def _report_epoch(label: str, state: dict, settings: TrainSettings) -> None:
@@ -229,7 +234,8 @@ def _report_epoch(label: str, state: dict, settings: TrainSettings) -> None:
                     "(%.1f deg for random poses)", label, epoch, planned, best, state["chance"]["chance_median_deg"])
 
 
-def _write_model(path: Path, state: dict, settings: TrainJobSettings, pixel_size: float, box: int, ps, name: str) -> None:
+def _write_model(path: Path, state: dict, settings: TrainJobSettings, pixel_size: float, box: int, ps,
+                 name: str) -> None:
     weights = state["best_model"] if state.get("best_model") is not None else state["model"]
     best = state["history"][state["best_epoch"] - 1] if state.get("best_epoch", 0) > 0 else {}
     write_model_file(path, state["config"], weights, asdict(settings.image), pixel_size, settings.train.symmetry,

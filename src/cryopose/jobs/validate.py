@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -116,7 +116,8 @@ def _check_classes(particles: ParticleSet, n_maps: int) -> np.ndarray:
         raise UserError("validating by class needs rlnClassNumber in the particles' star file")
     bad = sorted(set(int(c) for c in np.unique(classes)) - set(range(1, n_maps + 1)))
     if bad:
-        raise UserError(f"particles have rlnClassNumber {bad} but only {n_maps} maps were given (class k uses the k-th map)")
+        raise UserError(f"particles have rlnClassNumber {bad} but only {n_maps} maps were given "
+                        "(class k uses the k-th map)")
     return classes
 
 
@@ -161,7 +162,7 @@ def _score_one_map(
     executor: DaskExecutor | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     settings = opts.resolved_match(volume.shape[-1], apix)
-    xi = settings.xi
+    xi = opts.resolved_xi()  # the value of settings.xi
     gallery = build_gallery(volume, apix, settings, device)
     if gallery.n_directions < xi:
         raise UserError(
@@ -268,7 +269,8 @@ def validate_particles(
         if len(maps) != 1:
             raise ValueError("validate_particles takes one map unless by_class is set")
         vol, _ = maps[0]
-        cols, summary = _score_one_map(particles, images, np.arange(n), vol, apix, opts, device, step, store("all"), executor)
+        cols, summary = _score_one_map(particles, images, np.arange(n), vol, apix, opts, device, step, store("all"),
+                                       executor)
     else:
         classes = _check_classes(particles, len(maps))
         cols = {}
@@ -284,10 +286,14 @@ def validate_particles(
             rows.append({"class": k, **s})
         has_acc = particles.rotations is not None
         conv = opts.convention
+
+        def fraction_passing(column: str, threshold: float) -> float:
+            return float(np.mean(sc.passes(torch.as_tensor(cols[column]), threshold, conv).numpy()))
+
         summary = {
             "n_particles": n,
-            "precision_fraction": float(np.mean(sc.passes(torch.as_tensor(cols["cryoposePrecision"]), opts.precision_threshold, conv).numpy())),
-            "accuracy_fraction": float(np.mean(sc.passes(torch.as_tensor(cols["cryoposeAccuracy"]), opts.accuracy_threshold, conv).numpy())) if has_acc else None,
+            "precision_fraction": fraction_passing("cryoposePrecision", opts.precision_threshold),
+            "accuracy_fraction": fraction_passing("cryoposeAccuracy", opts.accuracy_threshold) if has_acc else None,
             "Q": float(np.mean(cols["cryoposeAligned"])) if has_acc else None,
             "classes": rows,
         }
@@ -296,7 +302,8 @@ def validate_particles(
         accuracy_threshold=opts.accuracy_threshold,
         convention=opts.convention,
         has_poses=particles.rotations is not None,
-        settings={**{k: v for k, v in asdict(opts).items() if k != "match"}, **asdict(opts.match), "xi": opts.resolved_xi()},
+        settings={**{k: v for k, v in asdict(opts).items() if k != "match"}, **asdict(opts.match),
+                  "xi": opts.resolved_xi()},
     )
     return cols, summary
 
@@ -305,8 +312,10 @@ def rank_maps(summaries: list[dict], names: list[str]) -> list[dict]:
     """Maps ordered best first: by Q when available, else by precision fraction."""
     rows = []
     for name, s in zip(names, summaries):
-        rows.append({"map": name, "precision_fraction": s["precision_fraction"], "accuracy_fraction": s.get("accuracy_fraction"), "Q": s.get("Q")})
-    key = (lambda r: (r["Q"], r["precision_fraction"])) if all(r["Q"] is not None for r in rows) else (lambda r: r["precision_fraction"])
+        rows.append({"map": name, "precision_fraction": s["precision_fraction"],
+                     "accuracy_fraction": s.get("accuracy_fraction"), "Q": s.get("Q")})
+    key = ((lambda r: (r["Q"], r["precision_fraction"])) if all(r["Q"] is not None for r in rows)
+           else (lambda r: r["precision_fraction"]))
     rows.sort(key=key, reverse=True)
     for i, r in enumerate(rows):
         r["rank"] = i + 1
@@ -320,7 +329,8 @@ def _write_outputs(out: Path, particles: ParticleSet, cols: dict, summary: dict,
     write_star(scored.subset(keep), out / "pruned.star")
     write_json_atomic(out / "summary.json", summary)
     acc = cols.get("cryoposeAccuracy") if summary.get("has_poses") else None
-    title = f"Q = {summary['Q']:.3f}" if summary.get("Q") is not None else f"precision = {summary['precision_fraction']:.3f}"
+    title = (f"Q = {summary['Q']:.3f}" if summary.get("Q") is not None
+             else f"precision = {summary['precision_fraction']:.3f}")
     soft_validation_figure(cols["cryoposePrecision"], acc, opts.precision_threshold, opts.accuracy_threshold,
                            out / "soft_validation.png", title)
 
@@ -363,9 +373,10 @@ def run_validate(
         _check_classes(ps, len(maps))
     opts.check(box, apix_used)
     several = not by_class and len(maps) > 1
-    outputs = [f"map{i}/{name}" for i in range(1, len(maps) + 1) for name in OUTPUTS] + ["summary.json"] if several else OUTPUTS
-    base = {"particles": file_identity(particles), "maps": [file_identity(m) for m in maps], "apix": apix,
-            "by_class": by_class, "options": asdict(opts)}
+    outputs = ([f"map{i}/{name}" for i in range(1, len(maps) + 1) for name in OUTPUTS] + ["summary.json"] if several
+               else OUTPUTS)
+    base: dict[str, Any] = {"particles": file_identity(particles), "maps": [file_identity(m) for m in maps],
+                            "apix": apix, "by_class": by_class, "options": asdict(opts)}
     base["options"].pop("chunk_size")  # results do not depend on it
     store_root = out / STORE
     with output_folder(out, inputs=[particles, *maps, *images.paths], outputs=outputs, force=force):
@@ -376,8 +387,8 @@ def run_validate(
             _write_outputs(out, ps, cols, summary, opts)
         else:
             summaries = []
-            for i, (m, vol) in enumerate(zip(maps, volumes), start=1):
-                cols, s = validate_particles(ps, images, [vol], opts, False, device, progress,
+            for i, (m, map_and_apix) in enumerate(zip(maps, volumes), start=1):
+                cols, s = validate_particles(ps, images, [map_and_apix], opts, False, device, progress,
                                              store_root / f"map{i}", {**base, "map_index": i}, len(ps) * len(maps),
                                              executor)
                 s["map"] = str(m)

@@ -26,7 +26,8 @@ from cryopose.geometry.rotations import rotation_about_z
 from cryopose.imaging.rotate import rotate_images
 from cryopose.imaging.shifts import shift_images
 
-__all__ = ["AugmentSettings", "AugmentDraw", "draw_augmentation", "apply_augmentation", "rotate_in_plane", "augment_batch"]
+__all__ = ["AugmentSettings", "AugmentDraw", "draw_augmentation", "apply_augmentation", "rotate_in_plane",
+           "augment_batch"]
 
 
 @dataclass
@@ -73,7 +74,7 @@ class AugmentDraw:
     @staticmethod
     def cat(draws: list[AugmentDraw]) -> AugmentDraw:
         """The draws of several batches, one after the other."""
-        noise = None if draws[0].noise is None else torch.cat([d.noise for d in draws])
+        noise = None if draws[0].noise is None else torch.cat([d.noise for d in draws if d.noise is not None])
         return AugmentDraw(
             angles=torch.cat([d.angles for d in draws]),
             shifts_angstrom=torch.cat([d.shifts_angstrom for d in draws]),

@@ -103,7 +103,8 @@ class DistributedContext:
                 "use a batch size that is a multiple of the number of processes", option="batch-size")
         return global_batch_size // self.world_size
 
-    def sampler(self, dataset: Dataset, shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> DistributedSampler:
+    def sampler(self, dataset: Dataset, shuffle: bool = True, seed: int = 0,
+                drop_last: bool = False) -> DistributedSampler:
         """This rank's share of ``dataset``: the same seeded permutation on every rank,
         dealt out in turn (rank r gets items r, r + W, ...)."""
         return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=seed,
@@ -158,11 +159,13 @@ def _environment_int(name: str, default: int) -> int:
     try:
         return default if value is None else int(value)
     except ValueError:
-        raise UserError(f"environment variable {name}={value!r} is not an integer; start the run with torchrun") from None
+        raise UserError(f"environment variable {name}={value!r} is not an integer; start the run with "
+                        "torchrun") from None
 
 
 @contextmanager
-def distributed_context(device: torch.device | str | None = None, timeout_seconds: float = 1800.0) -> Iterator[DistributedContext]:
+def distributed_context(device: torch.device | str | None = None,
+                        timeout_seconds: float = 1800.0) -> Iterator[DistributedContext]:
     """Join the run torchrun started (or run alone) and leave it cleanly on exit.
 
     ``device``: "cpu", "cuda" (each rank takes GPU LOCAL_RANK) or None (CUDA when present).
@@ -191,7 +194,8 @@ def distributed_context(device: torch.device | str | None = None, timeout_second
         if name not in os.environ:
             raise UserError(f"WORLD_SIZE is set but {name} is not; start the run with torchrun")
     backend = backend_for(device)
-    init = dict(backend=backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_seconds))
+    init: dict[str, Any] = dict(backend=backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_seconds))
     if backend == "nccl":
         init["device_id"] = device
     dist.init_process_group(**init)

@@ -130,13 +130,14 @@ class ConvBackbone(nn.Module):
         self.first_channels = channels[0]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        first = None
+        first: torch.Tensor | None = None
         for i, block in enumerate(self.blocks):
             if i > 0:
                 x = self.pool(x)
             x = block(x)
             if i == 0:
                 first = x
+        assert first is not None  # channels has at least one entry (__init__ reads channels[0])
         return self.dropout(x), first
 
 
@@ -172,7 +173,7 @@ def _monomials(rotations: torch.Tensor, keys: tuple[tuple[int, ...], ...]) -> to
     """The monomials ``keys`` (tuples of entry indices 0..8, row-major) of the entries of each
     rotation, (..., len(keys)), each built from its prefix (one product per needed prefix)."""
     entries = rotations.reshape(*rotations.shape[:-2], 9)
-    values = {(): torch.ones_like(entries[..., 0])}
+    values: dict[tuple[int, ...], torch.Tensor] = {(): torch.ones_like(entries[..., 0])}
     needed = sorted({key[:j] for key in keys for j in range(1, len(key) + 1)}, key=len)
     for key in needed:
         values[key] = values[key[:-1]] * entries[..., key[-1]]
@@ -214,6 +215,12 @@ class HarmonicGridHead(nn.Module):
     """Features (n, c) -> logits (n, N) on the SO(3) grid of ``order``: a linear map to the
     coefficients of a function of degree <= ``degree`` on SO(3), evaluated on the grid
     (``refine`` evaluates the same function at poses between the grid points)."""
+
+    # buffers (registered in __init__)
+    projection: torch.Tensor
+    grid: torch.Tensor
+    grid_quaternions: torch.Tensor
+    grid_basis: torch.Tensor
 
     def __init__(self, in_features: int, order: int = 2, degree: int = 6,
                  monomials: list | None = None) -> None:
@@ -284,6 +291,11 @@ class _Estimator(nn.Module):
         """(pooled features (n, c), origins in px (n, 2)) of images (n, 1, s, s)."""
         last, first = self.backbone(self.blur(images))
         return self.pool(last), self.origin(first)
+
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """rotations (n, 3, 3), origin_px (n, 2), confidence (larger is surer) and the
+        estimator's extras, of images (n, 1, s, s)."""
+        raise NotImplementedError
 
 
 class ForumEstimator(_Estimator):
@@ -389,7 +401,8 @@ def _whole(value: Any, low: int, high: int) -> bool:
 
 
 def _real(value: Any, low: float, high: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value <= high)
 
 
 def estimator_config_problem(config: dict[str, Any]) -> str | None:
@@ -400,7 +413,8 @@ def estimator_config_problem(config: dict[str, Any]) -> str | None:
     if config.get("model") not in ESTIMATORS:
         return f"unknown estimator {config.get('model')!r} (cryopose has {', '.join(sorted(ESTIMATORS))})"
     channels = config.get("channels", DEFAULT_CHANNELS)
-    if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 8 or not all(_whole(c, 1, 8192) for c in channels):
+    if (not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 8
+            or not all(_whole(c, 1, 8192) for c in channels)):
         return f"its channel widths {channels!r} are not 1 to 8 whole numbers of 1 to 8192"
     sigmas = config.get("blur_sigmas", ())
     if not isinstance(sigmas, (list, tuple)) or len(sigmas) > 8 or not all(_real(s, 0.0, 64.0) for s in sigmas):
@@ -429,7 +443,8 @@ def estimator_config_problem(config: dict[str, Any]) -> str | None:
             return f"its grid head (order {order}, degree {degree}) would need {72 * 8**order * size:,} values"
         monomials = config.get("grid_monomials")
         if monomials is not None and (not isinstance(monomials, (list, tuple)) or len(monomials) != size or not all(
-                isinstance(m, (list, tuple)) and len(m) <= degree and all(_whole(i, 0, 8) for i in m) for m in monomials)):
+                isinstance(m, (list, tuple)) and len(m) <= degree and all(_whole(i, 0, 8) for i in m)
+                for m in monomials)):
             return f"its grid monomials are not {size} lists of up to {degree} entry indices 0..8"
     return None
 

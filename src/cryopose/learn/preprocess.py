@@ -28,7 +28,8 @@ from cryopose.imaging.filters import normalise_background
 from cryopose.imaging.fourier import centered_irfft2, centered_rfft2
 from cryopose.imaging.resample import fourier_resize_images
 
-__all__ = ["CTF_CORRECTIONS", "DEFAULT_IMAGE_SIZE", "ImageSettings", "cropped_size", "prepared_size", "prepared_pixel_size", "prepare_images"]
+__all__ = ["CTF_CORRECTIONS", "DEFAULT_IMAGE_SIZE", "ImageSettings", "cropped_size", "prepared_size",
+           "prepared_pixel_size", "prepare_images"]
 
 CTF_CORRECTIONS = ("none", "phase_flip", "wiener")
 
@@ -58,8 +59,8 @@ class ImageSettings:
     def __post_init__(self) -> None:
         if self.image_size is not None and (isinstance(self.image_size, bool) or int(self.image_size) != self.image_size
                                             or self.image_size < 2):
-            raise UserError(f"image size {self.image_size!r} is not a whole number of pixels >= 2; give a larger image size",
-                            option="image-size")
+            raise UserError(f"image size {self.image_size!r} is not a whole number of pixels >= 2; "
+                            "give a larger image size", option="image-size")
         if not (0.0 < float(self.crop_factor) <= 1.0):
             raise UserError(f"crop factor {self.crop_factor!r} is outside (0, 1]; give the fraction of the box to keep",
                             option="crop-factor")
@@ -89,8 +90,8 @@ def prepared_size(box: int, settings: ImageSettings) -> int:
         return cropped
     if settings.image_size > cropped:
         raise UserError(
-            f"image size {settings.image_size} px is larger than the particle box after cropping ({cropped} px of {box}); "
-            f"give an image size of at most {cropped} px",
+            f"image size {settings.image_size} px is larger than the particle box after cropping "
+            f"({cropped} px of {box}); give an image size of at most {cropped} px",
             option="image-size",
         )
     return settings.image_size

@@ -38,7 +38,7 @@ from cryopose.geometry.rotations import matrix_to_quaternion
 from cryopose.geometry.symmetry import Symmetry
 from cryopose.learn.distributed import DistributedContext
 from cryopose.learn.losses import forum_loss, grid_cross_entropy, grid_targets, origin_loss, pair_indices
-from cryopose.learn.models import build_estimator
+from cryopose.learn.models import _Estimator, build_estimator
 
 __all__ = ["TrainSettings", "TrainingData", "train_estimator", "predict_poses", "angular_errors_deg", "planned_epochs",
            "learning_rate_at", "chance_level", "at_chance", "DEFAULT_EPOCHS"]
@@ -72,7 +72,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         self.symmetry = Symmetry(self.symmetry)
         if self.epochs is None and self.minutes is None:
-            self.epochs = DEFAULT_EPOCHS.get(self.network.get("model"), DEFAULT_EPOCHS["grid"])
+            self.epochs = DEFAULT_EPOCHS.get(self.network.get("model", "grid"), DEFAULT_EPOCHS["grid"])
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"the number of epochs must be at least 1, not {self.epochs}")
         if self.minutes is not None and not (self.minutes > 0 and math.isfinite(self.minutes)):
@@ -100,7 +100,8 @@ class TrainingData:
         return int(self.images.shape[0])
 
 
-Augment = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Augment = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator],
+                   tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def angular_errors_deg(predicted: torch.Tensor, true: torch.Tensor, sym: str) -> torch.Tensor:
@@ -170,11 +171,12 @@ def at_chance(best_validation_median_deg: float, chance: dict[str, float]) -> bo
     return not (best_validation_median_deg < chance["chance_threshold_deg"])
 
 
-def _batch_loss(model: torch.nn.Module, kind: str, images: torch.Tensor, rotations: torch.Tensor, origins_px: torch.Tensor,
-                weights: torch.Tensor, settings: TrainSettings, progress: float, generator: torch.Generator,
+def _batch_loss(model: torch.nn.Module, kind: str, images: torch.Tensor, rotations: torch.Tensor,
+                origins_px: torch.Tensor, weights: torch.Tensor, settings: TrainSettings, progress: float,
+                generator: torch.Generator,
                 grid_quaternions: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
     out = model(images)
-    parts: dict[str, torch.Tensor] = {}
+    parts: dict[str, float] = {}
     if kind == "forum":
         true_q = matrix_to_quaternion(rotations)
         pairs = pair_indices(true_q, settings.symmetry, settings.pair_sampling, generator)
@@ -182,11 +184,14 @@ def _batch_loss(model: torch.nn.Module, kind: str, images: torch.Tensor, rotatio
         loss = terms["loss"]
         parts["geodesic_deg"] = math.degrees(float(terms["geodesic"]))
         if "grid_logits" in out and grid_quaternions is not None:
-            ce = grid_cross_entropy(out["grid_logits"], grid_targets(rotations, grid_quaternions, settings.symmetry), weights)
+            targets = grid_targets(rotations, grid_quaternions, settings.symmetry)
+            ce = grid_cross_entropy(out["grid_logits"], targets, weights)
             loss = loss + (1 - progress) * ce  # the auxiliary grid head fades out as training ends
             parts["grid_ce"] = float(ce.detach())
     else:
-        ce = grid_cross_entropy(out["grid_logits"], grid_targets(rotations, grid_quaternions, settings.symmetry), weights)
+        assert grid_quaternions is not None  # a grid estimator's head has its grid
+        targets = grid_targets(rotations, grid_quaternions, settings.symmetry)
+        ce = grid_cross_entropy(out["grid_logits"], targets, weights)
         loss = ce
         parts["grid_ce"] = float(ce.detach())
     shift = origin_loss(out["origin_px"], origins_px)
@@ -196,14 +201,14 @@ def _batch_loss(model: torch.nn.Module, kind: str, images: torch.Tensor, rotatio
 
 def _grid_quaternions(model: torch.nn.Module) -> torch.Tensor | None:
     head = getattr(model, "head", None)
-    if hasattr(head, "grid_quaternions"):
+    if head is not None and hasattr(head, "grid_quaternions"):
         return head.grid_quaternions
     aux = getattr(model, "auxiliary", None)
     return None if aux is None else aux.grid_quaternions
 
 
 @torch.no_grad()
-def predict_poses(model: torch.nn.Module, images: torch.Tensor, pixel_size: float, batch_size: int = 256,
+def predict_poses(model: _Estimator, images: torch.Tensor, pixel_size: float, batch_size: int = 256,
                   device: torch.device | str | None = None) -> dict[str, np.ndarray]:
     """Poses of prepared images (n, 1, s, s) from a trained estimator, in batches:
     {"rotations" (n, 3, 3), "origins_angstrom" (n, 2), "confidence" (n,), and the
@@ -224,7 +229,7 @@ def predict_poses(model: torch.nn.Module, images: torch.Tensor, pixel_size: floa
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _validate(model: torch.nn.Module, data: TrainingData, sym: str, device: torch.device) -> dict[str, float]:
+def _validate(model: _Estimator, data: TrainingData, sym: str, device: torch.device) -> dict[str, float]:
     pred = predict_poses(model, data.images, data.pixel_size, device=device)
     errors = angular_errors_deg(torch.from_numpy(pred["rotations"]), data.rotations, sym).numpy()
     shift = np.linalg.norm(pred["origins_angstrom"] - data.origins_angstrom.double().numpy(), axis=1)
@@ -266,13 +271,14 @@ def train_estimator(
                         "use a smaller batch or more particles")
     config = dict(state["config"]) if state else dict(settings.network)
     torch.manual_seed(settings.seed)  # the same initial weights on every rank and rerun
-    model = build_estimator(config)
-    config = model.config
+    estimator = build_estimator(config)
+    config = estimator.config
     if state:
-        model.load_state_dict(state["model"])
+        estimator.load_state_dict(state["model"])
     # BatchNorm statistics over the global batch where SyncBatchNorm runs (CUDA); per process on CPU
-    model = ctx.wrap(model, sync_batchnorm=ctx.is_distributed and device.type == "cuda")
+    model = ctx.wrap(estimator, sync_batchnorm=ctx.is_distributed and device.type == "cuda")
     plain = ctx.unwrap(model)
+    assert isinstance(plain, _Estimator)  # the estimator, moved (and wrapped in DDP) by ctx.wrap
     kind = plain.kind
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -314,8 +320,9 @@ def train_estimator(
             mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
             images, rotations, origins = images[mine], rotations[mine], origins[mine]
             weights = train.confidence[chosen][mine].float()
-            loss, parts = _batch_loss(model, kind, images.to(device), rotations.to(device), (origins / train.pixel_size).to(device),
-                                      weights.to(device), settings, curriculum_progress(p, planned), generator, grid_q)
+            loss, parts = _batch_loss(model, kind, images.to(device), rotations.to(device),
+                                      (origins / train.pixel_size).to(device), weights.to(device), settings,
+                                      curriculum_progress(p, planned), generator, grid_q)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -325,6 +332,7 @@ def train_estimator(
                 sums[k] = sums.get(k, 0.0) + v
             if progress is not None and ctx.is_main:
                 if planned is None:  # a budget-only run's first epoch: extrapolate its pace
+                    assert settings.minutes is not None  # planned_epochs gives None only with a time budget
                     so_far = max(clock() - start_clock, 1e-9) * steps_per_epoch / (step + 1)
                     total = steps_per_epoch * max(1, int(60.0 * settings.minutes // so_far))
                 else:
@@ -349,7 +357,9 @@ def train_estimator(
                  "best_model": best_model, "best_epoch": best_epoch, "best_score": best_score, "history": history,
                  "epoch": epoch, "planned_epochs": planned, "first_epoch_seconds": first_seconds, "elapsed": elapsed,
                  "chance": chance, "at_chance": None if chance is None else at_chance(best_score, chance),
-                 "optimiser": optimiser.state_dict(), "generator": generator.get_state(), "finished": epoch >= planned}
+                 "optimiser": optimiser.state_dict(), "generator": generator.get_state(),
+                 "finished": planned is not None and epoch >= planned}
         if on_epoch is not None:
             ctx.on_main(on_epoch, state)
+    assert state is not None  # the loop ran (a state already finished returned above)
     return state

@@ -69,6 +69,8 @@ def score_chunk(
     weighted = convention == "paper"
     res = match_images(gallery, images, ctf)
     if rotations is not None:
+        if shifts_angstrom is None:
+            raise ValueError("assigned poses need their origins (shifts_angstrom)")
         pose = rotations.to(device, torch.float32)
         origin = shifts_angstrom.to(device, torch.float32)
     else:

@@ -80,7 +80,8 @@ def alpha_score(
     (B, xi) (None: equal weights). Paper: pairs n != n'; xmipp: all ordered pairs."""
     _check(convention)
     b, xi, _ = directions.shape
-    w = torch.ones(b, xi, dtype=directions.dtype, device=directions.device) if weights is None else weights.to(directions.dtype)
+    w = (torch.ones(b, xi, dtype=directions.dtype, device=directions.device) if weights is None
+         else weights.to(directions.dtype))
     d = pair_distance(directions[:, :, None, :], directions[:, None, :, :], sym, convention)  # (B, xi, xi)
     ww = w[:, :, None] * w[:, None, :]
     if convention == "paper":
@@ -99,7 +100,8 @@ def chi_score(
     (B, 3) to its directions (B, xi, 3), weights (B, xi) or None (equal)."""
     _check(convention)
     b, xi, _ = directions.shape
-    w = torch.ones(b, xi, dtype=directions.dtype, device=directions.device) if weights is None else weights.to(directions.dtype)
+    w = (torch.ones(b, xi, dtype=directions.dtype, device=directions.device) if weights is None
+         else weights.to(directions.dtype))
     d = pair_distance(assigned[:, None, :].to(directions.dtype), directions, sym, convention)
     return (w * d).sum(1) / w.sum(1)
 
@@ -142,7 +144,8 @@ def xmipp_noise(
 def quality_score(value: torch.Tensor, noise, good: torch.Tensor) -> torch.Tensor:
     """q = (value - noise) / (good - noise), not clipped; NaN where good == noise."""
     den = good - noise
-    return torch.where(den.abs() > 1e-12, (value - noise) / torch.where(den.abs() > 1e-12, den, torch.ones_like(den)), torch.full_like(den, math.nan))
+    safe = torch.where(den.abs() > 1e-12, den, torch.ones_like(den))
+    return torch.where(den.abs() > 1e-12, (value - noise) / safe, torch.full_like(den, math.nan))
 
 
 def passes(q: torch.Tensor, threshold: float, convention: str = "paper") -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 
 from cli_helpers import assert_user_error, run
 from cryopose.io.checkpoints import Checkpoint, ChunkStore
-from test_bad_inputs import _argv, template  # noqa: F401  (the workspace fixture)
+from test_bad_inputs import _argv, template  # noqa: F401  # (the workspace fixture)
 
 
 class Bomb:

@@ -95,12 +95,18 @@ def match_predictions(truth: ParticleSet, predictions: list[ParticleSet]) -> Mat
     t_names = _names(truth, describe(truth, "the ground truth"))
     dup = _first_duplicate(t_names)
     if dup is not None:
-        rows = ", ".join(str(r + 1) for r in dup[1][:3])
-        raise UserError(f"{describe(truth, 'the ground truth')} lists image {dup[0]} {len(dup[1])} times (rows {rows}); "
+        listed = ", ".join(str(r + 1) for r in dup[1][:3])
+        raise UserError(f"{describe(truth, 'the ground truth')} lists image {dup[0]} {len(dup[1])} times (rows {listed}); "
                         "each particle must appear once")
     lookup = pd.Series(np.arange(len(t_names)), index=t_names)
     truth_keys: pd.Series | None = None
-    rows_all, angles, shifts, has_shift, conf, source, halves = [], [], [], [], [], [], []
+    rows_all: list[np.ndarray] = []
+    angles: list[np.ndarray] = []
+    shifts: list[np.ndarray] = []
+    has_shift: list[np.ndarray] = []
+    conf: list[np.ndarray] = []
+    source: list[np.ndarray] = []
+    halves: list[np.ndarray] = []
     n_by_path = 0
     all_halves = True
     for k, ps in enumerate(predictions):
@@ -137,8 +143,10 @@ def match_predictions(truth: ParticleSet, predictions: list[ParticleSet]) -> Mat
             conf.append(np.full(len(ps), np.nan))
         source.append(np.full(len(ps), k, dtype=np.int64))
         h = ps.half_sets
-        all_halves = all_halves and h is not None
-        halves.append(h)
+        if h is None:
+            all_halves = False
+        else:
+            halves.append(h)
     rows = np.concatenate(rows_all)
     dup = _first_duplicate(rows)
     if dup is not None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryopose.geometry.distances import symmetry_mates
 from cryopose.geometry.rotations import axis_angle_to_matrix, geodesic_distance, matrix_to_quaternion, quaternion_to_matrix, random_rotations
 from cryopose.learn import losses, models, so3
 from cryopose.learn.train import TrainingData, TrainSettings, predict_poses, train_estimator
@@ -56,9 +57,9 @@ def test_symmetry_mate_counts_as_zero():
     a = random_rotations(10, torch.Generator().manual_seed(3))
     rz = axis_angle_to_matrix(torch.tensor([0.0, 0.0, math.pi], dtype=torch.float64))
     mate = a @ rz  # A R_g for the C2 operator about z
-    d = so3.symmetric_quaternion_distance(matrix_to_quaternion(mate), so3.symmetry_mates(a, "C2"))
+    d = so3.symmetric_quaternion_distance(matrix_to_quaternion(mate), matrix_to_quaternion(symmetry_mates(a, "C2")))
     assert float(d.max()) < 1e-3  # the distance's floor: dot products are clamped below 1 - 1e-7
-    d1 = so3.symmetric_quaternion_distance(matrix_to_quaternion(mate), so3.symmetry_mates(a, "C1"))
+    d1 = so3.symmetric_quaternion_distance(matrix_to_quaternion(mate), matrix_to_quaternion(symmetry_mates(a, "C1")))
     assert float(d1.min()) > 1.0
 
 

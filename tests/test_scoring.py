@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cryopose.align.scoring as scoring
-from cryopose.align.local_search import LocalSearchSettings, local_search, rotation_ball
+from cryopose.align.local_search import LocalSearchSettings, local_search
 from cryopose.align.scoring import disc_offsets, make_reference, prepare_particles, score_poses
 from cryopose.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
 from cryopose.imaging.projection import fourier_volume, project
@@ -85,13 +85,6 @@ def test_sub_pixel_origins_peak_at_the_truth(volume):
     scores = score_poses(ref, prep, torch.zeros(1, dtype=torch.long), rot, offsets)[0]
     best = offsets[scores.argmax()]
     assert torch.allclose(best, origin[0], atol=1e-6)
-
-
-def test_rotation_ball_is_a_ball():
-    ball = rotation_ball(math.radians(6), math.radians(2), dtype=torch.float64)
-    ang = torch.rad2deg(geodesic_distance(torch.eye(3, dtype=torch.float64), ball))
-    assert ang[0] == 0 and ang.max() <= 6 + 1e-9
-    assert len(ball) == 123  # grid points of step 2 within radius 6 (3-D lattice count)
 
 
 def test_local_search_recovers_perturbed_poses(volume):

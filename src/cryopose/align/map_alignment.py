@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from cryopose.errors import UserError
+from cryopose.geometry.grids import sample_rotations_near_identity
 from cryopose.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_angle
 from cryopose.imaging.filters import lowpass_volume, soft_spherical_mask
 from cryopose.imaging.resample import fourier_resize_volume
@@ -70,7 +71,6 @@ __all__ = [
     "hand_flip",
     "transform_poses",
     "align_map",
-    "rotation_grid",
     "transform_angle_deg",
 ]
 
@@ -253,18 +253,6 @@ class MapAlignment:
 
 
 # --------------------------------------------------------------------------- search
-def rotation_grid(step_deg: float, max_angle_deg: float = 180.0) -> np.ndarray:
-    """Rotations (m, 3, 3) covering SO(3) at about ``step_deg``, those within ``max_angle_deg``
-    of the identity (the identity is always included)."""
-    from cryopose.geometry.grids import sample_rotations
-
-    rots = sample_rotations(step_deg, "C1", dtype=torch.float64)
-    if max_angle_deg < 180.0:
-        rots = rots[torch.rad2deg(rotation_angle(rots)) <= max_angle_deg]
-    rots = rots.numpy()
-    return np.concatenate([np.eye(3)[None], rots], axis=0)
-
-
 def _even(n: float) -> int:
     return max(8, int(2 * round(n / 2)))
 
@@ -520,7 +508,7 @@ def align_map(
     gsize = min(_even(s.global_box), n)
     glv = _make_level(ref, mov, weights, gsize, apix, resolution)
     step = min(s.global_step_deg, max(max_angle / 2.0, 2.0))
-    grid = rotation_grid(step, max_angle)
+    grid = sample_rotations_near_identity(step, max_angle).numpy()
     gshift = max_shift_A / glv.apix
     results = _global_search(glv, grid, hands, gshift, s.batch)
     clock["global"] = time.perf_counter()

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from cryopose.align.local_search import LocalSearchSettings, local_search
-from cryopose.align.projection_matching import Gallery, build_gallery, match_images
+from cryopose.align.local_search import LocalSearchSettings
+from cryopose.align.projection_matching import Gallery, build_gallery
+from cryopose.align.refine_chunks import global_search_chunk, local_search_chunk, residual_power_chunk
 from cryopose.align.refinement import (
     PRIORS,
     chance_reasons,
@@ -60,15 +61,7 @@ from cryopose.align.refinement import (
     resolution_improved,
     shell_noise_power,
 )
-from cryopose.align.scoring import (
-    GaussianNoise,
-    PreparedParticles,
-    Reference,
-    make_reference,
-    prepare_particles,
-    residual_shell_power,
-    shell_sizes,
-)
+from cryopose.align.scoring import Reference, make_reference, shell_sizes
 from cryopose.errors import UserError
 from cryopose.geometry.rotations import geodesic_distance, random_rotations
 from cryopose.geometry.symmetry import symmetry_matrices
@@ -252,89 +245,47 @@ class _GlobalShared:
     device: str
 
 
-def _reference_on(shared: _SearchShared, h: int) -> Reference:
-    ref = shared.references[h - 1]
-    device = torch.device(shared.device)
-    if ref.device != device:
-        ref = replace(ref, volume=replace(ref.volume, data=ref.volume.data.to(device)))
-    return ref
-
-
-def _half_images(device: str, part: tuple) -> Iterator[tuple[int, np.ndarray, torch.Tensor, CTFParameters | None]]:
-    """For each half set with particles in the chunk: (h, their rows in the chunk, their
-    images (k, N, N) and CTF on ``device``). ``part`` starts (image source, rows, half sets)."""
-    images, rows, halves = part[:3]
+def _chunk_images(device: str, part: tuple) -> tuple[torch.Tensor, CTFParameters | None]:
+    """The chunk's images (k, N, N) and CTF on ``device``; ``part`` starts (image source, rows)."""
+    images, rows = part[:2]
     dev = torch.device(device)
     try:
         imgs = torch.as_tensor(images.read(np.arange(len(images))), device=dev)
     finally:
         images.close()
-    ctf = None if rows.ctf is None else rows.ctf.to(dev, torch.float32)
-    for h in (1, 2):
-        sel = np.nonzero(halves == h)[0]
-        if len(sel) > 0:
-            t = torch.from_numpy(sel)
-            yield h, sel, imgs[t.to(dev)], None if ctf is None else ctf[t]
+    return imgs, None if rows.ctf is None else rows.ctf.to(dev, torch.float32)
 
 
-def _by_half(shared: _SearchShared, part: tuple) -> Iterator[tuple[int, np.ndarray, Reference, PreparedParticles]]:
-    """For each half set with particles in the chunk: (h, their rows in the chunk, half h's
-    reference, those particles prepared against it)."""
-    for h, sel, imgs, ctf in _half_images(shared.device, part):
-        ref = _reference_on(shared, h)
-        yield h, sel, ref, prepare_particles(ref, imgs, ctf, ctf_references=True, mask_radius=MASK_RADIUS)
+def _numpy(arrays: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
 
 
 def _noise_part(shared: _SearchShared, part: tuple) -> dict[str, np.ndarray]:
-    """Residual power per shell (k, R+1) and amplitude scale (k,) of one chunk's particles
-    at their current poses, each against its own half's reference; ``part`` is (image
-    source, rows with the current poses, half sets)."""
+    """Residual power per shell and amplitude scale of one chunk's particles at their current
+    poses (:func:`residual_power_chunk`); ``part`` is (image source, rows with the current
+    poses, half sets)."""
+    imgs, ctf = _chunk_images(shared.device, part)
     rows, halves = part[1], part[2]
-    power = np.zeros((len(halves), shared.references[0].radius + 1), dtype=np.float32)
-    scale = np.zeros(len(halves), dtype=np.float32)
-    for _, sel, ref, prep in _by_half(shared, part):
-        t = torch.from_numpy(sel)
-        p, a = residual_shell_power(ref, prep, rows.rotations[t].float(), (rows.shifts_angstrom[t] / ref.work_pixel_size).float())
-        power[sel] = p.cpu().numpy()
-        scale[sel] = a.cpu().numpy()
-    return {"power": power, "scale": scale}
+    return _numpy(residual_power_chunk(shared.references, imgs, ctf, torch.from_numpy(halves), rows.rotations,
+                                       rows.shifts_angstrom, MASK_RADIUS))
 
 
 def _search_part(shared: _SearchShared, part: tuple) -> dict[str, np.ndarray]:
-    """Refined poses, origins and scores of one chunk: each particle searched against its
-    own half's reference only. ``part`` is (image source, rows with the current poses,
-    half sets, prior rotations, prior origins Å, amplitude scales or None)."""
+    """Refined poses, origins and scores of one chunk (:func:`local_search_chunk`). ``part``
+    is (image source, rows with the current poses, half sets, prior rotations, prior
+    origins Å, amplitude scales or None)."""
     _, rows, halves, prior_rot, prior_shift, scale = part
-    k = len(halves)
-    rotations = np.zeros((k, 3, 3), dtype=np.float32)
-    shifts = np.zeros((k, 2), dtype=np.float32)
-    scores = np.zeros(k, dtype=np.float32)
-    for h, sel, ref, prep in _by_half(shared, part):
-        t = torch.from_numpy(sel)
-        noise = None
-        if shared.noise_power is not None:
-            noise = GaussianNoise(shared.noise_power[h - 1], torch.as_tensor(scale[sel]))
-        res = local_search(ref, prep, rows.rotations[t].float(), rows.shifts_angstrom[t].float(), shared.search,
-                           prior_rotations=prior_rot[t], prior_shifts_angstrom=prior_shift[t], noise=noise)
-        rotations[sel] = res.rotations.cpu().numpy()
-        shifts[sel] = res.shifts_angstrom.cpu().numpy()
-        scores[sel] = res.scores.cpu().numpy()
-    return {"rotations": rotations, "shifts": shifts, "scores": scores}
+    imgs, ctf = _chunk_images(shared.device, part)
+    return _numpy(local_search_chunk(shared.references, shared.search, imgs, ctf, torch.from_numpy(halves),
+                                     rows.rotations, rows.shifts_angstrom, prior_rot, prior_shift, MASK_RADIUS,
+                                     shared.noise_power, None if scale is None else torch.from_numpy(scale)))
 
 
 def _global_part(shared: _GlobalShared, part: tuple) -> dict[str, np.ndarray]:
-    """Best pose, origin and NCC of one chunk's particles over the whole gallery of their own
-    half's reference; ``part`` is (image source, rows, half sets)."""
-    k = len(part[2])
-    rotations = np.zeros((k, 3, 3), dtype=np.float32)
-    shifts = np.zeros((k, 2), dtype=np.float32)
-    scores = np.zeros(k, dtype=np.float32)
-    for h, sel, imgs, ctf in _half_images(shared.device, part):
-        res = match_images(shared.galleries[h - 1], imgs, ctf)
-        rotations[sel] = res.rotations[:, 0].cpu().numpy()
-        shifts[sel] = res.shifts_angstrom[:, 0].cpu().numpy()
-        scores[sel] = res.scores[:, 0].cpu().numpy()
-    return {"rotations": rotations, "shifts": shifts, "scores": scores}
+    """Best pose, origin and NCC of one chunk's particles (:func:`global_search_chunk`);
+    ``part`` is (image source, rows, half sets)."""
+    imgs, ctf = _chunk_images(shared.device, part)
+    return _numpy(global_search_chunk(shared.galleries, imgs, ctf, torch.from_numpy(part[2])))
 
 
 # ----------------------------------------------------------------------------- iterations

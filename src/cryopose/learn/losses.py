@@ -17,8 +17,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cryopose.geometry.distances import symmetry_mates
 from cryopose.geometry.rotations import matrix_to_quaternion, quaternion_to_matrix
-from cryopose.learn.so3 import quaternion_distance, symmetric_quaternion_distance, symmetry_mates
+from cryopose.learn.so3 import quaternion_distance, symmetric_quaternion_distance
 
 __all__ = [
     "curriculum_weights",
@@ -41,7 +42,7 @@ def pairwise_distances(q: torch.Tensor, i: torch.Tensor, j: torch.Tensor, sym: s
     """Symmetry-reduced geodesic distance (rad) between poses q[i] and q[j] (quaternions)."""
     if sym.upper() == "C1":
         return quaternion_distance(q[i], q[j])
-    mates = symmetry_mates(quaternion_to_matrix(q[j]), sym)
+    mates = matrix_to_quaternion(symmetry_mates(quaternion_to_matrix(q[j]), sym))
     return symmetric_quaternion_distance(q[i], mates)
 
 
@@ -77,7 +78,7 @@ def forum_loss(predicted: torch.Tensor, true_rotations: torch.Tensor, sym: str, 
                pairs: tuple[torch.Tensor, torch.Tensor], weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """cryo-forum's loss for predicted quaternions (n, 4) against true poses (n, 3, 3):
     {"loss", "geodesic" (mean, rad), "siamese" (mean, rad)}; ``weights`` (n,) weigh particles."""
-    mates = symmetry_mates(true_rotations, sym)
+    mates = matrix_to_quaternion(symmetry_mates(true_rotations, sym))
     geodesic = symmetric_quaternion_distance(predicted, mates)
     w = torch.ones_like(geodesic) if weights is None else weights
     i, j = pairs
@@ -94,7 +95,7 @@ def forum_loss(predicted: torch.Tensor, true_rotations: torch.Tensor, sym: str, 
 def grid_targets(true_rotations: torch.Tensor, grid_quaternions: torch.Tensor, sym: str) -> torch.Tensor:
     """Label distributions (n, N) over the grid: uniform over the grid points nearest to the
     symmetry mates of each true pose (a point shared by two mates counts once)."""
-    mates = symmetry_mates(true_rotations, sym)  # (n, G, 4)
+    mates = matrix_to_quaternion(symmetry_mates(true_rotations, sym))  # (n, G, 4)
     nearest = (mates @ grid_quaternions.T).abs().argmax(dim=-1)  # (n, G): max |cos(angle/2)|
     targets = torch.zeros(true_rotations.shape[0], grid_quaternions.shape[0], dtype=grid_quaternions.dtype,
                           device=grid_quaternions.device)

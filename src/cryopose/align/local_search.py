@@ -148,6 +148,7 @@ def local_search(
         # next level: one step wide, half the step
         angle, angle_step = angle_step, angle_step / 2
         shift, shift_step = shift_step, shift_step / 2
+    assert best_scores is not None  # at least one level ran
     return LocalSearchResult(
         rotations=rots[:, 0], shifts_angstrom=origins[:, 0] * apix, scores=best_scores[:, 0]
     )

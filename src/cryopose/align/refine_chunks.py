@@ -106,9 +106,16 @@ def local_search_chunk(
             if scales is None:
                 raise ValueError("a likelihood search needs the particles' amplitude scales")
             noise = GaussianNoise(noise_power[h - 1], scales[sel])
-        res = local_search(ref, prep, rotations[sel].float(), shifts_angstrom[sel].float(), search,
-                           prior_rotations=prior_rotations[sel], prior_shifts_angstrom=prior_shifts_angstrom[sel],
-                           noise=noise)
+        res = local_search(
+            ref,
+            prep,
+            rotations[sel].float(),
+            shifts_angstrom[sel].float(),
+            search,
+            prior_rotations=prior_rotations[sel],
+            prior_shifts_angstrom=prior_shifts_angstrom[sel],
+            noise=noise,
+        )
         best_rotations[sel] = res.rotations.cpu().to(torch.float32)
         best_shifts[sel] = res.shifts_angstrom.cpu().to(torch.float32)
         scores[sel] = res.scores.cpu().to(torch.float32)

@@ -119,7 +119,7 @@ def _tidy_orbits(asu: torch.Tensor, sym: str, min_angle: float) -> torch.Tensor:
     axes = np.linalg.svd(s[1:] - np.eye(3))[2][:, 2]  # null vector of S - I: the axis
     img = np.einsum("kij,nj->nki", s[1:], pts)  # (n, K-1, 3)
     self_dist = np.linalg.norm(img - pts[:, None], axis=-1)
-    for i in np.nonzero((self_dist < chord).any(axis=1))[0]:
+    for i in np.nonzero((self_dist < chord).any(axis=1))[0].tolist():
         k = int(self_dist[i].argmin())
         ax = axes[k] * np.sign(axes[k] @ pts[i])
         pts[i] = ax
@@ -284,5 +284,6 @@ def poses_in_asymmetric_unit(rotations: torch.Tensor, sym: str) -> torch.Tensor:
     if candidates.shape[1] == 1:
         return rotations
     inside = asymmetric_unit_mask(viewing_direction(candidates).reshape(-1, 3), sym).reshape(candidates.shape[:2])
-    pick = torch.where(inside.any(dim=1), inside.float().argmax(dim=1), torch.zeros(len(rotations), dtype=torch.long, device=rotations.device))
+    first = torch.zeros(len(rotations), dtype=torch.long, device=rotations.device)
+    pick = torch.where(inside.any(dim=1), inside.float().argmax(dim=1), first)
     return candidates[torch.arange(len(rotations), device=rotations.device), pick]

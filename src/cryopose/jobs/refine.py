@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,8 +56,8 @@ from cryopose.align.refinement import (
     global_match_settings,
     local_search_schedule,
     map_content_resolution,
-    reference_resolution,
     poses_moving,
+    reference_resolution,
     resolution_improved,
     shell_noise_power,
 )
@@ -75,7 +75,12 @@ from cryopose.io.outputs import output_folder
 from cryopose.io.plots import plot_fsc_curves, write_fsc_csv
 from cryopose.io.star import write_star
 from cryopose.jobs.chunks import ChunkWork, run_chunks
-from cryopose.jobs.inputs import check_map_fits_particles, half_set_labels, particle_pixel_size, require_reconstruction_memory
+from cryopose.jobs.inputs import (
+    check_map_fits_particles,
+    half_set_labels,
+    particle_pixel_size,
+    require_reconstruction_memory,
+)
 from cryopose.jobs.reconstruct import ReconstructSettings, reconstruct_halves
 from cryopose.particles import ParticleSet, ParticleTensors
 from cryopose.reconstruct.fsc import FSCResult, fourier_shell_correlation
@@ -161,7 +166,8 @@ class RefineSettings:
             raise UserError(f"the origin neighbourhood must be a non-negative number of A, got {self.max_shift}",
                             option="max-shift")
         if not (math.isfinite(self.ini_high) and self.ini_high > 0):
-            raise UserError(f"the initial low-pass must be a positive number of A, got {self.ini_high}", option="ini-high")
+            raise UserError(f"the initial low-pass must be a positive number of A, got {self.ini_high}",
+                            option="ini-high")
         if not (math.isfinite(self.global_sampling) and 0 < self.global_sampling <= 30):
             raise UserError(f"the global angular sampling must be in (0, 30] deg, got {self.global_sampling}",
                             option="global-sampling")
@@ -318,7 +324,8 @@ def _degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _references(state: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The two half maps of ``state`` Wiener-filtered by their FSC (when they are independent)."""
     weights = torch.ones_like(state["fsc"].fsc) if state["identical"] else fsc_reference_weights(state["fsc"].fsc)
-    return tuple(filter_shells(state[f"half{h}"].to(device), weights) for h in (1, 2))
+    half1, half2 = (filter_shells(state[f"half{h}"].to(device), weights) for h in (1, 2))
+    return half1, half2
 
 
 def _initial_state(
@@ -387,8 +394,10 @@ def refine_particles(
     box = int(images.image_shape[0])
     s.check(box, apix)
     if s.global_search:  # the prior rotations are the last global pass's poses; origins about the box centre
-        prior_rot, prior_shift = None, torch.zeros(n, 2, dtype=torch.float64)
+        prior_rot: torch.Tensor | None = None
+        prior_shift = torch.zeros(n, 2, dtype=torch.float64)
     else:
+        assert tensors.rotations is not None  # _checked_particles: a local refinement starts from poses
         prior_rot, prior_shift = tensors.rotations.clone(), tensors.shifts_angstrom.clone()
     diameter = 2 * MASK_RADIUS * box * apix
     rec = s.reconstruct_settings()
@@ -429,8 +438,11 @@ def refine_particles(
     state = load(cp0)
     if state is None:
         t0 = time.perf_counter()
-        state = _initial_state(half_maps, reference_map, s, apix, box,
-                               lambda: reconstruct(prior_rot, prior_shift, "iteration_00_reconstruct.pt"))
+        def reconstruct_input() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            assert prior_rot is not None  # RefineSettings: no references from poses with a global search
+            return reconstruct(prior_rot, prior_shift, "iteration_00_reconstruct.pt")
+
+        state = _initial_state(half_maps, reference_map, s, apix, box, reconstruct_input)
         state.update(rotations=None if prior_rot is None else prior_rot.float(), shifts=prior_shift.float(),
                      scores=torch.full((n,), math.nan))
         state["record"] = {"iteration": 0, "search": None, "references": state.pop("source"),
@@ -456,6 +468,7 @@ def refine_particles(
             if i <= passes:
                 state = _global_pass(i, prev, ctx)
             else:
+                assert prior_rot is not None  # the input poses, or set by the last global pass
                 state = _iterate(i, prev, ctx, prior_rot, prior_shift)
             t1 = time.perf_counter()
             h1, h2, full = reconstruct(state["rotations"], state["shifts"], f"iteration_{i:02d}_reconstruct.pt")
@@ -468,9 +481,9 @@ def refine_particles(
             progress(n, total)
         records.append(state["record"])
         r = state["record"]
+        change = "-" if r["pose_change_median_deg"] is None else f"{r['pose_change_median_deg']:.2f} deg"
         log.info("iteration %d (%s): %.2f A (FSC 0.143), median pose change %s, %.1f particles/s", i, r["search"],
-                 r["resolution_0143"], "-" if r["pose_change_median_deg"] is None else f"{r['pose_change_median_deg']:.2f} deg",
-                 r["particles_per_second"])
+                 r["resolution_0143"], change, r["particles_per_second"])
         if i == passes:  # the local iterations keep the poses of the last global pass as their prior
             prior_rot = state["rotations"].double()
         best_resolution = min(best_resolution, state["resolution"])
@@ -483,6 +496,7 @@ def refine_particles(
                                f"{r['pose_change_median_deg']:.2f} deg)")
                 break
         prev = state
+    assert best is not None  # the first iteration is within the tolerance of the best so far
     b = best
 
     # ---- chance: half maps of the same particles at random poses
@@ -522,7 +536,7 @@ class _Context:
     the geometry (Å/px, box, mask diameter Å), the settings and where and how to run."""
 
     tensors: ParticleTensors
-    images: object
+    images: Any  # the image source (io.mrc.ParticleImages): take, read, close
     halves: np.ndarray
     apix: float
     box: int
@@ -555,7 +569,8 @@ def _global_pass(i: int, prev: dict, ctx: _Context) -> dict:
     band = comparison_band(prev["resolution"], ctx.box, ctx.apix)
     match = global_match_settings(band, s.global_sampling, s.max_shift, s.symmetry, MASK_RADIUS)
     t0 = time.perf_counter()
-    galleries = tuple(build_gallery(v, ctx.apix, match, ctx.device) for v in _references(prev, ctx.device))
+    half1, half2 = _references(prev, ctx.device)
+    galleries = (build_gallery(half1, ctx.apix, match, ctx.device), build_gallery(half2, ctx.apix, match, ctx.device))
     work = ChunkWork(_global_part, _GlobalShared(galleries, str(ctx.device)),
                      lambda idx: (ctx.images.take(idx), ctx.tensors[idx], ctx.halves[idx]))
     g = galleries[0]
@@ -571,21 +586,25 @@ def _iterate(i: int, prev: dict, ctx: _Context, prior_rot: torch.Tensor, prior_s
     returns the new poses, scores and the iteration record."""
     s, n, halves, images = ctx.settings, len(ctx.tensors), ctx.halves, ctx.images
     band = comparison_band(prev["resolution"], ctx.box, ctx.apix)
-    references = tuple(make_reference(v, ctx.apix, band, ctx.device) for v in _references(prev, ctx.device))
+    half1, half2 = _references(prev, ctx.device)
+    references = (make_reference(half1, ctx.apix, band, ctx.device), make_reference(half2, ctx.apix, band, ctx.device))
     search = local_search_schedule(band, ctx.diameter, s.sigma_angle, s.max_shift, s.search_angle, s.prior)
     current = replace(ctx.tensors, rotations=prev["rotations"].double(), shifts_angstrom=prev["shifts"].double())
     t0 = time.perf_counter()
-    noise_power, scale = None, None
+    noise_power: tuple[torch.Tensor, torch.Tensor] | None = None
+    scale = None
+    finest = 2 ** (search.levels - 1)
     record = {"iteration": i, "search": "local", "comparison_resolution": band, "working_box": references[0].work_box,
-              "angle_step_first_deg": search.angle_step, "angle_step_finest_deg": search.angle_step / 2 ** (search.levels - 1),
-              "shift_step_finest_angstrom": search.shift_step / 2 ** (search.levels - 1), "levels": search.levels}
+              "angle_step_first_deg": search.angle_step, "angle_step_finest_deg": search.angle_step / finest,
+              "shift_step_finest_angstrom": search.shift_step / finest, "levels": search.levels}
     if s.score == "likelihood":
         shared = _SearchShared(references, search, None, str(ctx.device))
         work = ChunkWork(_noise_part, shared, lambda idx: (images.take(idx), current[idx], halves[idx]))
         raw = run_chunks(n, s.chunk_size, work, ctx.store(f"iteration_{i:02d}_noise"), None, ctx.executor)
         sizes = shell_sizes(references[0]).cpu()
         power = torch.from_numpy(raw["power"])
-        noise_power = tuple(shell_noise_power(power[torch.from_numpy(halves == h)], sizes) for h in (1, 2))
+        noise1, noise2 = (shell_noise_power(power[torch.from_numpy(halves == h)], sizes) for h in (1, 2))
+        noise_power = (noise1, noise2)
         scale = torch.from_numpy(raw["scale"])
         record["noise_power_per_shell"] = [p.tolist() for p in noise_power]
     shared = _SearchShared(references, search, noise_power, str(ctx.device))
@@ -598,7 +617,9 @@ def _iterate(i: int, prev: dict, ctx: _Context, prior_rot: torch.Tensor, prior_s
     return _searched(ctx, f"iteration_{i:02d}_search", ChunkWork(_search_part, shared, part), prev, record, t0)
 
 
-def _checked_particles(ps: ParticleSet, s: RefineSettings, name: str) -> tuple[ParticleTensors, float, np.ndarray, bool]:
+def _checked_particles(
+    ps: ParticleSet, s: RefineSettings, name: str
+) -> tuple[ParticleTensors, float, np.ndarray, bool]:
     """(tensors, pixel size Å, half sets, whether drawn at random) of particles that can be
     refined; UserError naming ``name`` otherwise."""
     if len(ps) == 0:
@@ -659,19 +680,20 @@ def run_refine(
     check_map_fits_particles(volume, map_apix, box, pixel_size, map_path)
     halves_given = None
     if half_maps is not None:
-        halves_given = []
+        given = []
         for path in half_maps:
-            vol, vol_apix = read_map(path)
-            check_map_fits_particles(vol, vol_apix, box, pixel_size, path)
-            halves_given.append(vol)
+            half, half_apix = read_map(path)
+            check_map_fits_particles(half, half_apix, box, pixel_size, path)
+            given.append(half)
+        halves_given = (given[0], given[1])
     require_reconstruction_memory(box, device)
     inputs = [particles, map_path, *(half_maps or ()), *images.paths]
     signature = {"particles": file_identity(particles), "map": file_identity(map_path),
                  "half_maps": [file_identity(p) for p in half_maps] if half_maps else None, "apix": apix,
                  **{k: v for k, v in asdict(s).items() if k not in ("iterations", "chunk_size")}}
     with output_folder(out, inputs=inputs, outputs=OUTPUTS, force=force):
-        result = refine_particles(ps, images, s, None if halves_given is None else tuple(halves_given), volume, device,
-                                  progress, out / STORE, signature, executor)
+        result = refine_particles(ps, images, s, halves_given, volume, device, progress, out / STORE, signature,
+                                  executor)
         columns = {"rlnRandomSubset": result.halves.astype(np.int64), "cryoposeRefineScore": result.scores.numpy()}
         change = moved = None
         if tensors.rotations is not None:  # a global search reports how far its poses are from the input's
@@ -688,7 +710,8 @@ def run_refine(
                    + (" (best)" if r["iteration"] == result.best_iteration else ""),
                    np.asarray(r["frequency"]), np.asarray(r["fsc"]))
                   for r in result.iterations if not r.get("halves_identical")]  # one map twice has FSC 1: no curve
-        plot_fsc_curves(curves, out / "fsc.png", title=f"Half-map FSC per iteration ({len(ps)} particles, {s.symmetry})")
+        plot_fsc_curves(curves, out / "fsc.png",
+                        title=f"Half-map FSC per iteration ({len(ps)} particles, {s.symmetry})")
         best = result.iterations[result.best_iteration]
         summary = {
             "particles": str(particles),

@@ -67,7 +67,6 @@ def pair_indices(true_quaternions: torch.Tensor, sym: str, scheme: str, generato
     with torch.no_grad():
         d = pairwise_distances(true_quaternions, i, j, sym)
     which = (d / math.pi * bins).long().clamp(0, bins - 1)
-    counts = torch.bincount(which, minlength=bins)
     per_bin = max(1, n // bins)
     chosen = [torch.nonzero(which == b).flatten()[:per_bin] for b in range(bins)]
     picked = torch.cat(chosen)
@@ -75,7 +74,8 @@ def pair_indices(true_quaternions: torch.Tensor, sym: str, scheme: str, generato
 
 
 def forum_loss(predicted: torch.Tensor, true_rotations: torch.Tensor, sym: str, progress: float,
-               pairs: tuple[torch.Tensor, torch.Tensor], weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               pairs: tuple[torch.Tensor, torch.Tensor],
+               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """cryo-forum's loss for predicted quaternions (n, 4) against true poses (n, 3, 3):
     {"loss", "geodesic" (mean, rad), "siamese" (mean, rad)}; ``weights`` (n,) weigh particles."""
     mates = matrix_to_quaternion(symmetry_mates(true_rotations, sym))
@@ -103,7 +103,9 @@ def grid_targets(true_rotations: torch.Tensor, grid_quaternions: torch.Tensor, s
     return targets / targets.sum(dim=1, keepdim=True)
 
 
-def grid_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def grid_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over particles (weighted) of -sum targets * log softmax(logits)."""
     per = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)
     if weights is None:

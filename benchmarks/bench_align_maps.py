@@ -29,7 +29,8 @@ import torch
 from common import machine, write_results
 from scipy.spatial.transform import Rotation
 
-from cryopose.align.map_alignment import J, MapAlignmentSettings, align_map, apply_transform, rotation_grid, transform_volume
+from cryopose.align.map_alignment import J, MapAlignmentSettings, align_map, apply_transform, transform_volume
+from cryopose.geometry.grids import sample_rotations_near_identity
 from cryopose.imaging.filters import lowpass_volume
 from cryopose.imaging.resample import fourier_resize_volume
 from cryopose.io.mrc import read_map
@@ -71,7 +72,7 @@ def main() -> None:
     dev = torch.device(args.device)
     vol64, apix64 = read_map(DATA)
     base = torch.as_tensor(vol64)
-    n_grid_15 = rotation_grid(15.0).shape[0] - 1
+    n_grid_15 = sample_rotations_near_identity(15.0).shape[0] - 1
     n_grid_final = int(round(n_grid_15 * (15.0 / FINAL_STEP_DEG) ** 3)) * 2  # both hands
     rows = []
     for size in args.sizes:

@@ -25,6 +25,7 @@ from cryopose.geometry import (
     fibonacci_count,
     fibonacci_directions,
     geodesic_distance,
+    local_rotation_grid,
     matrix_to_euler,
     matrix_to_quaternion,
     pairwise_direction_distance,
@@ -36,6 +37,8 @@ from cryopose.geometry import (
     rotation_distance,
     sample_directions,
     sample_rotations,
+    sample_rotations_near_identity,
+    symmetry_mates,
     symmetry_matrices,
     symmetry_order,
     viewing_direction,
@@ -233,6 +236,69 @@ def test_pose_equivalence_preserves_projection(name):
 
 
 # ---------------------------------------------------------------- distances
+@pytest.mark.parametrize("sym", ["C1", "C4", "D7", "O", "I2", "C5v", "D3h", "Ci"])
+def test_symmetry_mates_are_the_equivalent_poses(sym):
+    a = random_rotations(5, _gen(8))
+    mates = symmetry_mates(a, sym)
+    full, proper = ORDERS[sym]
+    assert mates.shape == (5, full, 3, 3)
+    torch.testing.assert_close(mates[:, 0], a)  # the identity first
+    assert (torch.linalg.det(mates) > 0).all()  # proper poses, also for improper elements
+    assert rotation_distance(a[:, None], mates, sym).max() < 1e-6
+    if full > 1:  # distinct poses: none of the other mates is A itself
+        assert geodesic_distance(a[:, None], mates[:, 1:]).min() > 1e-3
+    rotations_only = symmetry_mates(a, sym, proper_only=True)
+    assert rotations_only.shape == (5, proper, 3, 3)
+    torch.testing.assert_close(rotations_only, a[:, None] @ proper_symmetry_matrices(sym))
+    if full == proper:  # chiral: the same mates
+        torch.testing.assert_close(rotations_only, mates)
+    # any batch shape; float32 stays float32
+    assert symmetry_mates(a[None, :2].float(), sym).shape == (1, 2, full, 3, 3)
+    assert symmetry_mates(a.float(), sym).dtype == torch.float32
+
+
+def test_local_rotation_grid_ball():
+    ball = local_rotation_grid(math.radians(6), math.radians(2), dtype=torch.float64)
+    assert ball.shape == (123, 3, 3)  # lattice points i^2 + j^2 + k^2 <= 9
+    angle = torch.rad2deg(geodesic_distance(torch.eye(3, dtype=torch.float64), ball))
+    assert angle[0] == 0 and angle[1:].min() > 2 - 1e-9 and angle.max() <= 6 + 1e-9
+    assert (angle.diff() >= -1e-9).all()  # ordered by angle
+    vectors = local_rotation_grid(math.radians(6), math.radians(2), as_matrices=False, dtype=torch.float64)
+    assert vectors.shape == (123, 3)
+    torch.testing.assert_close(torch.rad2deg(vectors.norm(dim=-1)), angle)
+    torch.testing.assert_close(axis_angle_to_matrix(vectors), ball)
+    steps = torch.rad2deg(vectors) / 2
+    torch.testing.assert_close(steps, steps.round())  # on the lattice of 2 deg
+    assert len(local_rotation_grid(1.0, 1.0)) == 7  # the identity and one step along each axis
+    assert len(local_rotation_grid(0.5, 1.0)) == 1
+    assert local_rotation_grid(0.1, 0.05).dtype == torch.float32
+
+
+def test_local_rotation_grid_cube():
+    r = 0.25
+    cube = local_rotation_grid(r, r, shape="cube", as_matrices=False, dtype=torch.float64)
+    assert cube.shape == (27, 3)
+    assert (cube[13] == 0).all()  # the identity in the middle
+    torch.testing.assert_close(cube[0], torch.full((3,), -r, dtype=torch.float64))  # lattice order, x slowest
+    torch.testing.assert_close(cube[1], torch.tensor([-r, -r, 0.0], dtype=torch.float64))
+    assert set(cube.flatten().tolist()) == {-r, 0.0, r}
+    assert cube.norm(dim=-1).max() == pytest.approx(math.sqrt(3) * r)  # corners lie beyond the ball
+    assert len(local_rotation_grid(r, r / 2, shape="cube")) == 125
+    with pytest.raises(ValueError):
+        local_rotation_grid(r, r, shape="sphere")
+
+
+def test_sample_rotations_near_identity():
+    everything = sample_rotations_near_identity(30.0)
+    assert everything.shape[0] == sample_rotations(30.0).shape[0] + 1
+    torch.testing.assert_close(everything[0], torch.eye(3, dtype=torch.float64))
+    near = sample_rotations_near_identity(10.0, 25.0)
+    angle = torch.rad2deg(geodesic_distance(torch.eye(3, dtype=torch.float64), near))
+    assert angle[0] == 0 and angle.max() <= 25.0
+    all_angles = torch.rad2deg(geodesic_distance(torch.eye(3, dtype=torch.float64), sample_rotations(10.0)))
+    assert len(near) == int((all_angles <= 25.0).sum()) + 1 > 20
+
+
 
 
 @pytest.mark.parametrize("sym", ["C1", "C4", "D7", "T", "O", "I2", "C5v", "D3h", "Ih"])

@@ -20,13 +20,13 @@ from cryopose.align.map_alignment import (
     transform_poses,
     transform_volume,
 )
-from cryopose.jobs.align_maps import run_align_maps
 from cryopose.geometry.distances import rotation_distance
 from cryopose.imaging.filters import lowpass_volume
 from cryopose.imaging.projection import fourier_volume
 from cryopose.imaging.resample import fourier_resize_volume
 from cryopose.imaging.simulation import clean_particle_images
 from cryopose.io.mrc import read_map, write_map
+from cryopose.jobs.align_maps import run_align_maps
 from cryopose.reconstruct import fourier_shell_correlation, reconstruct_from_images
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "cryopose" / "data" / "emd_1832.map"
@@ -114,7 +114,8 @@ def test_hand_flip_is_z_mirror_about_centre(n):
     assert torch.equal(f[c + 3], v[c - 3])
     if n % 2 == 0:
         assert torch.all(f[0] == 0)
-    np.testing.assert_allclose(transform_volume(v, torch.tensor(J, dtype=torch.float32)).numpy(), f.numpy(), atol=1e-4)  # trilinear at grid points, float32 coordinates
+    # trilinear at grid points, float32 coordinates
+    np.testing.assert_allclose(transform_volume(v, torch.tensor(J, dtype=torch.float32)).numpy(), f.numpy(), atol=1e-4)
 
 
 # --------------------------------------------------------------------------- pose algebra
@@ -176,7 +177,8 @@ def test_other_pixel_size_and_box():
     m, t_px = _truth(21, False, 6.0)
     apix2 = apix * 0.8
     mov = apply_transform(vol, m.T, -m.T @ (t_px * apix), apix, out_size=52, out_pixel_size=apix2)
-    res = align_map(vol, mov.numpy(), apix, apix2, settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=10 * apix, check_hands=False))
+    res = align_map(vol, mov.numpy(), apix, apix2,
+                    settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=10 * apix, check_hands=False))
     ang, sh = _errors(res, m, t_px)
     assert ang < 1.0 and sh < 0.5, (ang, sh)
 
@@ -184,11 +186,13 @@ def test_other_pixel_size_and_box():
 def test_max_angle_is_honoured():
     vol, apix = _emd(40)
     m, t_px = _truth(31, False, 2.0, angle=15.0)
-    res = align_map(vol, _moved(vol, apix, m, t_px), apix, settings=MapAlignmentSettings(lowpass=3 * apix, max_angle=20, check_hands=False))
+    res = align_map(vol, _moved(vol, apix, m, t_px), apix,
+                    settings=MapAlignmentSettings(lowpass=3 * apix, max_angle=20, check_hands=False))
     ang, sh = _errors(res, m, t_px)
     assert ang < 1.0 and sh < 0.5, (ang, sh)
     m, t_px = _truth(32, False, 2.0, angle=35.0)
-    res = align_map(vol, _moved(vol, apix, m, t_px), apix, settings=MapAlignmentSettings(lowpass=3 * apix, max_angle=20, check_hands=True))
+    res = align_map(vol, _moved(vol, apix, m, t_px), apix,
+                    settings=MapAlignmentSettings(lowpass=3 * apix, max_angle=20, check_hands=True))
     assert transform_angle_deg(res.rotation) <= 20.0 + 1e-6
 
 
@@ -197,11 +201,13 @@ def test_max_shift_is_honoured():
     m, t_px = _truth(41, False, 8.0, angle=10.0)
     t_px = t_px / np.linalg.norm(t_px) * 8.0
     res = align_map(vol, _moved(vol, apix, m, t_px), apix,
-                    settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=10 * apix, max_angle=30, check_hands=False))
+                    settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=10 * apix, max_angle=30,
+                                                  check_hands=False))
     ang, sh = _errors(res, m, t_px)
     assert ang < 1.0 and sh < 0.5, (ang, sh)
     res = align_map(vol, _moved(vol, apix, m, t_px), apix,
-                    settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=4 * apix, max_angle=30, check_hands=False))
+                    settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=4 * apix, max_angle=30,
+                                                  check_hands=False))
     assert np.linalg.norm(res.shift_A) <= 4 * apix + 1e-6
 
 
@@ -234,7 +240,8 @@ def test_poses_follow_their_map(tmp_path, flip):
     write_star(ps, tmp_path / "moved.star")
     out = tmp_path / "out"
     entries = run_align_maps(tmp_path / "ref.mrc", [tmp_path / "moved.mrc"], out,
-                             MapAlignmentSettings(lowpass=3 * apix, max_shift=8 * apix), particles=[tmp_path / "moved.star"])
+                             MapAlignmentSettings(lowpass=3 * apix, max_shift=8 * apix),
+                             particles=[tmp_path / "moved.star"])
     assert entries[0]["hand_flipped"] == flip
     aligned, _ = read_map(out / "aligned_moved.mrc")
     new = read_star(out / "particles_moved.star")
@@ -280,7 +287,8 @@ def test_cli_writes_all_outputs(tmp_path):
     assert np.allclose(entries[0]["rotation"], m, atol=0.02)
     # the aligned mask is the mask moved by the same transform and lands on the reference's density
     aligned_mask, _ = read_map(out / "aligned_mask.mrc")
-    expected = apply_transform(mask, np.array(entries[0]["rotation"]), np.array(entries[0]["shift_A"]), apix, oversample=1)
+    expected = apply_transform(mask, np.array(entries[0]["rotation"]), np.array(entries[0]["shift_A"]), apix,
+                               oversample=1)
     assert np.abs(aligned_mask - expected.clamp(0, 1).numpy()).max() < 1e-4
     inside = aligned_mask > 0.5
     assert ref.numpy()[inside].mean() > ref.numpy()[~inside].mean() + ref.numpy().std()
@@ -298,7 +306,8 @@ def test_cli_user_errors(tmp_path):
                                      "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "nope.mrc" in r.output and "does not exist" in r.output
     r = CliRunner().invoke(command, ["--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "ref.mrc"),
-                                     "--group", f"{tmp_path / 'ref.mrc'} {tmp_path / 'gone.mrc'}", "--out", str(tmp_path / "o")])
+                                     "--group", f"{tmp_path / 'ref.mrc'} {tmp_path / 'gone.mrc'}",
+                                     "--out", str(tmp_path / "o")])
     assert isinstance(r.exception, UserError) and "gone.mrc" in str(r.exception)
     r = CliRunner().invoke(command, ["--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "ref.mrc"),
                                      "--out", str(tmp_path / "o"), "--max-angle", "200"])

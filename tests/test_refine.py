@@ -20,6 +20,8 @@ import torch
 import cryopose
 from cli_helpers import BUNDLED, assert_user_error, run
 from cryopose.align.local_search import LocalSearchSettings, local_search
+from cryopose.align.map_alignment import apply_transform
+from cryopose.align.refine_chunks import local_search_chunk, residual_power_chunk
 from cryopose.align.refinement import (
     angular_step_for_resolution,
     chance_reasons,
@@ -27,8 +29,14 @@ from cryopose.align.refinement import (
     map_content_resolution,
     reference_resolution,
 )
-from cryopose.align.scoring import GaussianNoise, make_reference, prepare_particles, residual_shell_power, score_poses, shell_sizes
-from cryopose.align.map_alignment import apply_transform
+from cryopose.align.scoring import (
+    GaussianNoise,
+    make_reference,
+    prepare_particles,
+    residual_shell_power,
+    score_poses,
+    shell_sizes,
+)
 from cryopose.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
 from cryopose.imaging.filters import lowpass_volume
 from cryopose.imaging.projection import fourier_volume
@@ -37,11 +45,11 @@ from cryopose.imaging.shifts import shift_rfft2
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
 from cryopose.io import read_particles, write_star
 from cryopose.io.mrc import read_map, write_map
-from cryopose.reconstruct.fsc import fourier_shell_correlation
 from cryopose.jobs import refine as job
 from cryopose.jobs.chunks import torch_threads
 from cryopose.jobs.refine import RefineSettings, run_refine
 from cryopose.jobs.simulate import SimulateSettings, run_simulate
+from cryopose.reconstruct.fsc import fourier_shell_correlation
 
 
 def _deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -125,7 +133,8 @@ def test_outputs_keep_every_input_column_and_record_each_iteration(data, refined
     assert [r["iteration"] for r in its] == list(range(len(its))) and len(its) >= 2
     for r in its[1:]:
         assert r["resolution_0143"] > 0 and len(r["fsc"]) == 25 and r["search_seconds"] > 0
-        assert r["angle_step_finest_deg"] <= angular_step_for_resolution(r["comparison_resolution"], 0.9 * 48 * data["apix"])
+        finest = angular_step_for_resolution(r["comparison_resolution"], 0.9 * 48 * data["apix"])
+        assert r["angle_step_finest_deg"] <= finest
     # the map is compared with the reference map given (here the truth): refinement brings it closer
     assert its[summary["best_iteration"]]["map_vs_reference_0143"] < its[0]["map_vs_reference_0143"]
     text = (root / "fsc.csv").read_text().splitlines()
@@ -137,7 +146,8 @@ def test_with_a_wall_random_poses_are_not_pulled_in_beyond_it(data, tmp_path):
     star, is_random = _start(data, tmp_path / "start.star", rows, random_fraction=0.2, seed=11)
     settings = RefineSettings(iterations=2, prior="wall")
     with torch_threads(1):
-        summary = cryopose.refine_poses(star, data["map"], tmp_path / "out", iterations=2, prior="wall")  # the Python API
+        # the Python API
+        summary = cryopose.refine_poses(star, data["map"], tmp_path / "out", iterations=2, prior="wall")
     out = read_particles(tmp_path / "out" / "particles.star").to_tensors()
     start = read_particles(star).to_tensors()
     truth = data["tensors"][rows]
@@ -183,7 +193,8 @@ def test_each_half_is_scored_only_against_its_own_half_map(data, tmp_path, capsy
 # ----------------------------------------------------------------------------- resume
 def _tables_equal(a: Path, b: Path) -> None:
     ta, tb = read_particles(a).table, read_particles(b).table
-    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "cryoposeRefineScore"):
+    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
+              "cryoposeRefineScore"):
         np.testing.assert_allclose(ta[c].to_numpy(float), tb[c].to_numpy(float), rtol=0, atol=1e-9, err_msg=c)
 
 
@@ -205,7 +216,8 @@ def test_an_interrupted_run_resumes_with_the_same_result(data, tmp_path, monkeyp
         assert len(stored) == 1
         searched = []
         original = job._search_part
-        monkeypatch.setattr(job, "_search_part", lambda shared, part: searched.append(len(part[2])) or original(shared, part))
+        monkeypatch.setattr(job, "_search_part",
+                            lambda shared, part: searched.append(len(part[2])) or original(shared, part))
         summary = run_refine(star, data["map"], tmp_path / "a", settings=settings)
         # iteration 1: the stored chunk is not searched again; iteration 2 (if run) in full
         assert searched == [20] * (3 + 4 * (len(summary["iterations"]) - 2))
@@ -221,8 +233,8 @@ def test_an_interrupted_run_resumes_with_the_same_result(data, tmp_path, monkeyp
         with pytest.raises(KeyboardInterrupt):
             run_refine(star, data["map"], tmp_path / "c", settings=settings, progress=stop_after_first_chunk)
         with caplog.at_level(logging.INFO, logger="cryopose"):
-            run_refine(star, data["map"], tmp_path / "c", settings=RefineSettings(iterations=1, chunk_size=20, sigma_angle=4,
-                                                                                  prior="wall"))
+            run_refine(star, data["map"], tmp_path / "c",
+                       settings=RefineSettings(iterations=1, chunk_size=20, sigma_angle=4, prior="wall"))
     assert any("sigma_angle" in r.getMessage() and "discarding" in r.getMessage() for r in caplog.records)
     moved = read_particles(tmp_path / "c" / "particles.star").table["cryoposePoseChange"].to_numpy(float)
     assert moved.max() <= 4 + 1e-3
@@ -262,7 +274,8 @@ def test_residual_power_and_likelihood_equal_direct_sums(small_case):
     shell = torch.round(torch.sqrt(k[:, None] ** 2 + k[None] ** 2)).long()
     r = (full_x - a[:, None, None] * full_g).abs() ** 2
     inside = (k[:, None] ** 2 + k[None] ** 2 <= ref.radius**2) & (shell >= 1)
-    direct = torch.stack([torch.stack([r[b][inside & (shell == s)].sum() for s in range(ref.radius + 1)]) for b in range(6)])
+    direct = torch.stack([torch.stack([r[b][inside & (shell == s)].sum() for s in range(ref.radius + 1)])
+                          for b in range(6)])
     torch.testing.assert_close(power, direct, rtol=1e-3, atol=1e-2)
     sizes = shell_sizes(ref)
     assert sizes.tolist() == [float((inside & (shell == s)).sum()) for s in range(ref.radius + 1)]
@@ -277,6 +290,32 @@ def test_residual_power_and_likelihood_equal_direct_sums(small_case):
         expected = -0.5 * ((full_x - scale[:, None, None] * gt).abs() ** 2 * w).sum((-2, -1))
         torch.testing.assert_close(got[:, t], expected, rtol=1e-4, atol=1e-3)
     assert (got[:, 0] > got[:, 1]).all()  # the true origin is more likely
+
+
+def test_chunk_searches_score_each_half_against_its_own_reference(small_case):
+    vol, apix, draw, images = small_case
+    references = (make_reference(vol, apix, 3 * apix), make_reference(vol.flip(0), apix, 3 * apix))  # unlike maps
+    halves = torch.tensor([2, 1, 1, 2, 1, 2])
+    start, origins = _perturb(draw.rotations, draw.shifts_angstrom, 3.0, 1.0, seed=5)
+    settings = LocalSearchSettings(max_angle=4, angle_step=2, max_shift=2, shift_step=1, levels=2)
+    noise = (torch.linspace(1.0, 2.0, references[0].radius + 1), torch.linspace(2.0, 3.0, references[0].radius + 1))
+    scales = torch.linspace(0.5, 1.5, 6)
+    power = residual_power_chunk(references, images, draw.ctf, halves, start, origins, 0.45)
+    found = local_search_chunk(references, settings, images, draw.ctf, halves, start, origins, start, origins, 0.45,
+                               noise, scales)
+    assert power["power"].shape == (6, references[0].radius + 1) and found["rotations"].dtype == torch.float32
+    for h in (1, 2):  # the same numbers as each half's particles searched alone against their own reference
+        rows = torch.nonzero(halves == h).flatten()
+        ref = references[h - 1]
+        prep = prepare_particles(ref, images[rows], draw.ctf[rows], ctf_references=True, mask_radius=0.45)
+        p, a = residual_shell_power(ref, prep, start[rows].float(), (origins[rows] / ref.work_pixel_size).float())
+        assert torch.equal(power["power"][rows], p) and torch.equal(power["scale"][rows], a)
+        alone = local_search(ref, prep, start[rows].float(), origins[rows].float(), settings,
+                             prior_rotations=start[rows], prior_shifts_angstrom=origins[rows],
+                             noise=GaussianNoise(noise[h - 1], scales[rows]))
+        assert torch.equal(found["rotations"][rows], alone.rotations)
+        assert torch.equal(found["shifts"][rows], alone.shifts_angstrom)
+        assert torch.equal(found["scores"][rows], alone.scores.float())
 
 
 def test_local_search_never_leaves_the_prior_bounds(small_case):
@@ -351,7 +390,8 @@ def test_identical_half_maps_do_not_set_the_band_to_nyquist(data, tmp_path, caps
     assert f.resolution_0143 == pytest.approx(2 * apix)  # what the FSC alone would say
     held = map_content_resolution(low, apix)
     assert reference_resolution(f.fsc, f.resolution_0143, held, 40.0, box, apix) == (40.0, True)  # --ini-high 40
-    assert reference_resolution(f.fsc, f.resolution_0143, held, 20.0, box, apix) == (held, True)  # never past the content
+    # never past the content
+    assert reference_resolution(f.fsc, f.resolution_0143, held, 20.0, box, apix) == (held, True)
     # two different half maps: their FSC, but not beyond what they hold
     noisy = low + 0.05 * low.std() * torch.randn(low.shape, generator=torch.Generator().manual_seed(0))
     g = fourier_shell_correlation(low, lowpass_volume(noisy, 25.0, apix), apix)
@@ -362,7 +402,8 @@ def test_identical_half_maps_do_not_set_the_band_to_nyquist(data, tmp_path, caps
     star, _ = _start(data, tmp_path / "start.star", np.arange(40))
     with torch_threads(1):
         code, _, err = run(["refine", "--particles", star, "--map", data["map"], "--half-maps", tmp_path / "low.mrc",
-                            tmp_path / "low.mrc", "--iterations", "1", "--ini-high", "35", "--out", tmp_path / "out"], capsys)
+                            tmp_path / "low.mrc", "--iterations", "1", "--ini-high", "35", "--out", tmp_path / "out"],
+                           capsys)
     assert code == 0, err
     import json
 
@@ -396,7 +437,8 @@ def test_a_gaussian_prior_lets_a_pose_beyond_sigma_come_back_and_a_wall_does_not
         search = local_search_schedule(3 * apix, 0.9 * 32 * apix, 4.0, 2.0, search_angle=6.0, prior=kind)
         rot, origin = prior.float(), prior_origin.float()
         for _ in range(3):
-            res = local_search(ref, prep, rot, origin, search, prior_rotations=prior, prior_shifts_angstrom=prior_origin)
+            res = local_search(ref, prep, rot, origin, search, prior_rotations=prior,
+                               prior_shifts_angstrom=prior_origin)
             rot, origin = res.rotations, res.shifts_angstrom
         ends[kind] = _deg(rot, draw.rotations)
     assert ends["gaussian"].max() < 2.0, ends["gaussian"]
@@ -485,7 +527,8 @@ def test_an_interrupted_global_run_resumes_with_the_same_result(data, tmp_path, 
         assert len(list((tmp_path / "a" / job.STORE / "iteration_01_global").glob("chunk_*.npz"))) == 1
         searched = []
         original = job._global_part
-        monkeypatch.setattr(job, "_global_part", lambda shared, part: searched.append(len(part[2])) or original(shared, part))
+        monkeypatch.setattr(job, "_global_part",
+                            lambda shared, part: searched.append(len(part[2])) or original(shared, part))
         run_refine(star, data["map"], tmp_path / "a", settings=settings)
         assert searched == [20, 20]  # the stored chunk is not searched again
         monkeypatch.setattr(job, "_global_part", original)
@@ -506,7 +549,8 @@ def test_global_and_local_refusals_are_one_line(data, tmp_path, capsys):
                        tmp_path / "out"], capsys, "CTF", "--no-ctf")
     assert_user_error([*base, "--global", "--ini-high", "12"], capsys, "coarser than Nyquist", "--ini-high")
     assert_user_error(["refine", "--particles", data["root"] / "sim" / "particles.star", "--map", data["map"],
-                       "--half-maps", data["map"], data["map"], "--initial-reference", "poses", "--out", tmp_path / "out"],
+                       "--half-maps", data["map"], data["map"], "--initial-reference", "poses",
+                       "--out", tmp_path / "out"],
                       capsys, "--initial-reference")
     assert not (tmp_path / "out" / "particles.star").exists()
 

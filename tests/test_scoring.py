@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cryopose.align.scoring as scoring
-from cryopose.align.local_search import LocalSearchSettings, local_search, rotation_ball
+from cryopose.align.local_search import LocalSearchSettings, local_search
 from cryopose.align.scoring import disc_offsets, make_reference, prepare_particles, score_poses
 from cryopose.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
 from cryopose.imaging.projection import fourier_volume, project
@@ -45,7 +45,8 @@ def test_score_is_the_band_limited_pearson_correlation(volume):
     assert ref.work_box == 64
     g = torch.Generator().manual_seed(2)
     rots = random_rotations(3, g).float()
-    truth = clean_particle_images(fourier_volume(vol), rots, torch.tensor([[2.0, -1.0], [0.0, 3.0], [-2.0, -2.0]]), None, apix)
+    origins = torch.tensor([[2.0, -1.0], [0.0, 3.0], [-2.0, -2.0]])
+    truth = clean_particle_images(fourier_volume(vol), rots, origins, None, apix)
     images = add_noise(truth, 0.5, g)
     prep = prepare_particles(ref, images, None, mask_radius=0.45)
     offsets = torch.tensor([[0.0, 0.0], [2.0, -1.0], [1.0, 1.0]])
@@ -54,7 +55,8 @@ def test_score_is_the_band_limited_pearson_correlation(volume):
     projections = project(fourier_volume(vol), rots).numpy()
     for q in range(3):
         for t, (ox, oy) in enumerate(offsets.tolist()):
-            moved = np.roll(projections[q], shift=(-int(oy), -int(ox)), axis=(0, 1))  # image = projection shifted by -origin
+            # image = projection shifted by -origin
+            moved = np.roll(projections[q], shift=(-int(oy), -int(ox)), axis=(0, 1))
             assert scores[q, t].item() == pytest.approx(_numpy_ncc(masked[q], moved, ref.radius), abs=2e-4)
     assert scores[0].argmax().item() == 1  # particle 0 was made with origin (2, -1)
 
@@ -63,7 +65,8 @@ def test_fft_and_phase_ramp_paths_agree(volume, monkeypatch):
     vol, apix = volume
     ref = make_reference(vol, apix, resolution=3 * apix)
     draw = draw_simulation_parameters(4, torch.Generator().manual_seed(5), max_shift_angstrom=3 * apix)
-    images = clean_particle_images(fourier_volume(vol), draw.rotations.float(), (draw.shifts_angstrom / apix).float(), draw.ctf, apix)
+    images = clean_particle_images(fourier_volume(vol), draw.rotations.float(), (draw.shifts_angstrom / apix).float(),
+                                   draw.ctf, apix)
     prep = prepare_particles(ref, images, draw.ctf, ctf_references=True)
     offsets = disc_offsets(4.0, 1.0)
     centres = torch.tensor([[0.0, 0.0], [1.0, -2.0], [3.0, 0.0], [-1.0, -1.0]])
@@ -87,19 +90,13 @@ def test_sub_pixel_origins_peak_at_the_truth(volume):
     assert torch.allclose(best, origin[0], atol=1e-6)
 
 
-def test_rotation_ball_is_a_ball():
-    ball = rotation_ball(math.radians(6), math.radians(2), dtype=torch.float64)
-    ang = torch.rad2deg(geodesic_distance(torch.eye(3, dtype=torch.float64), ball))
-    assert ang[0] == 0 and ang.max() <= 6 + 1e-9
-    assert len(ball) == 123  # grid points of step 2 within radius 6 (3-D lattice count)
-
-
 def test_local_search_recovers_perturbed_poses(volume):
     vol, apix = volume
     g = torch.Generator().manual_seed(11)
     n = 24
     draw = draw_simulation_parameters(n, g, max_shift_angstrom=8.0)
-    clean = clean_particle_images(fourier_volume(vol), draw.rotations.float(), (draw.shifts_angstrom / apix).float(), draw.ctf, apix)
+    clean = clean_particle_images(fourier_volume(vol), draw.rotations.float(), (draw.shifts_angstrom / apix).float(),
+                                  draw.ctf, apix)
     images = add_noise(clean, 1.0, g)
     axis = torch.randn(n, 3, generator=g, dtype=torch.float64)
     start = axis_angle_to_matrix(math.radians(5) * axis / axis.norm(dim=-1, keepdim=True)) @ draw.rotations

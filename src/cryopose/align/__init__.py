@@ -1,7 +1,8 @@
 """Alignment: the scoring kernel, global projection matching, local search, the rules of
-local refinement, map-to-map alignment (numerical code on tensors; no files)."""
+local refinement and its per-chunk searches, map-to-map alignment (numerical code on
+tensors; no files)."""
 
-from cryopose.align.local_search import LocalSearchResult, LocalSearchSettings, local_search, ncc_log_likelihood, rotation_ball
+from cryopose.align.local_search import LocalSearchResult, LocalSearchSettings, local_search, ncc_log_likelihood
 from cryopose.align.map_alignment import (
     MapAlignment,
     MapAlignmentSettings,
@@ -10,6 +11,7 @@ from cryopose.align.map_alignment import (
     transform_poses,
 )
 from cryopose.align.projection_matching import MatchResult, MatchSettings, build_gallery, match_images
+from cryopose.align.refine_chunks import global_search_chunk, local_search_chunk, residual_power_chunk
 from cryopose.align.refinement import (
     angular_step_for_resolution,
     chance_reasons,
@@ -38,7 +40,6 @@ __all__ = [
     "LocalSearchResult",
     "LocalSearchSettings",
     "local_search",
-    "rotation_ball",
     "ncc_log_likelihood",
     "MapAlignment",
     "MapAlignmentSettings",
@@ -68,4 +69,7 @@ __all__ = [
     "map_content_resolution",
     "poses_moving",
     "reference_resolution",
+    "residual_power_chunk",
+    "local_search_chunk",
+    "global_search_chunk",
 ]

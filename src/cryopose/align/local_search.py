@@ -1,8 +1,9 @@
 """Local search: each particle's best pose and origin in a neighbourhood of its current ones.
 
 Candidates are A' = dR A with dR a rotation by a rotation vector on a cubic grid of
-``angle_step`` inside a ball of radius ``max_angle`` (so every A' is within ``max_angle``
-of A on SO(3), in-plane angle included: a rotation about the image z axis changes psi),
+``angle_step`` inside a ball of radius ``max_angle`` (:func:`cryopose.geometry.grids.local_rotation_grid`;
+so every A' is within ``max_angle`` of A on SO(3), in-plane angle included: a rotation
+about the image z axis changes psi),
 and origins o' = o + s with s on a square grid of ``shift_step`` inside a disc of
 ``max_shift``. Scores come from the scoring kernel (:func:`cryopose.align.scoring.score_poses`).
 Coarse to fine: after each level the ``keep`` best candidates seed the next level, whose
@@ -31,9 +32,9 @@ from dataclasses import dataclass
 import torch
 
 from cryopose.align.scoring import GaussianNoise, PreparedParticles, Reference, disc_offsets, score_poses, shell_sizes
-from cryopose.geometry.rotations import axis_angle_to_matrix
+from cryopose.geometry.grids import local_rotation_grid
 
-__all__ = ["LocalSearchSettings", "LocalSearchResult", "rotation_ball", "ncc_log_likelihood", "local_search"]
+__all__ = ["LocalSearchSettings", "LocalSearchResult", "ncc_log_likelihood", "local_search"]
 
 
 @dataclass
@@ -59,17 +60,6 @@ class LocalSearchResult:
     rotations: torch.Tensor
     shifts_angstrom: torch.Tensor
     scores: torch.Tensor
-
-
-def rotation_ball(max_angle: float, step: float, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """Rotations (K, 3, 3) whose rotation vectors lie on a cubic grid of ``step`` rad inside
-    a ball of ``max_angle`` rad; the identity is first."""
-    n = int(math.floor(max_angle / step + 1e-9))
-    ax = torch.arange(-n, n + 1, dtype=torch.float64) * step
-    grid = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), dim=-1).reshape(-1, 3)
-    grid = grid[grid.norm(dim=-1) <= max_angle + 1e-9]
-    grid = grid[grid.norm(dim=-1).argsort(stable=True)]
-    return axis_angle_to_matrix(grid).to(dtype=dtype, device=device)
 
 
 def ncc_log_likelihood(ncc: torch.Tensor, reference: Reference) -> torch.Tensor:
@@ -121,7 +111,7 @@ def local_search(
         disc = (prior_shifts_angstrom.to(device, torch.float32) / apix, s.prior_shift / apix)
     best_scores = None
     for level in range(max(1, s.levels)):
-        ball = rotation_ball(angle, angle_step, device=device)  # (K, 3, 3)
+        ball = local_rotation_grid(angle, angle_step, device=device)  # (K, 3, 3), the identity first
         offsets = disc_offsets(shift, shift_step, device)  # (T, 2)
         c = rots.shape[1]
         k = ball.shape[0]
@@ -158,6 +148,7 @@ def local_search(
         # next level: one step wide, half the step
         angle, angle_step = angle_step, angle_step / 2
         shift, shift_step = shift_step, shift_step / 2
+    assert best_scores is not None  # at least one level ran
     return LocalSearchResult(
         rotations=rots[:, 0], shifts_angstrom=origins[:, 0] * apix, scores=best_scores[:, 0]
     )

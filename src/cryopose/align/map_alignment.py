@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from cryopose.errors import UserError
+from cryopose.geometry.grids import sample_rotations_near_identity
 from cryopose.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_angle
 from cryopose.imaging.filters import lowpass_volume, soft_spherical_mask
 from cryopose.imaging.resample import fourier_resize_volume
@@ -70,7 +71,6 @@ __all__ = [
     "hand_flip",
     "transform_poses",
     "align_map",
-    "rotation_grid",
     "transform_angle_deg",
 ]
 
@@ -253,18 +253,6 @@ class MapAlignment:
 
 
 # --------------------------------------------------------------------------- search
-def rotation_grid(step_deg: float, max_angle_deg: float = 180.0) -> np.ndarray:
-    """Rotations (m, 3, 3) covering SO(3) at about ``step_deg``, those within ``max_angle_deg``
-    of the identity (the identity is always included)."""
-    from cryopose.geometry.grids import sample_rotations
-
-    rots = sample_rotations(step_deg, "C1", dtype=torch.float64)
-    if max_angle_deg < 180.0:
-        rots = rots[torch.rad2deg(rotation_angle(rots)) <= max_angle_deg]
-    rots = rots.numpy()
-    return np.concatenate([np.eye(3)[None], rots], axis=0)
-
-
 def _even(n: float) -> int:
     return max(8, int(2 * round(n / 2)))
 
@@ -278,7 +266,9 @@ class _Level:
     weights: torch.Tensor
 
 
-def _make_level(ref: torch.Tensor, mov: torch.Tensor, wts: torch.Tensor, size: int, apix: float, resolution: float) -> _Level:
+def _make_level(
+    ref: torch.Tensor, mov: torch.Tensor, wts: torch.Tensor, size: int, apix: float, resolution: float
+) -> _Level:
     n = ref.shape[-1]
     if size < n:
         ref_s = fourier_resize_volume(ref, size)
@@ -341,7 +331,7 @@ def _pick_candidates(results, count: int, min_sep_deg: float, hands: list[bool])
     picked: list = []
     per_hand = max(1, count // len(hands))
     for hand in hands:
-        mine = []
+        mine: list = []
         for r in order:
             if (np.linalg.det(r[1]) < 0) != hand:
                 continue
@@ -372,7 +362,7 @@ def _refine(
     amax = math.radians(max_angle_deg)
     if bounded_angle:
         w0 = matrix_to_axis_angle(torch.as_tensor(r0)).numpy()
-        r = min(np.linalg.norm(w0) / amax, 0.999) if amax > 0 else 0.0
+        r = min(float(np.linalg.norm(w0)) / amax, 0.999) if amax > 0 else 0.0
         nrm = np.linalg.norm(w0)
         v0 = (w0 / nrm) * r / math.sqrt(1 - r * r) if nrm > 1e-12 else np.zeros(3)
         rot_p = torch.tensor(v0, dtype=dt, device=dev, requires_grad=True)
@@ -381,7 +371,7 @@ def _refine(
     r0_t = torch.as_tensor(r0, dtype=dt, device=dev)
     smax = max(float(max_shift_px), 1e-6)
     t0 = np.asarray(shift_px, dtype=np.float64)
-    rs = min(np.linalg.norm(t0) / smax, 0.999)
+    rs = min(float(np.linalg.norm(t0)) / smax, 0.999)
     tn = np.linalg.norm(t0)
     u0 = (t0 / tn) * rs / math.sqrt(1 - rs * rs) if tn > 1e-12 else np.zeros(3)
     sh_p = torch.tensor(u0, dtype=dt, device=dev, requires_grad=True)
@@ -455,11 +445,13 @@ class MapAlignmentSettings:
 
     def __post_init__(self) -> None:
         if self.lowpass is not None and not (math.isfinite(self.lowpass) and self.lowpass > 0):
-            raise UserError(f"the low-pass resolution must be a positive number of Å, got {self.lowpass}", option="lowpass")
+            raise UserError(f"the low-pass resolution must be a positive number of Å, got {self.lowpass}",
+                            option="lowpass")
         if self.max_shift is not None and not (math.isfinite(self.max_shift) and self.max_shift >= 0):
             raise UserError(f"the largest shift must be a number >= 0 Å, got {self.max_shift}", option="max-shift")
         if not (0 <= self.max_angle <= 180):
-            raise UserError(f"the largest rotation must be between 0 and 180 deg, got {self.max_angle}", option="max-angle")
+            raise UserError(f"the largest rotation must be between 0 and 180 deg, got {self.max_angle}",
+                            option="max-angle")
 
     def resolution(self, pixel_size: float) -> float:
         """The comparison resolution (Å) for maps of ``pixel_size`` Å."""
@@ -520,7 +512,7 @@ def align_map(
     gsize = min(_even(s.global_box), n)
     glv = _make_level(ref, mov, weights, gsize, apix, resolution)
     step = min(s.global_step_deg, max(max_angle / 2.0, 2.0))
-    grid = rotation_grid(step, max_angle)
+    grid = sample_rotations_near_identity(step, max_angle).numpy()
     gshift = max_shift_A / glv.apix
     results = _global_search(glv, grid, hands, gshift, s.batch)
     clock["global"] = time.perf_counter()
@@ -532,7 +524,7 @@ def align_map(
     # ---- refine candidates on the small box
     refined = []
     for score, m, t in picked:
-        t = t * min(1.0, 0.999 * gshift / max(np.linalg.norm(t), 1e-12))
+        t = t * min(1.0, 0.999 * gshift / max(float(np.linalg.norm(t)), 1e-12))
         refined.append(_refine(glv, m, t, gshift, max_angle, iterations=30))
     refined.sort(key=lambda r: -r[0])
     clock["coarse"] = time.perf_counter()
@@ -546,7 +538,7 @@ def align_map(
     close = [r for r in refined if r[0] >= refined[0][0] - s.fine_margin][:2]
     for score, m, t in close:
         t_f = t * glv.apix / flv.apix
-        t_f = t_f * min(1.0, 0.999 * fshift / max(np.linalg.norm(t_f), 1e-12))
+        t_f = t_f * min(1.0, 0.999 * fshift / max(float(np.linalg.norm(t_f)), 1e-12))
         finals.append(_refine(flv, m, t_f, fshift, max_angle, iterations=25))
     finals.sort(key=lambda r: -r[0])
     score, m, t = finals[0]

@@ -44,7 +44,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cryopose.errors import UserError
 from cryopose.align.scoring import (
     PreparedParticles,
     Reference,
@@ -53,6 +52,7 @@ from cryopose.align.scoring import (
     prepare_particles,
     score_poses,
 )
+from cryopose.errors import UserError
 from cryopose.geometry.grids import directions_to_euler, sample_directions
 from cryopose.geometry.rotations import euler_to_matrix
 from cryopose.imaging.ctf import CTFParameters
@@ -90,9 +90,11 @@ class MatchSettings:
     def check(self, box: int, pixel_size: float) -> None:
         """UserError for settings that make no sense for ``box`` px images of ``pixel_size`` Å."""
         if not (0 < self.angular_sampling <= 90):
-            raise UserError(f"the angular sampling must be in (0, 90] deg, got {self.angular_sampling}", option="angular-sampling")
+            raise UserError(f"the angular sampling must be in (0, 90] deg, got {self.angular_sampling}",
+                            option="angular-sampling")
         if not (self.resolution > 0 and math.isfinite(self.resolution)):
-            raise UserError(f"the comparison resolution must be a positive number of Å, got {self.resolution}", option="resolution")
+            raise UserError(f"the comparison resolution must be a positive number of Å, got {self.resolution}",
+                            option="resolution")
         half_box = 0.5 * box * pixel_size
         if self.max_shift is not None and not (0 <= self.max_shift <= half_box):
             raise UserError(f"the origin search radius must be between 0 and half the box ({half_box:.1f} A), "
@@ -123,7 +125,8 @@ class Gallery:
     n_angle_samples: int
     directions: torch.Tensor  # (G, 3)
     rotations: torch.Tensor  # (G, 3, 3), psi = 0
-    polar: torch.Tensor  # (M+1, 2 R_c, 2 G) real form (columns: Re g0, Im g0, Re g1, ...) of the angular harmonics of the coarse rings
+    # (M+1, 2 R_c, 2 G) real form (columns: Re g0, Im g0, Re g1, ...) of the angular harmonics of the coarse rings
+    polar: torch.Tensor
     polar_ring_power: torch.Tensor  # (G, R_c) sum over angle of |G|^2 per ring
     coarse_shifts: torch.Tensor  # (S, 2) working px
     shift_offsets: torch.Tensor  # (T, 2) integer working px in the disc
@@ -219,6 +222,7 @@ def build_gallery(
     top = torch.stack([harm.real, -harm.imag], dim=-1)  # (M+1, R_c, G, 2): Re, Im columns interleaved
     bottom = torch.stack([harm.imag, harm.real], dim=-1)
     polar = torch.cat([top, bottom], dim=1).reshape(harm.shape[0], 2 * harm.shape[1], -1).contiguous()
+    assert settings.max_shift is not None  # resolved
     max_shift_px = settings.max_shift / reference.work_pixel_size
     return Gallery(
         settings=settings,
@@ -288,11 +292,11 @@ def _coarse_search(gallery: Gallery, prep: PreparedParticles, batch: int = 8):
             gnorm = torch.sqrt(gallery.polar_ring_power @ (ctf_ring[sl] ** 2 * ring_w).T).T  # (b, G)
         else:
             gnorm = torch.sqrt(gallery.polar_ring_power @ ring_w)[None].expand(b, -1)
-        v, l = c.max(dim=0)  # (b, S, G)
+        v, psi_idx = c.max(dim=0)  # (b, S, G)
         v, s_idx = v.max(dim=1)  # (b, G)
         best[sl] = v / gnorm.clamp_min(1e-20)
         best_shift[sl] = s_idx
-        best_psi[sl] = l.gather(1, s_idx[:, None]).squeeze(1)
+        best_psi[sl] = psi_idx.gather(1, s_idx[:, None]).squeeze(1)
     return best, best_psi, best_shift
 
 
@@ -319,9 +323,9 @@ def _poses(gallery: Gallery, direction_index: torch.Tensor, psi: torch.Tensor) -
     return euler_to_matrix(rot, tilt, psi)
 
 
-def _psi_of(gallery: Gallery, l: torch.Tensor) -> torch.Tensor:
-    # the coarse correlation at index l matches the reference rotated by -2 pi l / P
-    return torch.remainder(-2 * math.pi * l.float() / gallery.n_psi, 2 * math.pi)
+def _psi_of(gallery: Gallery, index: torch.Tensor) -> torch.Tensor:
+    # the coarse correlation at psi index l matches the reference rotated by -2 pi l / P
+    return torch.remainder(-2 * math.pi * index.float() / gallery.n_psi, 2 * math.pi)
 
 
 def match_images(
@@ -395,6 +399,7 @@ def brute_force_match(
             best[b, d] = vb
             best_psi[b, d] = psi_all[j]
             best_t[b, d] = t.reshape(q, P).gather(1, j[:, None]).squeeze(1)
+    assert gallery.settings.xi is not None  # resolved
     order = best.topk(gallery.settings.xi, dim=1).indices
     result = _result(gallery, order, best.gather(1, order), best_psi.gather(1, order), best_t.gather(1, order))
     return result, best

@@ -183,7 +183,8 @@ def chance_reasons(resolution: float, ini_high: float, chance_resolution: float 
     if not math.isfinite(resolution) or resolution >= ini_high:
         reasons.append(f"the final resolution ({resolution:.1f} A) is no better than the initial low-pass "
                        f"({ini_high:g} A)")
-    if chance_resolution is not None and math.isfinite(chance_resolution) and not resolution < margin * chance_resolution:
+    if (chance_resolution is not None and math.isfinite(chance_resolution)
+            and not resolution < margin * chance_resolution):
         reasons.append(f"the half maps agree to {resolution:.1f} A, hardly better than half maps of the same "
                        f"particles at random poses ({chance_resolution:.1f} A)")
     return reasons

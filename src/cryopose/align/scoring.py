@@ -106,7 +106,8 @@ def make_reference(
 ) -> Reference:
     """A ``Reference`` of ``volume`` (N, N, N) at ``pixel_size`` Å, compared up to ``resolution`` Å."""
     device = torch.device(device)
-    vol = torch.as_tensor(np.asarray(volume) if not torch.is_tensor(volume) else volume, dtype=torch.float32, device=device)
+    vol = torch.as_tensor(np.asarray(volume) if not torch.is_tensor(volume) else volume, dtype=torch.float32,
+                          device=device)
     box = int(vol.shape[-1])
     work, radius = working_geometry(box, pixel_size, resolution)
     if work != box:
@@ -208,7 +209,8 @@ def shell_sizes(reference: Reference) -> torch.Tensor:
     band (the half transform counted with multiplicity), (R+1,) float."""
     shell = radial_shell_index(reference.work_box, 2, device=reference.device).clamp_max(reference.radius)
     weight = reference.band() * reference.multiplicity()
-    return torch.zeros(reference.radius + 1, device=reference.device).index_add_(0, shell.reshape(-1), weight.reshape(-1))
+    empty = torch.zeros(reference.radius + 1, device=reference.device)
+    return empty.index_add_(0, shell.reshape(-1), weight.reshape(-1))
 
 
 def residual_shell_power(
@@ -233,7 +235,8 @@ def residual_shell_power(
     g = _reference_spectra(reference, particles, torch.arange(b, device=device), rotations)
     g = shift_rfft2(g, -origins_px.to(device, torch.float32))  # image = projection shifted by -origin
     x = particles.spectra * band
-    scale = (((x * g.conj()).real * hw).sum((-2, -1)) / ((g.abs() ** 2 * hw).sum((-2, -1))).clamp_min(1e-30)).clamp_min(0)
+    cross = ((x * g.conj()).real * hw).sum((-2, -1))
+    scale = (cross / ((g.abs() ** 2 * hw).sum((-2, -1))).clamp_min(1e-30)).clamp_min(0)
     residual = (x - scale[:, None, None] * g).abs() ** 2 * hw * band
     shell = radial_shell_index(reference.work_box, 2, device=device).clamp_max(reference.radius).reshape(-1)
     power = torch.zeros(b, reference.radius + 1, device=device).index_add_(1, shell, residual.reshape(b, -1))

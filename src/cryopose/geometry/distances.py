@@ -1,8 +1,8 @@
 """Symmetry-aware distances between poses and between viewing directions (radians).
 
 Poses A and B are equivalent under symmetry ``sym`` when B = L_g A R_g for an element g
-of the group (``pose_symmetry_operators``): A R for rotations R, J A M (J = diag(1,1,-1))
-for mirrors/inversions M. For chiral groups (Cn, Dn, T, O, I...) this is the usual
+of the group (``pose_symmetry_operators``; ``symmetry_mates`` lists them): A R for rotations
+R, J A M (J = diag(1,1,-1)) for mirrors/inversions M. For chiral groups (Cn, Dn, T, O, I...) this is the usual
 min over R of d(a, b R). Viewing directions d (unit vectors A^T e_z) are equivalent to
 S d for S in ``direction_symmetry_matrices``. All functions broadcast over leading dims.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 from cryopose.geometry.rotations import rotation_angle, viewing_direction
-from cryopose.geometry.symmetry import direction_symmetry_matrices, pose_symmetry_operators
+from cryopose.geometry.symmetry import direction_symmetry_matrices, pose_symmetry_operators, proper_symmetry_matrices
 
 __all__ = [
+    "symmetry_mates",
     "rotation_distance",
     "nearest_symmetry_mate",
     "direction_distance",
@@ -30,10 +31,20 @@ def angle_between(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.atan2(torch.linalg.cross(u, v, dim=-1).norm(dim=-1), (u * v).sum(-1))
 
 
+def symmetry_mates(rotations: torch.Tensor, sym: str, proper_only: bool = False) -> torch.Tensor:
+    """Every pose equivalent to each pose A (..., 3, 3) under ``sym``, shape (..., G, 3, 3), in
+    the group's order (A itself first): L_g A R_g for every g (``pose_symmetry_operators``; a
+    rotation also for improper g). ``proper_only``: A R for the rotations R of the group only."""
+    if proper_only:
+        group = proper_symmetry_matrices(sym, dtype=rotations.dtype, device=rotations.device)
+        return rotations.unsqueeze(-3) @ group
+    left, right = pose_symmetry_operators(sym, dtype=rotations.dtype, device=rotations.device)
+    return left @ rotations.unsqueeze(-3) @ right
+
+
 def _mate_distances(a: torch.Tensor, b: torch.Tensor, sym: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(angles (..., G) between a and every mate L_g b R_g of b, the mates (..., G, 3, 3))."""
-    left, right = pose_symmetry_operators(sym, dtype=b.dtype, device=b.device)
-    mates = left @ b.unsqueeze(-3) @ right
+    mates = symmetry_mates(b, sym)
     return rotation_angle(a.unsqueeze(-3).transpose(-1, -2) @ mates), mates
 
 

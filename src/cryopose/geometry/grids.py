@@ -1,4 +1,5 @@
-"""Orientation grids: viewing directions and poses restricted to the asymmetric unit.
+"""Orientation grids: viewing directions and poses restricted to the asymmetric unit, and
+local grids of rotations about the identity.
 
 A viewing direction d (unit 3-vector, map coordinates) is the projection direction
 A^T e_z of pose A, i.e. (cos rot sin tilt, sin rot sin tilt, cos tilt). Directions d and S d
@@ -8,7 +9,11 @@ for chiral groups). d and -d are NOT equivalent (a projection and its mirror ima
 The asymmetric unit (ASU) is the Dirichlet domain of a fixed generic reference direction
 ``REFERENCE_DIRECTION``: d is in the ASU when, of all members S d of its orbit, d itself is
 the closest to the reference. The ASU images under the group tile the sphere exactly once.
-Angles: degrees for ``step_deg``, radians everywhere else.
+
+Local grids (``local_rotation_grid``): rotations exp([v]) whose rotation vectors v lie on a
+cubic lattice about 0, cut to a ball (every rotation within the radius of the identity on
+SO(3)) or kept whole (a cube); a pose A's neighbourhood is then {dR A} or {A dR}.
+Angles: degrees for ``step_deg`` and ``max_angle_deg``, radians everywhere else.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from cryopose.geometry.rotations import euler_to_matrix, viewing_direction
-from cryopose.geometry.symmetry import direction_symmetry_matrices, proper_symmetry_matrices, symmetry_matrices
+from cryopose.geometry.distances import symmetry_mates
+from cryopose.geometry.rotations import axis_angle_to_matrix, euler_to_matrix, rotation_angle, viewing_direction
+from cryopose.geometry.symmetry import direction_symmetry_matrices, symmetry_matrices
 
 __all__ = [
     "REFERENCE_DIRECTION",
@@ -29,6 +35,8 @@ __all__ = [
     "canonical_direction",
     "sample_directions",
     "sample_rotations",
+    "sample_rotations_near_identity",
+    "local_rotation_grid",
     "random_directions_in_asu",
     "directions_to_euler",
     "fibonacci_count",
@@ -111,7 +119,7 @@ def _tidy_orbits(asu: torch.Tensor, sym: str, min_angle: float) -> torch.Tensor:
     axes = np.linalg.svd(s[1:] - np.eye(3))[2][:, 2]  # null vector of S - I: the axis
     img = np.einsum("kij,nj->nki", s[1:], pts)  # (n, K-1, 3)
     self_dist = np.linalg.norm(img - pts[:, None], axis=-1)
-    for i in np.nonzero((self_dist < chord).any(axis=1))[0]:
+    for i in np.nonzero((self_dist < chord).any(axis=1))[0].tolist():
         k = int(self_dist[i].argmin())
         ax = axes[k] * np.sign(axes[k] @ pts[i])
         pts[i] = ax
@@ -211,6 +219,51 @@ def sample_rotations(
     return a.to(dtype=dtype, device=device)
 
 
+def sample_rotations_near_identity(
+    step_deg: float,
+    max_angle_deg: float = 180.0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Rotations (m, 3, 3): the identity first, then those of ``sample_rotations(step_deg, "C1")``
+    whose angle is at most ``max_angle_deg`` (all of them from 180 deg on)."""
+    rots = sample_rotations(step_deg, "C1", dtype=torch.float64)
+    if max_angle_deg < 180.0:
+        rots = rots[torch.rad2deg(rotation_angle(rots)) <= max_angle_deg]
+    rots = torch.cat([torch.eye(3, dtype=torch.float64)[None], rots])
+    return rots.to(dtype=dtype, device=device)
+
+
+def local_rotation_grid(
+    max_angle: float,
+    step: float,
+    *,
+    shape: str = "ball",
+    as_matrices: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """A local grid about the identity: rotation vectors (rad) v = step * (i, j, k) with
+    integers |i|, |j|, |k| <= n = floor(max_angle / step).
+
+    ``shape="ball"``: only those with |v| <= ``max_angle`` (every rotation within
+    ``max_angle`` of the identity), ordered by |v| (the identity first; ties in lattice
+    order); ``shape="cube"``: all (2 n + 1)^3 in lattice order (i slowest), the identity in
+    the middle. Returns the rotations (K, 3, 3) (``as_matrices``) or the rotation vectors
+    (K, 3), computed in float64 and then cast to ``dtype``.
+    """
+    if shape not in ("ball", "cube"):
+        raise ValueError(f"unknown local grid shape {shape!r}; use ball or cube")
+    n = int(math.floor(max_angle / step + 1e-9))
+    axis = torch.arange(-n, n + 1, dtype=torch.float64) * step
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    if shape == "ball":
+        grid = grid[grid.norm(dim=-1) <= max_angle + 1e-9]
+        grid = grid[grid.norm(dim=-1).argsort(stable=True)]
+    out = axis_angle_to_matrix(grid) if as_matrices else grid
+    return out.to(dtype=dtype, device=device)
+
+
 def random_directions_in_asu(
     n: int,
     sym: str = "C1",
@@ -227,10 +280,10 @@ def random_directions_in_asu(
 def poses_in_asymmetric_unit(rotations: torch.Tensor, sym: str) -> torch.Tensor:
     """Each pose A (n, 3, 3) replaced by the equivalent A R (R in the proper subgroup of
     ``sym``) whose viewing direction lies in the asymmetric unit; (n, 3, 3)."""
-    group = proper_symmetry_matrices(sym, dtype=rotations.dtype, device=rotations.device)
-    if group.shape[0] == 1:
+    candidates = symmetry_mates(rotations, sym, proper_only=True)  # (n, G, 3, 3)
+    if candidates.shape[1] == 1:
         return rotations
-    candidates = rotations[:, None] @ group[None]  # (n, G, 3, 3)
     inside = asymmetric_unit_mask(viewing_direction(candidates).reshape(-1, 3), sym).reshape(candidates.shape[:2])
-    pick = torch.where(inside.any(dim=1), inside.float().argmax(dim=1), torch.zeros(len(rotations), dtype=torch.long, device=rotations.device))
+    first = torch.zeros(len(rotations), dtype=torch.long, device=rotations.device)
+    pick = torch.where(inside.any(dim=1), inside.float().argmax(dim=1), first)
     return candidates[torch.arange(len(rotations), device=rotations.device), pick]

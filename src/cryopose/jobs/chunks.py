@@ -14,7 +14,7 @@ the moment they arrive.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +47,7 @@ class ChunkWork:
         return self.run(self.shared, self.part(np.asarray(indices)))
 
 
-def pending_ranges(n: int, chunk_size: int, done: list[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+def pending_ranges(n: int, chunk_size: int, done: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
     """[start, stop) ranges of at most ``chunk_size`` covering 0..n-1 minus the ``done`` ranges."""
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
@@ -96,7 +96,8 @@ def run_chunks(
     layouts = [_layout(parts[r]) for r in (computed or list(parts))]
     usual = max(layouts, key=layouts.count) if layouts else None
     foreign = [r for r in parts if r not in computed and _layout(parts[r]) != usual]
-    for a, b in foreign:
+    for a, b in foreign:  # only stored chunks are foreign: there is a store
+        assert store is not None
         store.discard_chunk(a, b, "its arrays are not laid out like this run's")
         del parts[(a, b)]
     if foreign:
@@ -104,8 +105,8 @@ def run_chunks(
     return assemble(n, parts)
 
 
-def _compute(n: int, todo: list[tuple[int, int]], compute: Callable[[np.ndarray], dict[str, np.ndarray]], store: ChunkStore | None,
-             progress: Callable[[int, int], None] | None, executor: Any,
+def _compute(n: int, todo: list[tuple[int, int]], compute: Callable[[np.ndarray], dict[str, np.ndarray]],
+             store: ChunkStore | None, progress: Callable[[int, int], None] | None, executor: Any,
              parts: dict[tuple[int, int], dict[str, np.ndarray]]) -> list[tuple[int, int]]:
     """Compute the ranges ``todo`` (here or on the executor) into ``parts``, storing each as
     it arrives (``progress(k, n)`` after each); returns the ranges computed."""

@@ -37,16 +37,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from cryopose.align.local_search import LocalSearchSettings, local_search
-from cryopose.align.projection_matching import Gallery, build_gallery, match_images
+from cryopose.align.local_search import LocalSearchSettings
+from cryopose.align.projection_matching import Gallery, build_gallery
+from cryopose.align.refine_chunks import global_search_chunk, local_search_chunk, residual_power_chunk
 from cryopose.align.refinement import (
     PRIORS,
     chance_reasons,
@@ -55,20 +56,12 @@ from cryopose.align.refinement import (
     global_match_settings,
     local_search_schedule,
     map_content_resolution,
-    reference_resolution,
     poses_moving,
+    reference_resolution,
     resolution_improved,
     shell_noise_power,
 )
-from cryopose.align.scoring import (
-    GaussianNoise,
-    PreparedParticles,
-    Reference,
-    make_reference,
-    prepare_particles,
-    residual_shell_power,
-    shell_sizes,
-)
+from cryopose.align.scoring import Reference, make_reference, shell_sizes
 from cryopose.errors import UserError
 from cryopose.geometry.rotations import geodesic_distance, random_rotations
 from cryopose.geometry.symmetry import Symmetry
@@ -82,7 +75,12 @@ from cryopose.io.outputs import output_folder
 from cryopose.io.plots import plot_fsc_curves, write_fsc_csv
 from cryopose.io.star import write_star
 from cryopose.jobs.chunks import ChunkWork, run_chunks
-from cryopose.jobs.inputs import check_map_fits_particles, half_set_labels, particle_pixel_size, require_reconstruction_memory
+from cryopose.jobs.inputs import (
+    check_map_fits_particles,
+    half_set_labels,
+    particle_pixel_size,
+    require_reconstruction_memory,
+)
 from cryopose.jobs.reconstruct import ReconstructSettings, reconstruct_halves
 from cryopose.particles import ParticleSet, ParticleTensors
 from cryopose.reconstruct.fsc import FSCResult, fourier_shell_correlation
@@ -168,7 +166,8 @@ class RefineSettings:
             raise UserError(f"the origin neighbourhood must be a non-negative number of A, got {self.max_shift}",
                             option="max-shift")
         if not (math.isfinite(self.ini_high) and self.ini_high > 0):
-            raise UserError(f"the initial low-pass must be a positive number of A, got {self.ini_high}", option="ini-high")
+            raise UserError(f"the initial low-pass must be a positive number of A, got {self.ini_high}",
+                            option="ini-high")
         if not (math.isfinite(self.global_sampling) and 0 < self.global_sampling <= 30):
             raise UserError(f"the global angular sampling must be in (0, 30] deg, got {self.global_sampling}",
                             option="global-sampling")
@@ -252,89 +251,47 @@ class _GlobalShared:
     device: str
 
 
-def _reference_on(shared: _SearchShared, h: int) -> Reference:
-    ref = shared.references[h - 1]
-    device = torch.device(shared.device)
-    if ref.device != device:
-        ref = replace(ref, volume=replace(ref.volume, data=ref.volume.data.to(device)))
-    return ref
-
-
-def _half_images(device: str, part: tuple) -> Iterator[tuple[int, np.ndarray, torch.Tensor, CTFParameters | None]]:
-    """For each half set with particles in the chunk: (h, their rows in the chunk, their
-    images (k, N, N) and CTF on ``device``). ``part`` starts (image source, rows, half sets)."""
-    images, rows, halves = part[:3]
+def _chunk_images(device: str, part: tuple) -> tuple[torch.Tensor, CTFParameters | None]:
+    """The chunk's images (k, N, N) and CTF on ``device``; ``part`` starts (image source, rows)."""
+    images, rows = part[:2]
     dev = torch.device(device)
     try:
         imgs = torch.as_tensor(images.read(np.arange(len(images))), device=dev)
     finally:
         images.close()
-    ctf = None if rows.ctf is None else rows.ctf.to(dev, torch.float32)
-    for h in (1, 2):
-        sel = np.nonzero(halves == h)[0]
-        if len(sel) > 0:
-            t = torch.from_numpy(sel)
-            yield h, sel, imgs[t.to(dev)], None if ctf is None else ctf[t]
+    return imgs, None if rows.ctf is None else rows.ctf.to(dev, torch.float32)
 
 
-def _by_half(shared: _SearchShared, part: tuple) -> Iterator[tuple[int, np.ndarray, Reference, PreparedParticles]]:
-    """For each half set with particles in the chunk: (h, their rows in the chunk, half h's
-    reference, those particles prepared against it)."""
-    for h, sel, imgs, ctf in _half_images(shared.device, part):
-        ref = _reference_on(shared, h)
-        yield h, sel, ref, prepare_particles(ref, imgs, ctf, ctf_references=True, mask_radius=MASK_RADIUS)
+def _numpy(arrays: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
 
 
 def _noise_part(shared: _SearchShared, part: tuple) -> dict[str, np.ndarray]:
-    """Residual power per shell (k, R+1) and amplitude scale (k,) of one chunk's particles
-    at their current poses, each against its own half's reference; ``part`` is (image
-    source, rows with the current poses, half sets)."""
+    """Residual power per shell and amplitude scale of one chunk's particles at their current
+    poses (:func:`residual_power_chunk`); ``part`` is (image source, rows with the current
+    poses, half sets)."""
+    imgs, ctf = _chunk_images(shared.device, part)
     rows, halves = part[1], part[2]
-    power = np.zeros((len(halves), shared.references[0].radius + 1), dtype=np.float32)
-    scale = np.zeros(len(halves), dtype=np.float32)
-    for _, sel, ref, prep in _by_half(shared, part):
-        t = torch.from_numpy(sel)
-        p, a = residual_shell_power(ref, prep, rows.rotations[t].float(), (rows.shifts_angstrom[t] / ref.work_pixel_size).float())
-        power[sel] = p.cpu().numpy()
-        scale[sel] = a.cpu().numpy()
-    return {"power": power, "scale": scale}
+    return _numpy(residual_power_chunk(shared.references, imgs, ctf, torch.from_numpy(halves), rows.rotations,
+                                       rows.shifts_angstrom, MASK_RADIUS))
 
 
 def _search_part(shared: _SearchShared, part: tuple) -> dict[str, np.ndarray]:
-    """Refined poses, origins and scores of one chunk: each particle searched against its
-    own half's reference only. ``part`` is (image source, rows with the current poses,
-    half sets, prior rotations, prior origins Å, amplitude scales or None)."""
+    """Refined poses, origins and scores of one chunk (:func:`local_search_chunk`). ``part``
+    is (image source, rows with the current poses, half sets, prior rotations, prior
+    origins Å, amplitude scales or None)."""
     _, rows, halves, prior_rot, prior_shift, scale = part
-    k = len(halves)
-    rotations = np.zeros((k, 3, 3), dtype=np.float32)
-    shifts = np.zeros((k, 2), dtype=np.float32)
-    scores = np.zeros(k, dtype=np.float32)
-    for h, sel, ref, prep in _by_half(shared, part):
-        t = torch.from_numpy(sel)
-        noise = None
-        if shared.noise_power is not None:
-            noise = GaussianNoise(shared.noise_power[h - 1], torch.as_tensor(scale[sel]))
-        res = local_search(ref, prep, rows.rotations[t].float(), rows.shifts_angstrom[t].float(), shared.search,
-                           prior_rotations=prior_rot[t], prior_shifts_angstrom=prior_shift[t], noise=noise)
-        rotations[sel] = res.rotations.cpu().numpy()
-        shifts[sel] = res.shifts_angstrom.cpu().numpy()
-        scores[sel] = res.scores.cpu().numpy()
-    return {"rotations": rotations, "shifts": shifts, "scores": scores}
+    imgs, ctf = _chunk_images(shared.device, part)
+    return _numpy(local_search_chunk(shared.references, shared.search, imgs, ctf, torch.from_numpy(halves),
+                                     rows.rotations, rows.shifts_angstrom, prior_rot, prior_shift, MASK_RADIUS,
+                                     shared.noise_power, None if scale is None else torch.from_numpy(scale)))
 
 
 def _global_part(shared: _GlobalShared, part: tuple) -> dict[str, np.ndarray]:
-    """Best pose, origin and NCC of one chunk's particles over the whole gallery of their own
-    half's reference; ``part`` is (image source, rows, half sets)."""
-    k = len(part[2])
-    rotations = np.zeros((k, 3, 3), dtype=np.float32)
-    shifts = np.zeros((k, 2), dtype=np.float32)
-    scores = np.zeros(k, dtype=np.float32)
-    for h, sel, imgs, ctf in _half_images(shared.device, part):
-        res = match_images(shared.galleries[h - 1], imgs, ctf)
-        rotations[sel] = res.rotations[:, 0].cpu().numpy()
-        shifts[sel] = res.shifts_angstrom[:, 0].cpu().numpy()
-        scores[sel] = res.scores[:, 0].cpu().numpy()
-    return {"rotations": rotations, "shifts": shifts, "scores": scores}
+    """Best pose, origin and NCC of one chunk's particles (:func:`global_search_chunk`);
+    ``part`` is (image source, rows, half sets)."""
+    imgs, ctf = _chunk_images(shared.device, part)
+    return _numpy(global_search_chunk(shared.galleries, imgs, ctf, torch.from_numpy(part[2])))
 
 
 # ----------------------------------------------------------------------------- iterations
@@ -367,7 +324,8 @@ def _degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _references(state: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The two half maps of ``state`` Wiener-filtered by their FSC (when they are independent)."""
     weights = torch.ones_like(state["fsc"].fsc) if state["identical"] else fsc_reference_weights(state["fsc"].fsc)
-    return tuple(filter_shells(state[f"half{h}"].to(device), weights) for h in (1, 2))
+    half1, half2 = (filter_shells(state[f"half{h}"].to(device), weights) for h in (1, 2))
+    return half1, half2
 
 
 def _initial_state(
@@ -436,8 +394,10 @@ def refine_particles(
     box = int(images.image_shape[0])
     s.check(box, apix)
     if s.global_search:  # the prior rotations are the last global pass's poses; origins about the box centre
-        prior_rot, prior_shift = None, torch.zeros(n, 2, dtype=torch.float64)
+        prior_rot: torch.Tensor | None = None
+        prior_shift = torch.zeros(n, 2, dtype=torch.float64)
     else:
+        assert tensors.rotations is not None  # _checked_particles: a local refinement starts from poses
         prior_rot, prior_shift = tensors.rotations.clone(), tensors.shifts_angstrom.clone()
     diameter = 2 * MASK_RADIUS * box * apix
     rec = s.reconstruct_settings()
@@ -478,8 +438,11 @@ def refine_particles(
     state = load(cp0)
     if state is None:
         t0 = time.perf_counter()
-        state = _initial_state(half_maps, reference_map, s, apix, box,
-                               lambda: reconstruct(prior_rot, prior_shift, "iteration_00_reconstruct.pt"))
+        def reconstruct_input() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            assert prior_rot is not None  # RefineSettings: no references from poses with a global search
+            return reconstruct(prior_rot, prior_shift, "iteration_00_reconstruct.pt")
+
+        state = _initial_state(half_maps, reference_map, s, apix, box, reconstruct_input)
         state.update(rotations=None if prior_rot is None else prior_rot.float(), shifts=prior_shift.float(),
                      scores=torch.full((n,), math.nan))
         state["record"] = {"iteration": 0, "search": None, "references": state.pop("source"),
@@ -505,6 +468,7 @@ def refine_particles(
             if i <= passes:
                 state = _global_pass(i, prev, ctx)
             else:
+                assert prior_rot is not None  # the input poses, or set by the last global pass
                 state = _iterate(i, prev, ctx, prior_rot, prior_shift)
             t1 = time.perf_counter()
             h1, h2, full = reconstruct(state["rotations"], state["shifts"], f"iteration_{i:02d}_reconstruct.pt")
@@ -517,9 +481,9 @@ def refine_particles(
             progress(n, total)
         records.append(state["record"])
         r = state["record"]
+        change = "-" if r["pose_change_median_deg"] is None else f"{r['pose_change_median_deg']:.2f} deg"
         log.info("iteration %d (%s): %.2f A (FSC 0.143), median pose change %s, %.1f particles/s", i, r["search"],
-                 r["resolution_0143"], "-" if r["pose_change_median_deg"] is None else f"{r['pose_change_median_deg']:.2f} deg",
-                 r["particles_per_second"])
+                 r["resolution_0143"], change, r["particles_per_second"])
         if i == passes:  # the local iterations keep the poses of the last global pass as their prior
             prior_rot = state["rotations"].double()
         best_resolution = min(best_resolution, state["resolution"])
@@ -532,6 +496,7 @@ def refine_particles(
                                f"{r['pose_change_median_deg']:.2f} deg)")
                 break
         prev = state
+    assert best is not None  # the first iteration is within the tolerance of the best so far
     b = best
 
     # ---- chance: half maps of the same particles at random poses
@@ -571,7 +536,7 @@ class _Context:
     the geometry (Å/px, box, mask diameter Å), the settings and where and how to run."""
 
     tensors: ParticleTensors
-    images: object
+    images: Any  # the image source (io.mrc.ParticleImages): take, read, close
     halves: np.ndarray
     apix: float
     box: int
@@ -604,7 +569,8 @@ def _global_pass(i: int, prev: dict, ctx: _Context) -> dict:
     band = comparison_band(prev["resolution"], ctx.box, ctx.apix)
     match = global_match_settings(band, s.global_sampling, s.max_shift, s.symmetry, MASK_RADIUS)
     t0 = time.perf_counter()
-    galleries = tuple(build_gallery(v, ctx.apix, match, ctx.device) for v in _references(prev, ctx.device))
+    half1, half2 = _references(prev, ctx.device)
+    galleries = (build_gallery(half1, ctx.apix, match, ctx.device), build_gallery(half2, ctx.apix, match, ctx.device))
     work = ChunkWork(_global_part, _GlobalShared(galleries, str(ctx.device)),
                      lambda idx: (ctx.images.take(idx), ctx.tensors[idx], ctx.halves[idx]))
     g = galleries[0]
@@ -620,21 +586,25 @@ def _iterate(i: int, prev: dict, ctx: _Context, prior_rot: torch.Tensor, prior_s
     returns the new poses, scores and the iteration record."""
     s, n, halves, images = ctx.settings, len(ctx.tensors), ctx.halves, ctx.images
     band = comparison_band(prev["resolution"], ctx.box, ctx.apix)
-    references = tuple(make_reference(v, ctx.apix, band, ctx.device) for v in _references(prev, ctx.device))
+    half1, half2 = _references(prev, ctx.device)
+    references = (make_reference(half1, ctx.apix, band, ctx.device), make_reference(half2, ctx.apix, band, ctx.device))
     search = local_search_schedule(band, ctx.diameter, s.sigma_angle, s.max_shift, s.search_angle, s.prior)
     current = replace(ctx.tensors, rotations=prev["rotations"].double(), shifts_angstrom=prev["shifts"].double())
     t0 = time.perf_counter()
-    noise_power, scale = None, None
+    noise_power: tuple[torch.Tensor, torch.Tensor] | None = None
+    scale = None
+    finest = 2 ** (search.levels - 1)
     record = {"iteration": i, "search": "local", "comparison_resolution": band, "working_box": references[0].work_box,
-              "angle_step_first_deg": search.angle_step, "angle_step_finest_deg": search.angle_step / 2 ** (search.levels - 1),
-              "shift_step_finest_angstrom": search.shift_step / 2 ** (search.levels - 1), "levels": search.levels}
+              "angle_step_first_deg": search.angle_step, "angle_step_finest_deg": search.angle_step / finest,
+              "shift_step_finest_angstrom": search.shift_step / finest, "levels": search.levels}
     if s.score == "likelihood":
         shared = _SearchShared(references, search, None, str(ctx.device))
         work = ChunkWork(_noise_part, shared, lambda idx: (images.take(idx), current[idx], halves[idx]))
         raw = run_chunks(n, s.chunk_size, work, ctx.store(f"iteration_{i:02d}_noise"), None, ctx.executor)
         sizes = shell_sizes(references[0]).cpu()
         power = torch.from_numpy(raw["power"])
-        noise_power = tuple(shell_noise_power(power[torch.from_numpy(halves == h)], sizes) for h in (1, 2))
+        noise1, noise2 = (shell_noise_power(power[torch.from_numpy(halves == h)], sizes) for h in (1, 2))
+        noise_power = (noise1, noise2)
         scale = torch.from_numpy(raw["scale"])
         record["noise_power_per_shell"] = [p.tolist() for p in noise_power]
     shared = _SearchShared(references, search, noise_power, str(ctx.device))
@@ -647,7 +617,9 @@ def _iterate(i: int, prev: dict, ctx: _Context, prior_rot: torch.Tensor, prior_s
     return _searched(ctx, f"iteration_{i:02d}_search", ChunkWork(_search_part, shared, part), prev, record, t0)
 
 
-def _checked_particles(ps: ParticleSet, s: RefineSettings, name: str) -> tuple[ParticleTensors, float, np.ndarray, bool]:
+def _checked_particles(
+    ps: ParticleSet, s: RefineSettings, name: str
+) -> tuple[ParticleTensors, float, np.ndarray, bool]:
     """(tensors, pixel size Å, half sets, whether drawn at random) of particles that can be
     refined; UserError naming ``name`` otherwise."""
     if len(ps) == 0:
@@ -708,19 +680,20 @@ def run_refine(
     check_map_fits_particles(volume, map_apix, box, pixel_size, map_path)
     halves_given = None
     if half_maps is not None:
-        halves_given = []
+        given = []
         for path in half_maps:
-            vol, vol_apix = read_map(path)
-            check_map_fits_particles(vol, vol_apix, box, pixel_size, path)
-            halves_given.append(vol)
+            half, half_apix = read_map(path)
+            check_map_fits_particles(half, half_apix, box, pixel_size, path)
+            given.append(half)
+        halves_given = (given[0], given[1])
     require_reconstruction_memory(box, device)
     inputs = [particles, map_path, *(half_maps or ()), *images.paths]
     signature = {"particles": file_identity(particles), "map": file_identity(map_path),
                  "half_maps": [file_identity(p) for p in half_maps] if half_maps else None, "apix": apix,
                  **{k: v for k, v in asdict(s).items() if k not in ("iterations", "chunk_size")}}
     with output_folder(out, inputs=inputs, outputs=OUTPUTS, force=force):
-        result = refine_particles(ps, images, s, None if halves_given is None else tuple(halves_given), volume, device,
-                                  progress, out / STORE, signature, executor)
+        result = refine_particles(ps, images, s, halves_given, volume, device, progress, out / STORE, signature,
+                                  executor)
         columns = {"rlnRandomSubset": result.halves.astype(np.int64), "cryoposeRefineScore": result.scores.numpy()}
         change = moved = None
         if tensors.rotations is not None:  # a global search reports how far its poses are from the input's
@@ -737,7 +710,8 @@ def run_refine(
                    + (" (best)" if r["iteration"] == result.best_iteration else ""),
                    np.asarray(r["frequency"]), np.asarray(r["fsc"]))
                   for r in result.iterations if not r.get("halves_identical")]  # one map twice has FSC 1: no curve
-        plot_fsc_curves(curves, out / "fsc.png", title=f"Half-map FSC per iteration ({len(ps)} particles, {s.symmetry})")
+        plot_fsc_curves(curves, out / "fsc.png",
+                        title=f"Half-map FSC per iteration ({len(ps)} particles, {s.symmetry})")
         best = result.iterations[result.best_iteration]
         summary = {
             "particles": str(particles),

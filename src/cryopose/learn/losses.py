@@ -17,8 +17,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cryopose.geometry.distances import symmetry_mates
 from cryopose.geometry.rotations import matrix_to_quaternion, quaternion_to_matrix
-from cryopose.learn.so3 import quaternion_distance, symmetric_quaternion_distance, symmetry_mates
+from cryopose.learn.so3 import quaternion_distance, symmetric_quaternion_distance
 
 __all__ = [
     "curriculum_weights",
@@ -41,7 +42,7 @@ def pairwise_distances(q: torch.Tensor, i: torch.Tensor, j: torch.Tensor, sym: s
     """Symmetry-reduced geodesic distance (rad) between poses q[i] and q[j] (quaternions)."""
     if sym.upper() == "C1":
         return quaternion_distance(q[i], q[j])
-    mates = symmetry_mates(quaternion_to_matrix(q[j]), sym)
+    mates = matrix_to_quaternion(symmetry_mates(quaternion_to_matrix(q[j]), sym))
     return symmetric_quaternion_distance(q[i], mates)
 
 
@@ -66,7 +67,6 @@ def pair_indices(true_quaternions: torch.Tensor, sym: str, scheme: str, generato
     with torch.no_grad():
         d = pairwise_distances(true_quaternions, i, j, sym)
     which = (d / math.pi * bins).long().clamp(0, bins - 1)
-    counts = torch.bincount(which, minlength=bins)
     per_bin = max(1, n // bins)
     chosen = [torch.nonzero(which == b).flatten()[:per_bin] for b in range(bins)]
     picked = torch.cat(chosen)
@@ -74,10 +74,11 @@ def pair_indices(true_quaternions: torch.Tensor, sym: str, scheme: str, generato
 
 
 def forum_loss(predicted: torch.Tensor, true_rotations: torch.Tensor, sym: str, progress: float,
-               pairs: tuple[torch.Tensor, torch.Tensor], weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               pairs: tuple[torch.Tensor, torch.Tensor],
+               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """cryo-forum's loss for predicted quaternions (n, 4) against true poses (n, 3, 3):
     {"loss", "geodesic" (mean, rad), "siamese" (mean, rad)}; ``weights`` (n,) weigh particles."""
-    mates = symmetry_mates(true_rotations, sym)
+    mates = matrix_to_quaternion(symmetry_mates(true_rotations, sym))
     geodesic = symmetric_quaternion_distance(predicted, mates)
     w = torch.ones_like(geodesic) if weights is None else weights
     i, j = pairs
@@ -94,7 +95,7 @@ def forum_loss(predicted: torch.Tensor, true_rotations: torch.Tensor, sym: str, 
 def grid_targets(true_rotations: torch.Tensor, grid_quaternions: torch.Tensor, sym: str) -> torch.Tensor:
     """Label distributions (n, N) over the grid: uniform over the grid points nearest to the
     symmetry mates of each true pose (a point shared by two mates counts once)."""
-    mates = symmetry_mates(true_rotations, sym)  # (n, G, 4)
+    mates = matrix_to_quaternion(symmetry_mates(true_rotations, sym))  # (n, G, 4)
     nearest = (mates @ grid_quaternions.T).abs().argmax(dim=-1)  # (n, G): max |cos(angle/2)|
     targets = torch.zeros(true_rotations.shape[0], grid_quaternions.shape[0], dtype=grid_quaternions.dtype,
                           device=grid_quaternions.device)
@@ -102,7 +103,9 @@ def grid_targets(true_rotations: torch.Tensor, grid_quaternions: torch.Tensor, s
     return targets / targets.sum(dim=1, keepdim=True)
 
 
-def grid_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def grid_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over particles (weighted) of -sum targets * log softmax(logits)."""
     per = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)
     if weights is None:

@@ -33,12 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from cryopose.geometry.grids import local_rotation_grid
 from cryopose.geometry.rotations import axis_angle_to_matrix, matrix_to_quaternion, quaternion_to_matrix
 from cryopose.learn.so3 import (
     bingham_dispersions,
     grid_spacing,
     healpix_rotations,
-    local_perturbations,
     quaternion_from_symmetric,
     symmetric_from_entries,
     symmetric_from_triangle,
@@ -250,7 +250,8 @@ class HarmonicGridHead(nn.Module):
         radius = grid_spacing(self.order) / 2
         rows = torch.arange(len(best), device=best.device)
         for _ in range(levels):
-            steps = local_perturbations(radius, 1, dtype=best.dtype, device=best.device)
+            steps = local_rotation_grid(radius, radius, shape="cube", as_matrices=False, dtype=best.dtype,
+                                        device=best.device)
             candidates = best[:, None] @ axis_angle_to_matrix(steps)[None]
             values = (_monomials(candidates, self.monomials) * monomial_coefficients[:, None, :]).sum(-1)
             best = candidates[rows, values.argmax(dim=1)]

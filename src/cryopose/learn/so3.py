@@ -21,8 +21,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from cryopose.geometry.rotations import euler_to_matrix, matrix_to_quaternion
-from cryopose.geometry.symmetry import pose_symmetry_operators
+from cryopose.geometry.rotations import euler_to_matrix
 
 __all__ = [
     "symmetric_from_triangle",
@@ -30,12 +29,10 @@ __all__ = [
     "quaternion_from_symmetric",
     "bingham_dispersions",
     "quaternion_distance",
-    "symmetry_mates",
     "symmetric_quaternion_distance",
     "healpix_directions",
     "healpix_rotations",
     "grid_spacing",
-    "local_perturbations",
 ]
 
 _TRIU = torch.triu_indices(4, 4)
@@ -85,16 +82,9 @@ def quaternion_distance(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return 2.0 * torch.acos(dot)
 
 
-def symmetry_mates(rotations: torch.Tensor, sym: str) -> torch.Tensor:
-    """Quaternions (..., G, 4) of every pose equivalent to each pose A (..., 3, 3) under
-    ``sym``: L_g A R_g (a rotation also for improper g, where L_g = diag(1, 1, -1))."""
-    left, right = pose_symmetry_operators(sym, dtype=rotations.dtype, device=rotations.device)
-    mates = left @ rotations.unsqueeze(-3) @ right
-    return matrix_to_quaternion(mates)
-
-
 def symmetric_quaternion_distance(q: torch.Tensor, mates: torch.Tensor) -> torch.Tensor:
-    """min over the group of quaternion_distance(q (..., 4), mates (..., G, 4)) (rad)."""
+    """min over the group of quaternion_distance(q (..., 4), mates (..., G, 4)) (rad); ``mates``
+    the quaternions of :func:`cryopose.geometry.distances.symmetry_mates` of a pose."""
     return quaternion_distance(q.unsqueeze(-2), mates).amin(dim=-1)
 
 
@@ -152,7 +142,9 @@ def _healpix_rotations(order: int) -> torch.Tensor:
     return euler_to_matrix(t(rot), t(tilt), t(psis))
 
 
-def healpix_rotations(order: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+def healpix_rotations(
+    order: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
     """The SO(3) grid of Image2Sphere: HEALPix viewing directions of nside = 2^order as
     (rot, tilt), times 6 nside equally spaced psi; RELION pose matrices (72 * 8^order, 3, 3).
     Order 2 has 4,608 poses about 15 deg apart, order 3 36,864 about 7.5 deg apart."""
@@ -165,12 +157,4 @@ def grid_spacing(order: int) -> float:
     """Typical spacing (rad) of the order's SO(3) grid: the cube root of its cell volume,
     (8 pi^2 / N)^(1/3) with N = 72 * 8^order (SO(3)'s volume in this metric is 8 pi^2)."""
     return (8 * math.pi**2 / (72 * 8**order)) ** (1 / 3)
-
-
-def local_perturbations(radius: float, steps: int = 2, dtype: torch.dtype = torch.float32,
-                        device: torch.device | str | None = None) -> torch.Tensor:
-    """Small rotation vectors (rad) on a cube grid of (2 steps + 1)^3 points spanning
-    [-radius, radius] per axis, identity included: the local grid a prediction is refined on."""
-    axis = torch.linspace(-radius, radius, 2 * steps + 1, dtype=dtype, device=device)
-    return torch.cartesian_prod(axis, axis, axis)
 

@@ -64,7 +64,6 @@ def test_cryopose_train_under_torchrun(tmp_path):
     """``torchrun -m cryopose train`` on 2 CPU processes trains one model whose loss curve
     follows the one-process run (BatchNorm statistics are per process on CPU, so not to
     rounding); only rank 0 writes."""
-    from cryopose.io import read_star, write_star  # noqa: F401
     from cryopose.jobs.simulate import SimulateSettings, run_simulate
 
     bundled = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"

@@ -164,7 +164,7 @@ def _simulate(tmp: Path, map_path: Path, n: int, seed: int, use_relion: bool) ->
     write_star(ps, tmp / "data" / "particles.star")
     info = {"simulator": "relion_project (RELION 3.1: projection with CTF and origins); white Gaussian noise added "
                          "by this script at cryopose's SNR definition",
-            "relion_project_command": " ".join(command),
+            "relion_project_command": " ".join(command).replace(str(tmp), "TMP"),
             "projector_agreement_first_64": {"min_correlation": round(min(agreement), 5),
                                              "median_correlation": round(float(np.median(agreement)), 5)}}
     return tmp / "data" / "particles.star", info

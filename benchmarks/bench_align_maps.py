@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine, write_results
 from scipy.spatial.transform import Rotation
 
 from cryopose.align.map_alignment import J, MapAlignmentSettings, align_map, apply_transform, transform_volume
@@ -34,6 +33,8 @@ from cryopose.geometry.grids import sample_rotations_near_identity
 from cryopose.imaging.filters import lowpass_volume
 from cryopose.imaging.resample import fourier_resize_volume
 from cryopose.io.mrc import read_map
+
+from common import machine, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"
@@ -91,21 +92,36 @@ def main() -> None:
             mov = mov + 0.2 * mov.std() * torch.randn(mov.shape, generator=gen).to(dev)
             _sync(dev)
             t0 = time.perf_counter()
-            res = align_map(ref, mov, apix, settings=MapAlignmentSettings(lowpass=LOWPASS, max_shift=12 * apix64,
-                                                                          max_angle=180, check_hands=True), device=dev)
+            res = align_map(
+                ref,
+                mov,
+                apix,
+                settings=MapAlignmentSettings(lowpass=LOWPASS, max_shift=12 * apix64, max_angle=180, check_hands=True),
+                device=dev,
+            )
             _sync(dev)
             wall = time.perf_counter() - t0
             err = np.degrees(np.arccos(np.clip((np.trace(res.rotation.T @ m) - 1) / 2, -1, 1)))
-            rows.append({
-                "size": size, "pixel_size_A": apix, "trial": trial, "hand_flipped_truth": flip,
-                "hand_right": bool(res.hand_flipped == flip), "wall_s": wall, "angle_error_deg": float(err),
-                "shift_error_A": float(np.linalg.norm(res.shift_A - t_A)),
-                "shift_error_px": float(np.linalg.norm(res.shift_A - t_A) / apix),
-                "stage_s": {k: v for k, v in res.timings.items() if k.endswith("_s")},
-                "refine_box": int(res.timings["refine_box"]),
-            })
-            print(f"size {size} trial {trial}: {wall:.1f} s, error {err:.3f} deg, "
-                  f"{rows[-1]['shift_error_px']:.3f} px, hand right {rows[-1]['hand_right']}", flush=True)
+            rows.append(
+                {
+                    "size": size,
+                    "pixel_size_A": apix,
+                    "trial": trial,
+                    "hand_flipped_truth": flip,
+                    "hand_right": bool(res.hand_flipped == flip),
+                    "wall_s": wall,
+                    "angle_error_deg": float(err),
+                    "shift_error_A": float(np.linalg.norm(res.shift_A - t_A)),
+                    "shift_error_px": float(np.linalg.norm(res.shift_A - t_A) / apix),
+                    "stage_s": {k: v for k, v in res.timings.items() if k.endswith("_s")},
+                    "refine_box": int(res.timings["refine_box"]),
+                }
+            )
+            print(
+                f"size {size} trial {trial}: {wall:.1f} s, error {err:.3f} deg, "
+                f"{rows[-1]['shift_error_px']:.3f} px, hand right {rows[-1]['hand_right']}",
+                flush=True,
+            )
         per_rot = brute_force_per_rotation(ref, mov, dev)
         for row in rows:
             if row["size"] == size:
@@ -115,23 +131,27 @@ def main() -> None:
     summary = []
     for size in args.sizes:
         rs = [r for r in rows if r["size"] == size]
-        summary.append({
-            "size": size,
-            "wall_s_mean": float(np.mean([r["wall_s"] for r in rs])),
-            "angle_error_deg_max": float(np.max([r["angle_error_deg"] for r in rs])),
-            "shift_error_px_max": float(np.max([r["shift_error_px"] for r in rs])),
-            "hands_right": all(r["hand_right"] for r in rs),
-            "brute_force_per_rotation_s": rs[0]["brute_force_per_rotation_s"],
-            "brute_force_extrapolated_s": rs[0]["brute_force_extrapolated_s"],
-            "ratio_brute_force_over_ours": rs[0]["brute_force_extrapolated_s"] / float(np.mean([r["wall_s"] for r in rs])),
-        })
+        summary.append(
+            {
+                "size": size,
+                "wall_s_mean": float(np.mean([r["wall_s"] for r in rs])),
+                "angle_error_deg_max": float(np.max([r["angle_error_deg"] for r in rs])),
+                "shift_error_px_max": float(np.max([r["shift_error_px"] for r in rs])),
+                "hands_right": all(r["hand_right"] for r in rs),
+                "brute_force_per_rotation_s": rs[0]["brute_force_per_rotation_s"],
+                "brute_force_extrapolated_s": rs[0]["brute_force_extrapolated_s"],
+                "ratio_brute_force_over_ours": rs[0]["brute_force_extrapolated_s"]
+                / float(np.mean([r["wall_s"] for r in rs])),
+            }
+        )
     result = {
         "benchmark": "align-maps",
         "device": str(dev),
         "machine": machine(),
         "lowpass_A": LOWPASS,
-        "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else
-        "no GPU was lent to this session; GPU figures not measured",
+        "gpu": torch.cuda.get_device_name(0)
+        if dev.type == "cuda"
+        else "no GPU was lent to this session; GPU figures not measured",
         "brute_force_note": (
             f"brute force = SO(3) grid at {FINAL_STEP_DEG} deg ({n_grid_final} rotations, both hands) x full-box FFT "
             "translation search; its per-rotation cost is measured in this run on 16 sampled rotations and "
@@ -142,11 +162,17 @@ def main() -> None:
         "runs": rows,
     }
     out = write_results("align_maps", result)
-    print(f"\n{'size':>5} {'wall s':>8} {'err deg':>8} {'err px':>7} {'hands':>6} {'brute/rot s':>12} {'brute s (extrap.)':>18} {'ratio':>10}")
+    print(
+        f"\n{'size':>5} {'wall s':>8} {'err deg':>8} {'err px':>7} {'hands':>6} {'brute/rot s':>12} "
+        f"{'brute s (extrap.)':>18} {'ratio':>10}"
+    )
     for s in summary:
-        print(f"{s['size']:>5} {s['wall_s_mean']:>8.1f} {s['angle_error_deg_max']:>8.3f} {s['shift_error_px_max']:>7.3f} "
-              f"{str(s['hands_right']):>6} {s['brute_force_per_rotation_s']:>12.4f} {s['brute_force_extrapolated_s']:>18.3g} "
-              f"{s['ratio_brute_force_over_ours']:>10.3g}")
+        print(
+            f"{s['size']:>5} {s['wall_s_mean']:>8.1f} {s['angle_error_deg_max']:>8.3f} {s['shift_error_px_max']:>7.3f} "
+            f"{str(s['hands_right']):>6} {s['brute_force_per_rotation_s']:>12.4f} "
+            f"{s['brute_force_extrapolated_s']:>18.3g} "
+            f"{s['ratio_brute_force_over_ours']:>10.3g}"
+        )
     print(result["brute_force_note"])
     print(f"GPU: {result['gpu']}")
     print(f"wrote {out}")

@@ -32,9 +32,10 @@ def _child(folder: Path, torch_threads: int, repeats: int) -> dict:
     """In a fresh process: time each job (after one warm-up run) in this thread and in a new one."""
     import torch
 
-    from common import BUNDLED_MAP, scale_reconstruction, scale_validation
     from cryopose.jobs.reconstruct import run_reconstruct
     from cryopose.jobs.validate import run_validate
+
+    from common import BUNDLED_MAP, scale_reconstruction, scale_validation
 
     torch.set_num_threads(torch_threads)
     jobs = {
@@ -81,11 +82,12 @@ def main() -> None:
 
     import numpy as np
 
-    from common import BUNDLED_APIX, BUNDLED_MAP, machine, print_table, scale_simulation, write_results
     from cryopose.io import read_particles
     from cryopose.io.star import write_star
     from cryopose.jobs.allocator import ALLOCATOR_SETTINGS, allocator_environment
     from cryopose.jobs.simulate import run_simulate
+
+    from common import BUNDLED_APIX, BUNDLED_MAP, machine, print_table, scale_simulation, write_results
 
     load_at_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="cryopose_bench_allocator_"))
@@ -103,21 +105,32 @@ def main() -> None:
         for _ in range(args.rounds):
             for threads in (1, 2):
                 for label, env in envs.items():
-                    out = subprocess.run([sys.executable, __file__, "--child", str(tmp), str(threads),
-                                          "--repeats", str(args.repeats)], env=env, capture_output=True, text=True,
-                                         check=True, cwd=Path(__file__).parent)
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--child", str(tmp), str(threads), "--repeats", str(args.repeats)],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                        cwd=Path(__file__).parent,
+                    )
                     figures.setdefault((threads, label), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
         rows = []
         for (threads, label), runs in figures.items():
             for case in runs[0]:
                 job, where = case.split("_")
-                row = {"job": job, "thread": where, "torch_threads": threads, "malloc": label,
-                       "s": round(min(r[case]["s"] for r in runs), 2),
-                       "page_faults": int(np.median([r[case]["page_faults"] for r in runs]))}
+                row = {
+                    "job": job,
+                    "thread": where,
+                    "torch_threads": threads,
+                    "malloc": label,
+                    "s": round(min(r[case]["s"] for r in runs), 2),
+                    "page_faults": int(np.median([r[case]["page_faults"] for r in runs])),
+                }
                 if label == "cryopose settings":
                     ref = figures[(threads, "glibc defaults")]
-                    row["speed_vs_defaults"] = round(float(np.median(
-                        [d[case]["s"] / c[case]["s"] for d, c in zip(ref, runs)])), 3)
+                    row["speed_vs_defaults"] = round(
+                        float(np.median([d[case]["s"] / c[case]["s"] for d, c in zip(ref, runs)])), 3
+                    )
                 rows.append(row)
         rows.sort(key=lambda r: (r["job"], r["torch_threads"], r["thread"], r["malloc"]))
         print_table(rows, ["job", "torch_threads", "thread", "malloc", "s", "page_faults", "speed_vs_defaults"])
@@ -126,11 +139,18 @@ def main() -> None:
             "load_average_1min_at_start": load_at_start,
             "load_average_1min_at_end": os.getloadavg()[0],
             "malloc_settings": {name: value for name, _, value in ALLOCATOR_SETTINGS},
-            "case": {"box": 64, "pixel_size": BUNDLED_APIX, "validate": {"n": args.validate_n, "angular_sampling_deg": 5.0,
-                     "max_shift_px": 5, "chunk_size": 16}, "reconstruct": {"n": args.reconstruct_n, "sym": "C1",
-                     "chunk_size": 256}, "rounds": args.rounds, "repeats": args.repeats},
-            "note": ("s: best wall time; page_faults: minor page faults of the process during that job, median over "
-                     "rounds; speed_vs_defaults: median over rounds of the defaults' time over the settings' time"),
+            "case": {
+                "box": 64,
+                "pixel_size": BUNDLED_APIX,
+                "validate": {"n": args.validate_n, "angular_sampling_deg": 5.0, "max_shift_px": 5, "chunk_size": 16},
+                "reconstruct": {"n": args.reconstruct_n, "sym": "C1", "chunk_size": 256},
+                "rounds": args.rounds,
+                "repeats": args.repeats,
+            },
+            "note": (
+                "s: best wall time; page_faults: minor page faults of the process during that job, median over "
+                "rounds; speed_vs_defaults: median over rounds of the defaults' time over the settings' time"
+            ),
             "rows": rows,
         }
         print("wrote", write_results("allocator", result))

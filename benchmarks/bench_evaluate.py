@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine, print_table, write_results
 
 import cryopose
 from cryopose.evaluate import compare_maps, pose_errors
@@ -50,6 +49,8 @@ from cryopose.geometry.rotations import axis_angle_to_matrix, random_rotations
 from cryopose.io import ParticleImages, read_map, read_particles, write_star
 from cryopose.jobs.evaluate import EvaluateSettings, evaluate_predictions
 from cryopose.particles import ParticleSet
+
+from common import machine, print_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"
@@ -111,12 +112,19 @@ def learned(kind: str, minutes: float, image_size: int = 32) -> Predictor:
             tmp = Path(tmp)
             write_star(train, tmp / "train.star")
             write_star(test, tmp / "test.star")
-            cryopose.train(tmp / "train.star", tmp / "model", model=kind, minutes=minutes, image_size=image_size,
-                           seed=int(rng.integers(1 << 30)))
+            cryopose.train(
+                tmp / "train.star",
+                tmp / "model",
+                model=kind,
+                minutes=minutes,
+                image_size=image_size,
+                seed=int(rng.integers(1 << 30)),
+            )
             cryopose.predict(tmp / "model" / "model.pt", tmp / "test.star", tmp / "pred")
             pred = read_particles(tmp / "pred" / "particles.star")
             return test.with_poses(pred.rotations, pred.shifts_angstrom).with_columns(
-                cryoposeConfidence=pred.table["cryoposeConfidence"].to_numpy(dtype=float))
+                cryoposeConfidence=pred.table["cryoposeConfidence"].to_numpy(dtype=float)
+            )
 
     return predict
 
@@ -173,32 +181,59 @@ def run(n: int, device: torch.device, predictors: dict[str, Predictor] | None = 
             preds = predict_halves(predictor, truth, seed + 1 + i)
             predict_s = time.perf_counter() - t
             t = time.perf_counter()
-            ev = evaluate_predictions(truth, preds, images, settings, device=device, checkpoint_dir=folder,
-                                      signature={"benchmark": n})
+            ev = evaluate_predictions(
+                truth, preds, images, settings, device=device, checkpoint_dir=folder, signature={"benchmark": n}
+            )
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t
             m = ev.metrics
             pose, maps = m["pose"], m["maps"]
-            row = {"predictor": name, "MAnE": pose["MAnE_deg"], "wMAnE": pose["wMAnE_deg"],
-                   "median": pose["median_angular_error_deg"],
-                   "spearman": (pose["confidence"] or {}).get("spearman_confidence_vs_error"),
-                   "seconds": seconds, "predict_seconds": predict_s, "includes_gt_reconstruction": first}
+            row = {
+                "predictor": name,
+                "MAnE": pose["MAnE_deg"],
+                "wMAnE": pose["wMAnE_deg"],
+                "median": pose["median_angular_error_deg"],
+                "spearman": (pose["confidence"] or {}).get("spearman_confidence_vs_error"),
+                "seconds": seconds,
+                "predict_seconds": predict_s,
+                "includes_gt_reconstruction": first,
+            }
             for kind in ("unmasked", "masked"):
                 c = maps[kind]
-                row[kind] = {k: c[k] for k in ("pcc_gt_v", "pcc_v0_v1", "pcc_gt0_gt1", "delta_pcc", "fscr_0143_gt_v",
-                                               "fscr_05_gt_v", "fscr_0143_v0_v1", "fscr_05_v0_v1", "fscr_0143_gt0_gt1",
-                                               "fscr_05_gt0_gt1", "delta_fscr_0143", "delta_fscr_05")}
+                row[kind] = {
+                    k: c[k]
+                    for k in (
+                        "pcc_gt_v",
+                        "pcc_v0_v1",
+                        "pcc_gt0_gt1",
+                        "delta_pcc",
+                        "fscr_0143_gt_v",
+                        "fscr_05_gt_v",
+                        "fscr_0143_v0_v1",
+                        "fscr_05_v0_v1",
+                        "fscr_0143_gt0_gt1",
+                        "fscr_05_gt0_gt1",
+                        "delta_fscr_0143",
+                        "delta_fscr_05",
+                    )
+                }
             h = {k: torch.from_numpy(v).to(device) for k, v in ev.maps.items()}
-            vs_map = compare_maps(clean, h["gt_half1"], h["gt_half2"], h["pred_half1"], h["pred_half2"], maps["pixel_size"],
-                                  h["mask"])
-            row["vs_simulation_map_masked"] = {"pcc": vs_map.pcc["gt_v"], "fscr_0143": vs_map.fsc["gt_v"].resolution_0143,
-                                               "fscr_05": vs_map.fsc["gt_v"].resolution_05}
+            vs_map = compare_maps(
+                clean, h["gt_half1"], h["gt_half2"], h["pred_half1"], h["pred_half2"], maps["pixel_size"], h["mask"]
+            )
+            row["vs_simulation_map_masked"] = {
+                "pcc": vs_map.pcc["gt_v"],
+                "fscr_0143": vs_map.fsc["gt_v"].resolution_0143,
+                "fscr_05": vs_map.fsc["gt_v"].resolution_05,
+            }
             rows.append(row)
-            details[name] = {"fraction_below": pose["angular_error_deg"]["fraction_below"],
-                             "direction_median": pose["direction_error_deg"]["median"],
-                             "in_plane_median": pose["in_plane_error_deg"]["median"],
-                             "most_confident": (pose["confidence"] or {}).get("most_confident")}
+            details[name] = {
+                "fraction_below": pose["angular_error_deg"]["fraction_below"],
+                "direction_median": pose["direction_error_deg"]["median"],
+                "in_plane_median": pose["in_plane_error_deg"]["median"],
+                "most_confident": (pose["confidence"] or {}).get("most_confident"),
+            }
             first = False
         repeat = [r["seconds"] for r in rows[1:]] or [rows[0]["seconds"]]
         return {
@@ -206,8 +241,17 @@ def run(n: int, device: torch.device, predictors: dict[str, Predictor] | None = 
             "load_average_1min_at_end": os.getloadavg()[0],
             "device": str(device),
             "threads": torch.get_num_threads(),
-            "case": {"map": "EMD-1832 (bundled)", "box": 64, "pixel_size": 5.7, "n_particles": n, "snr": 0.1, "ctf": True,
-                     "max_shift_angstrom": 10.0, "symmetry": "C1", "mask": "automatic (soft_mask_from_map defaults)"},
+            "case": {
+                "map": "EMD-1832 (bundled)",
+                "box": 64,
+                "pixel_size": 5.7,
+                "n_particles": n,
+                "snr": 0.1,
+                "ctf": True,
+                "max_shift_angstrom": 10.0,
+                "symmetry": "C1",
+                "mask": "automatic (soft_mask_from_map defaults)",
+            },
             "simulate_seconds": simulate_s,
             "rows": rows,
             "details": details,
@@ -229,8 +273,13 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="600 particles: a quick check of the ladder")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--learned", type=float, default=None, metavar="MINUTES",
-                   help="also train the grid and forum estimators for MINUTES per half and evaluate their predictions")
+    p.add_argument(
+        "--learned",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="also train the grid and forum estimators for MINUTES per half and evaluate their predictions",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -245,23 +294,40 @@ def main() -> None:
     gt = rows[0]
     for kind in ("unmasked", "masked"):
         c = gt[kind]
-        print(f"\n{kind}: GT0 vs GT1 PCC {c['pcc_gt0_gt1']:.4f}, FSCR0.143 {c['fscr_0143_gt0_gt1']:.2f} Å, "
-              f"FSCR0.5 {c['fscr_05_gt0_gt1']:.2f} Å")
-        table = [{"predictor": r["predictor"], "MAnE°": _fmt(r["MAnE"]), "wMAnE°": _fmt(r["wMAnE"]), "median°": _fmt(r["median"]),
-                  "PCC(V0,V1)": _fmt(r[kind]["pcc_v0_v1"], 4), "PCC(GT,V)": _fmt(r[kind]["pcc_gt_v"], 4),
-                  "dPCC": _fmt(r[kind]["delta_pcc"], 4), "FSCR.143(GT,V)": _fmt(r[kind]["fscr_0143_gt_v"]),
-                  "dFSCR.143": _fmt(r[kind]["delta_fscr_0143"]), "FSCR.5(GT,V)": _fmt(r[kind]["fscr_05_gt_v"]),
-                  "dFSCR.5": _fmt(r[kind]["delta_fscr_05"]), "spearman": _fmt(r["spearman"], 3)} for r in rows]
+        print(
+            f"\n{kind}: GT0 vs GT1 PCC {c['pcc_gt0_gt1']:.4f}, FSCR0.143 {c['fscr_0143_gt0_gt1']:.2f} Å, "
+            f"FSCR0.5 {c['fscr_05_gt0_gt1']:.2f} Å"
+        )
+        table = [
+            {
+                "predictor": r["predictor"],
+                "MAnE°": _fmt(r["MAnE"]),
+                "wMAnE°": _fmt(r["wMAnE"]),
+                "median°": _fmt(r["median"]),
+                "PCC(V0,V1)": _fmt(r[kind]["pcc_v0_v1"], 4),
+                "PCC(GT,V)": _fmt(r[kind]["pcc_gt_v"], 4),
+                "dPCC": _fmt(r[kind]["delta_pcc"], 4),
+                "FSCR.143(GT,V)": _fmt(r[kind]["fscr_0143_gt_v"]),
+                "dFSCR.143": _fmt(r[kind]["delta_fscr_0143"]),
+                "FSCR.5(GT,V)": _fmt(r[kind]["fscr_05_gt_v"]),
+                "dFSCR.5": _fmt(r[kind]["delta_fscr_05"]),
+                "spearman": _fmt(r["spearman"], 3),
+            }
+            for r in rows
+        ]
         if kind == "masked":
             for t, r in zip(table, rows):
                 t["PCC(map,V)"] = _fmt(r["vs_simulation_map_masked"]["pcc"], 4)
                 t["FSCR.143(map,V)"] = _fmt(r["vs_simulation_map_masked"]["fscr_0143"])
         print_table(table, list(table[0]))
     tp = result["throughput"]
-    print(f"\n{n} particles, 64 px, on {result['device']} ({result['threads']} threads, load {result['load_average_1min_at_end']:.1f}): "
-          f"evaluation {tp['evaluation_particles_per_second']:.0f} particles/s (pose errors + V0/V1 + comparisons), "
-          f"first evaluation with the GT half maps {tp['evaluation_with_gt_reconstruction_seconds']:.1f} s; pose errors/s "
-          + ", ".join(f"{k} {v:,.0f}" for k, v in tp["pose_errors_per_second"].items()))
+    print(
+        f"\n{n} particles, 64 px, on {result['device']} ({result['threads']} threads, "
+        f"load {result['load_average_1min_at_end']:.1f}): "
+        f"evaluation {tp['evaluation_particles_per_second']:.0f} particles/s (pose errors + V0/V1 + comparisons), "
+        f"first evaluation with the GT half maps {tp['evaluation_with_gt_reconstruction_seconds']:.1f} s; "
+        "pose errors/s " + ", ".join(f"{k} {v:,.0f}" for k, v in tp["pose_errors_per_second"].items())
+    )
     path = write_results("evaluate" if not args.quick else "evaluate_quick", result)
     print(f"wrote {path.relative_to(ROOT)}")
 

@@ -56,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine, print_table, write_results
 
 from cryopose.geometry.distances import rotation_distance
 from cryopose.geometry.rotations import axis_angle_to_matrix
@@ -71,6 +70,8 @@ from cryopose.jobs.refine import INI_HIGH
 from cryopose.jobs.simulate import SimulateSettings, run_simulate
 from cryopose.particles import ParticleSet
 from cryopose.reconstruct.fsc import fourier_shell_correlation
+
+from common import machine, print_table, write_results
 
 MAP = Path("/work/shared/data/relion_projections_70s/clean70SRibosome_vol_64_fourier_cropped.mrc")
 APIX = 5.0
@@ -105,8 +106,9 @@ def _timed(command: list[str], env: dict, log: Path, cwd: Path | None = None, li
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0 and not stopped:
-        raise RuntimeError(f"{' '.join(map(str, command))} failed ({proc.returncode}); see {log}:\n"
-                           + log.read_text()[-2000:])
+        raise RuntimeError(
+            f"{' '.join(map(str, command))} failed ({proc.returncode}); see {log}:\n" + log.read_text()[-2000:]
+        )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # processes stopped by the limit are not all reaped by their parents: then the polled figure counts
     cpu = max(cpu, sum(polled.values()))
@@ -136,14 +138,26 @@ def _cryopose(args: list, env: dict, log: Path) -> dict:
 # ----------------------------------------------------------------------------- data
 def _simulate(tmp: Path, map_path: Path, n: int, seed: int, use_relion: bool) -> tuple[Path, dict]:
     """The particles (tmp/data/particles.star with the true poses) and how they were made."""
-    run_simulate(map_path, tmp / "sim", SimulateSettings(n=n, snr=SNR, defocus=(1.0, 2.5), max_shift=MAX_ORIGIN, seed=seed))
+    run_simulate(
+        map_path, tmp / "sim", SimulateSettings(n=n, snr=SNR, defocus=(1.0, 2.5), max_shift=MAX_ORIGIN, seed=seed)
+    )
     truth = read_particles(tmp / "sim" / "particles.star")
     info = {"simulator": "cryopose simulate (projection, CTF and noise)"}
     if not use_relion:
         return tmp / "sim" / "particles.star", info
     (tmp / "project").mkdir()
-    command = ["relion_project", "--i", str(map_path), "--ang", str(tmp / "sim" / "particles.star"), "--ctf",
-               "--angpix", f"{float(truth.pixel_size[0]):g}", "--o", str(tmp / "project" / "clean")]
+    command = [
+        "relion_project",
+        "--i",
+        str(map_path),
+        "--ang",
+        str(tmp / "sim" / "particles.star"),
+        "--ctf",
+        "--angpix",
+        f"{float(truth.pixel_size[0]):g}",
+        "--o",
+        str(tmp / "project" / "clean"),
+    ]
     subprocess.run(command, check=True, capture_output=True)
     import mrcfile
 
@@ -153,8 +167,13 @@ def _simulate(tmp: Path, map_path: Path, n: int, seed: int, use_relion: bool) ->
     t = truth.to_tensors()[:64]
     volume, apix = read_map(map_path)
     ctf = CTFParameters(**{k: v.float() for k, v in vars(t.ctf).items()})
-    ours = clean_particle_images(fourier_volume(torch.from_numpy(volume).float()), t.rotations.float(),
-                                 (t.shifts_angstrom / apix).float(), ctf, apix)
+    ours = clean_particle_images(
+        fourier_volume(torch.from_numpy(volume).float()),
+        t.rotations.float(),
+        (t.shifts_angstrom / apix).float(),
+        ctf,
+        apix,
+    )
     agreement = [float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(ours.numpy(), clean[:64].numpy())]
     noisy = add_noise(clean, SNR, torch.Generator().manual_seed(seed + 1))
     (tmp / "data").mkdir()
@@ -162,11 +181,15 @@ def _simulate(tmp: Path, map_path: Path, n: int, seed: int, use_relion: bool) ->
     names = [f"{i + 1:06d}@particles.mrcs" for i in range(len(truth))]
     ps = replace(truth.with_columns(rlnImageName=names), source_dir=(tmp / "data").resolve())
     write_star(ps, tmp / "data" / "particles.star")
-    info = {"simulator": "relion_project (RELION 3.1: projection with CTF and origins); white Gaussian noise added "
-                         "by this script at cryopose's SNR definition",
-            "relion_project_command": " ".join(command).replace(str(tmp), "TMP"),
-            "projector_agreement_first_64": {"min_correlation": round(min(agreement), 5),
-                                             "median_correlation": round(float(np.median(agreement)), 5)}}
+    info = {
+        "simulator": "relion_project (RELION 3.1: projection with CTF and origins); white Gaussian noise added "
+        "by this script at cryopose's SNR definition",
+        "relion_project_command": " ".join(command).replace(str(tmp), "TMP"),
+        "projector_agreement_first_64": {
+            "min_correlation": round(min(agreement), 5),
+            "median_correlation": round(float(np.median(agreement)), 5),
+        },
+    }
     return tmp / "data" / "particles.star", info
 
 
@@ -207,9 +230,14 @@ def _errors(result: ParticleSet, truth: ParticleSet, sym: str, subsets: dict[str
 
     def stats(sel) -> dict:
         e = err[sel]
-        return {"n": int(len(e)), "median_deg": round(float(e.median()), 3), "mean_deg": round(float(e.mean()), 3),
-                "under_2_deg": round(float((e < 2).double().mean()), 4), "over_20_deg": round(float((e > 20).double().mean()), 4),
-                "origin_median_angstrom": round(float(origin[sel].median()), 3)}
+        return {
+            "n": int(len(e)),
+            "median_deg": round(float(e.median()), 3),
+            "mean_deg": round(float(e.mean()), 3),
+            "under_2_deg": round(float((e < 2).double().mean()), 4),
+            "over_20_deg": round(float((e > 20).double().mean()), 4),
+            "origin_median_angstrom": round(float(origin[sel].median()), 3),
+        }
 
     out = stats(torch.ones(len(err), dtype=torch.bool))
     for name, mask in (subsets or {}).items():
@@ -221,67 +249,156 @@ def _maps(half1: Path, half2: Path, full: Path, true_map: np.ndarray, apix: floa
     h1, h2, m = (torch.from_numpy(read_map(p)[0]) for p in (half1, half2, full))
     halves = fourier_shell_correlation(h1, h2, apix)
     truth = fourier_shell_correlation(m, torch.from_numpy(true_map), apix)
-    return {"half_map_fsc_0143_angstrom": round(halves.resolution_0143, 2),
-            "map_vs_truth_fsc_0143_angstrom": round(truth.resolution_0143, 2)}
+    return {
+        "half_map_fsc_0143_angstrom": round(halves.resolution_0143, 2),
+        "map_vs_truth_fsc_0143_angstrom": round(truth.resolution_0143, 2),
+    }
 
 
-def _cryopose_arm(name: str, args: list, out: Path, env: dict, truth: ParticleSet, true_map: np.ndarray, apix: float,
-                  sym: str, subsets: dict | None = None) -> dict:
+def _cryopose_arm(
+    name: str,
+    args: list,
+    out: Path,
+    env: dict,
+    truth: ParticleSet,
+    true_map: np.ndarray,
+    apix: float,
+    sym: str,
+    subsets: dict | None = None,
+) -> dict:
     timing = _cryopose(["refine", *args, "--out", out], env, out.parent / f"{name}.log")
     summary = read_json(out / "summary.json")
-    arm = {"command": "cryopose refine " + " ".join(map(str, args)), **timing,
-           **_errors(read_particles(out / "particles.star"), truth, sym, subsets),
-           **_maps(out / "half1.mrc", out / "half2.mrc", out / "map.mrc", true_map, apix),
-           "iterations": len(summary["iterations"]) - 1, "stop_reason": summary["stop_reason"],
-           "at_chance": summary["at_chance"], "chance_resolution_0143": summary["chance_resolution_0143"]}
+    arm = {
+        "command": "cryopose refine " + " ".join(map(str, args)),
+        **timing,
+        **_errors(read_particles(out / "particles.star"), truth, sym, subsets),
+        **_maps(out / "half1.mrc", out / "half2.mrc", out / "map.mrc", true_map, apix),
+        "iterations": len(summary["iterations"]) - 1,
+        "stop_reason": summary["stop_reason"],
+        "at_chance": summary["at_chance"],
+        "chance_resolution_0143": summary["chance_resolution_0143"],
+    }
     return arm
 
 
-def _relion_arm(tmp: Path, star: Path, reference: Path, ini_high: float, diameter: float, sym: str, max_shift: float,
-                apix: float, truth: ParticleSet, true_map: np.ndarray, env: dict, limit_minutes: float | None) -> dict:
+def _relion_arm(
+    tmp: Path,
+    star: Path,
+    reference: Path,
+    ini_high: float,
+    diameter: float,
+    sym: str,
+    max_shift: float,
+    apix: float,
+    truth: ParticleSet,
+    true_map: np.ndarray,
+    env: dict,
+    limit_minutes: float | None,
+) -> dict:
     out = tmp / "relion"
     out.mkdir()
     step = max_shift / apix / 2
-    command = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "3", "relion_refine_mpi", "--o", str(out / "run"),
-               "--auto_refine", "--split_random_halves", "--i", str(star), "--ref", str(reference), "--firstiter_cc",
-               "--ini_high", f"{ini_high:g}", "--dont_combine_weights_via_disc", "--pool", "30", "--pad", "2", "--ctf",
-               "--particle_diameter", f"{diameter:g}", "--flatten_solvent", "--zero_mask", "--oversampling", "1",
-               "--healpix_order", "2", "--auto_local_healpix_order", "4", "--offset_range", f"{max_shift / apix:g}",
-               "--offset_step", f"{step:g}", "--sym", sym, "--low_resol_join_halves", "40", "--norm", "--scale",
-               "--j", "1"]
+    command = [
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        "3",
+        "relion_refine_mpi",
+        "--o",
+        str(out / "run"),
+        "--auto_refine",
+        "--split_random_halves",
+        "--i",
+        str(star),
+        "--ref",
+        str(reference),
+        "--firstiter_cc",
+        "--ini_high",
+        f"{ini_high:g}",
+        "--dont_combine_weights_via_disc",
+        "--pool",
+        "30",
+        "--pad",
+        "2",
+        "--ctf",
+        "--particle_diameter",
+        f"{diameter:g}",
+        "--flatten_solvent",
+        "--zero_mask",
+        "--oversampling",
+        "1",
+        "--healpix_order",
+        "2",
+        "--auto_local_healpix_order",
+        "4",
+        "--offset_range",
+        f"{max_shift / apix:g}",
+        "--offset_step",
+        f"{step:g}",
+        "--sym",
+        sym,
+        "--low_resol_join_halves",
+        "40",
+        "--norm",
+        "--scale",
+        "--j",
+        "1",
+    ]
     # RELION resolves image names from where it runs
-    timing = _timed(command, env, tmp / "relion.log", cwd=tmp, limit_s=None if limit_minutes is None else 60 * limit_minutes)
+    timing = _timed(
+        command, env, tmp / "relion.log", cwd=tmp, limit_s=None if limit_minutes is None else 60 * limit_minutes
+    )
     stopped = timing.pop("stopped")
     described = " ".join(command).replace(str(tmp), "TMP")
     if stopped:
         described += f" (stopped after {limit_minutes:g} min, unfinished: its last iteration is scored)"
-    return {"command": described, **timing, **_relion_iteration(out, tmp, truth, true_map, apix, sym, final=not stopped)}
+    return {
+        "command": described,
+        **timing,
+        **_relion_iteration(out, tmp, truth, true_map, apix, sym, final=not stopped),
+    }
 
 
-def _relion_iteration(folder: Path, tmp: Path, truth: ParticleSet, true_map: np.ndarray, apix: float, sym: str,
-                      final: bool) -> dict:
+def _relion_iteration(
+    folder: Path, tmp: Path, truth: ParticleSet, true_map: np.ndarray, apix: float, sym: str, final: bool
+) -> dict:
     """Scores of a RELION run in ``folder``: its final output (``final``), else its last finished iteration
     (run_itNNN_*; the map scored against the truth is then the average of the two half maps)."""
     if final:
         result = replace(read_particles(folder / "run_data.star"), source_dir=tmp)
-        return {**_errors(result, truth, sym),
-                **_maps(folder / "run_half1_class001_unfil.mrc", folder / "run_half2_class001_unfil.mrc",
-                        folder / "run_class001.mrc", true_map, apix),
-                "iterations": len(list(folder.glob("run_it*_data.star"))) - 1, "converged": True}
+        return {
+            **_errors(result, truth, sym),
+            **_maps(
+                folder / "run_half1_class001_unfil.mrc",
+                folder / "run_half2_class001_unfil.mrc",
+                folder / "run_class001.mrc",
+                true_map,
+                apix,
+            ),
+            "iterations": len(list(folder.glob("run_it*_data.star"))) - 1,
+            "converged": True,
+        }
     data = sorted(folder.glob("run_it*_data.star"))
     if len(data) < 2:
         raise SystemExit(f"{folder}: RELION finished no iteration; give it more time (--relion-minutes)")
     last = data[-1]
-    it = last.name[len("run_it"):len("run_it") + 3]
+    it = last.name[len("run_it") : len("run_it") + 3]
     result = replace(read_particles(last), source_dir=tmp)
     half1, half2 = (folder / f"run_it{it}_half{h}_class001.mrc" for h in (1, 2))
     full = tmp / "relion_last_average.mrc"
     write_map(full, 0.5 * (read_map(half1)[0] + read_map(half2)[0]), apix)
-    return {**_errors(result, truth, sym), **_maps(half1, half2, full, true_map, apix), "iterations": int(it),
-            "converged": False}
+    return {
+        **_errors(result, truth, sym),
+        **_maps(half1, half2, full, true_map, apix),
+        "iterations": int(it),
+        "converged": False,
+    }
 
 
-def _relion_earlier_arm(folder: Path, tmp: Path, truth: ParticleSet, true_map: np.ndarray, apix: float, sym: str) -> dict:
+def _relion_earlier_arm(
+    folder: Path, tmp: Path, truth: ParticleSet, true_map: np.ndarray, apix: float, sym: str
+) -> dict:
     """The last iteration a RELION run of the same particles left in ``folder`` (run_it*_data.star),
     scored as the ``relion`` arm is: for a run too long to repeat within one session. Its particles
     must be this run's (the same stack bytes, checked); its time is the wall time between its first
@@ -298,9 +415,15 @@ def _relion_earlier_arm(folder: Path, tmp: Path, truth: ParticleSet, true_map: n
     first = min(p.stat().st_mtime for p in folder.glob("run_it000_*"))
     header = (folder / "run_it000_optimiser.star").read_text().splitlines()
     command = next((line[2:].strip() for line in header if line.startswith("# --o ")), "unknown")
-    return {"command": "mpirun -np 3 relion_refine_mpi " + command.replace(str(folder.parent), "TMP")
-                       + " (an earlier run of these particles)" + ("" if final else ", stopped unfinished"),
-            "cpu_seconds": None, "wall_seconds": round(max(p.stat().st_mtime for p in files) - first, 1), **scores}
+    return {
+        "command": "mpirun -np 3 relion_refine_mpi "
+        + command.replace(str(folder.parent), "TMP")
+        + " (an earlier run of these particles)"
+        + ("" if final else ", stopped unfinished"),
+        "cpu_seconds": None,
+        "wall_seconds": round(max(p.stat().st_mtime for p in files) - first, 1),
+        **scores,
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -309,7 +432,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="300 particles, global and local arms only (a smoke run)")
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--map", type=Path, default=MAP)
-    p.add_argument("--apix", type=float, default=None, help=f"pixel size of --map [default: {APIX} for the ribosome, else its header's]")
+    p.add_argument(
+        "--apix",
+        type=float,
+        default=None,
+        help=f"pixel size of --map [default: {APIX} for the ribosome, else its header's]",
+    )
     p.add_argument("--sym", default="C1")
     p.add_argument("--ini-high", type=float, default=INI_HIGH)
     p.add_argument("--threads", type=int, default=2, help="torch threads of each cryopose process")
@@ -317,23 +445,43 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--model", type=Path, default=None, help="a model.pt: add the arm cryopose predict -> refine")
     p.add_argument("--no-relion", action="store_true", help="skip RELION even where it is installed")
-    p.add_argument("--relion-from", type=Path, default=None,
-                   help="score the last iteration of an earlier RELION run of the same particles in this folder "
-                        "(WORK/relion of a --keep WORK run) instead of running RELION")
-    p.add_argument("--relion-minutes", type=float, default=None,
-                   help="stop RELION after this many minutes and score its last finished iteration [default: no limit]")
+    p.add_argument(
+        "--relion-from",
+        type=Path,
+        default=None,
+        help="score the last iteration of an earlier RELION run of the same particles in this folder "
+        "(WORK/relion of a --keep WORK run) instead of running RELION",
+    )
+    p.add_argument(
+        "--relion-minutes",
+        type=float,
+        default=None,
+        help="stop RELION after this many minutes and score its last finished iteration [default: no limit]",
+    )
     p.add_argument("--arms", default=None, help="comma-separated arms to run [default: all that apply]")
-    p.add_argument("--merge", action="store_true",
-                   help="add these arms to the results JSON already written (same data, checked) instead of replacing it")
-    p.add_argument("--out", type=Path, default=None, help="write the JSON here instead of benchmarks/results/global.json")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add these arms to the results JSON already written (same data, checked) instead of replacing it",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="write the JSON here instead of benchmarks/results/global.json"
+    )
     p.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
     args = p.parse_args()
     n = args.n or (300 if args.quick else 2000)
     has_relion = all(shutil.which(x) for x in ("relion_refine_mpi", "relion_project", "mpirun"))
-    arms = args.arms.split(",") if args.arms else (
-        ["global", "local"] if args.quick else
-        ["global", "global_1pass", "local", "local_wall", "from_truth"] + (["relion"] if (has_relion and not args.no_relion) or args.relion_from else [])
-        + (["predict"] if args.model else []))
+    arms = (
+        args.arms.split(",")
+        if args.arms
+        else (
+            ["global", "local"]
+            if args.quick
+            else ["global", "global_1pass", "local", "local_wall", "from_truth"]
+            + (["relion"] if (has_relion and not args.no_relion) or args.relion_from else [])
+            + (["predict"] if args.model else [])
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -357,29 +505,81 @@ def main() -> None:
         for arm in arms:
             print(f"running {arm} ...", flush=True)
             if arm == "global":
-                results[arm] = _cryopose_arm(arm, ["--global", "--particles", ctf_only, *common], tmp / arm, env, truth,
-                                             volume, apix, args.sym)
+                results[arm] = _cryopose_arm(
+                    arm, ["--global", "--particles", ctf_only, *common], tmp / arm, env, truth, volume, apix, args.sym
+                )
             elif arm == "global_1pass":
-                results[arm] = _cryopose_arm(arm, ["--global", "--global-passes", "1", "--particles", ctf_only, *common],
-                                             tmp / arm, env, truth, volume, apix, args.sym)
+                results[arm] = _cryopose_arm(
+                    arm,
+                    ["--global", "--global-passes", "1", "--particles", ctf_only, *common],
+                    tmp / arm,
+                    env,
+                    truth,
+                    volume,
+                    apix,
+                    args.sym,
+                )
             elif arm in ("local", "local_wall"):
                 extra = ["--prior", "wall"] if arm == "local_wall" else []
-                results[arm] = _cryopose_arm(arm, ["--particles", local_start, *common, *extra], tmp / arm, env, truth,
-                                             volume, apix, args.sym, {"start_within_6_deg": ~far, "start_beyond_6_deg": far})
+                results[arm] = _cryopose_arm(
+                    arm,
+                    ["--particles", local_start, *common, *extra],
+                    tmp / arm,
+                    env,
+                    truth,
+                    volume,
+                    apix,
+                    args.sym,
+                    {"start_within_6_deg": ~far, "start_beyond_6_deg": far},
+                )
             elif arm == "from_truth":
-                results[arm] = _cryopose_arm(arm, ["--particles", star, *common], tmp / arm, env, truth, volume, apix,
-                                             args.sym)
+                results[arm] = _cryopose_arm(
+                    arm, ["--particles", star, *common], tmp / arm, env, truth, volume, apix, args.sym
+                )
             elif arm == "relion" and args.relion_from is not None:
                 results[arm] = _relion_earlier_arm(args.relion_from, tmp, truth, volume, apix, args.sym)
             elif arm == "relion":
-                results[arm] = _relion_arm(tmp, ctf_only, tmp / "reference_lowpass.mrc", args.ini_high, 0.9 * box * apix,
-                                           args.sym, 5.0, apix, truth, volume, env, args.relion_minutes)
+                results[arm] = _relion_arm(
+                    tmp,
+                    ctf_only,
+                    tmp / "reference_lowpass.mrc",
+                    args.ini_high,
+                    0.9 * box * apix,
+                    args.sym,
+                    5.0,
+                    apix,
+                    truth,
+                    volume,
+                    env,
+                    args.relion_minutes,
+                )
             elif arm == "predict":
-                timing = _cryopose(["predict", "--model", args.model, "--particles", ctf_only, "--out", tmp / "predicted",
-                                    "--device", args.device], env, tmp / "predict.log")
+                timing = _cryopose(
+                    [
+                        "predict",
+                        "--model",
+                        args.model,
+                        "--particles",
+                        ctf_only,
+                        "--out",
+                        tmp / "predicted",
+                        "--device",
+                        args.device,
+                    ],
+                    env,
+                    tmp / "predict.log",
+                )
                 predicted = _errors(read_particles(tmp / "predicted" / "particles.star"), truth, args.sym)
-                arm_result = _cryopose_arm(arm, ["--particles", tmp / "predicted" / "particles.star", *common],
-                                           tmp / "predicted_refined", env, truth, volume, apix, args.sym)
+                arm_result = _cryopose_arm(
+                    arm,
+                    ["--particles", tmp / "predicted" / "particles.star", *common],
+                    tmp / "predicted_refined",
+                    env,
+                    truth,
+                    volume,
+                    apix,
+                    args.sym,
+                )
                 arm_result["predicted"] = predicted
                 arm_result["predict_cpu_seconds"] = timing["cpu_seconds"]
                 arm_result["cpu_seconds"] = round(arm_result["cpu_seconds"] + timing["cpu_seconds"], 1)
@@ -398,9 +598,20 @@ def main() -> None:
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "total_wall_seconds": round(time.perf_counter() - t_start, 1),
-        "data": {"map": str(args.map), "pixel_size": apix, "box": int(box), "n": n, "snr": SNR, "defocus_um": [1.0, 2.5],
-                 "max_origin_angstrom": MAX_ORIGIN, "symmetry": args.sym, "seed": args.seed, **data_info,
-                 "local_start": "75%: Gaussian rotation vector (median 4 deg); 25%: 8-12 deg (uniform), origins + N(0, 1.5 A) per axis"},
+        "data": {
+            "map": str(args.map),
+            "pixel_size": apix,
+            "box": int(box),
+            "n": n,
+            "snr": SNR,
+            "defocus_um": [1.0, 2.5],
+            "max_origin_angstrom": MAX_ORIGIN,
+            "symmetry": args.sym,
+            "seed": args.seed,
+            **data_info,
+            "local_start": "75%: Gaussian rotation vector (median 4 deg); 25%: 8-12 deg (uniform), "
+            "origins + N(0, 1.5 A) per axis",
+        },
         "settings": {"ini_high": args.ini_high, "relion": "relion_refine_mpi 3.1, mpirun -np 3 (2 workers), --j 1"},
         "arms": results,
     }
@@ -411,28 +622,69 @@ def main() -> None:
         earlier = json.loads(target.read_text())
         if earlier["data"] != result["data"]:
             raise SystemExit(f"{target} holds another data set; run with its --n, --seed and --map, or without --merge")
-        earlier.setdefault("runs", [{key: earlier[key] for key in ("machine", "load_average_before",
-                                                                    "load_average_after", "total_wall_seconds")
-                                     } | {"arms": list(earlier["arms"])}])
-        earlier["runs"].append({key: result[key] for key in ("machine", "load_average_before", "load_average_after",
-                                                              "total_wall_seconds")} | {"arms": list(results)})
+        earlier.setdefault(
+            "runs",
+            [
+                {
+                    key: earlier[key]
+                    for key in ("machine", "load_average_before", "load_average_after", "total_wall_seconds")
+                }
+                | {"arms": list(earlier["arms"])}
+            ],
+        )
+        earlier["runs"].append(
+            {key: result[key] for key in ("machine", "load_average_before", "load_average_after", "total_wall_seconds")}
+            | {"arms": list(results)}
+        )
         earlier["arms"].update(results)
         result = earlier
         results = result["arms"]
     rows = []
     for name, r in results.items():
-        rows.append({"arm": name, "median (deg)": r["median_deg"], "mean (deg)": r["mean_deg"], "< 2 deg": r["under_2_deg"],
-                     "> 20 deg": r["over_20_deg"], "origin (A)": r["origin_median_angstrom"], "CPU s": r["cpu_seconds"],
-                     "wall s": r["wall_seconds"], "half-map FSC (A)": r["half_map_fsc_0143_angstrom"],
-                     "vs truth (A)": r["map_vs_truth_fsc_0143_angstrom"]})
+        rows.append(
+            {
+                "arm": name,
+                "median (deg)": r["median_deg"],
+                "mean (deg)": r["mean_deg"],
+                "< 2 deg": r["under_2_deg"],
+                "> 20 deg": r["over_20_deg"],
+                "origin (A)": r["origin_median_angstrom"],
+                "CPU s": r["cpu_seconds"],
+                "wall s": r["wall_seconds"],
+                "half-map FSC (A)": r["half_map_fsc_0143_angstrom"],
+                "vs truth (A)": r["map_vs_truth_fsc_0143_angstrom"],
+            }
+        )
         for sub in ("start_within_6_deg", "start_beyond_6_deg"):
             if sub in r:
-                rows.append({"arm": f"  {sub}", "median (deg)": r[sub]["median_deg"], "mean (deg)": r[sub]["mean_deg"],
-                             "< 2 deg": r[sub]["under_2_deg"], "> 20 deg": r[sub]["over_20_deg"],
-                             "origin (A)": r[sub]["origin_median_angstrom"]})
-    print_table(rows, ["arm", "median (deg)", "mean (deg)", "< 2 deg", "> 20 deg", "origin (A)", "CPU s", "wall s",
-                       "half-map FSC (A)", "vs truth (A)"])
-    print(f"data: {result['data']['simulator']}; load {result['load_average_before']} -> {result['load_average_after']}")
+                rows.append(
+                    {
+                        "arm": f"  {sub}",
+                        "median (deg)": r[sub]["median_deg"],
+                        "mean (deg)": r[sub]["mean_deg"],
+                        "< 2 deg": r[sub]["under_2_deg"],
+                        "> 20 deg": r[sub]["over_20_deg"],
+                        "origin (A)": r[sub]["origin_median_angstrom"],
+                    }
+                )
+    print_table(
+        rows,
+        [
+            "arm",
+            "median (deg)",
+            "mean (deg)",
+            "< 2 deg",
+            "> 20 deg",
+            "origin (A)",
+            "CPU s",
+            "wall s",
+            "half-map FSC (A)",
+            "vs truth (A)",
+        ],
+    )
+    print(
+        f"data: {result['data']['simulator']}; load {result['load_average_before']} -> {result['load_average_after']}"
+    )
     if args.out:
         args.out.write_text(__import__("json").dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")

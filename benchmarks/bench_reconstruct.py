@@ -15,19 +15,27 @@ import argparse
 
 import torch
 
-from common import machine, print_table, timed, write_results
 from cryopose.geometry.rotations import random_rotations
 from cryopose.imaging.ctf import CTFParameters
 from cryopose.imaging.projection import fourier_volume, project
 from cryopose.reconstruct.backproject import FourierAccumulator, finalise_reconstruction, insert_images
 
+from common import machine, print_table, timed, write_results
+
 
 def ctf_for(n: int, device) -> CTFParameters:
     gen = torch.Generator().manual_seed(0)
     return CTFParameters.from_mapping(
-        {"defocus_u": 1e4 + 1e4 * torch.rand(n, generator=gen), "defocus_v": 1e4 + 1e4 * torch.rand(n, generator=gen),
-         "defocus_angle": 180 * torch.rand(n, generator=gen), "voltage": 300.0, "spherical_aberration": 2.7,
-         "amplitude_contrast": 0.1}, device=device)
+        {
+            "defocus_u": 1e4 + 1e4 * torch.rand(n, generator=gen),
+            "defocus_v": 1e4 + 1e4 * torch.rand(n, generator=gen),
+            "defocus_angle": 180 * torch.rand(n, generator=gen),
+            "voltage": 300.0,
+            "spherical_aberration": 2.7,
+            "amplitude_contrast": 0.1,
+        },
+        device=device,
+    )
 
 
 def bench(size: int, device: torch.device) -> dict:
@@ -76,8 +84,19 @@ def main() -> None:
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = [bench(s, d) for d in devices for s in args.sizes]
-    print_table(rows, ["device", "size", "threads", "reconstruct_particles_per_s", "reconstruct_speedup_vs_unbatched",
-                       "finalise_s", "project_per_s", "project_speedup_vs_unbatched"])
+    print_table(
+        rows,
+        [
+            "device",
+            "size",
+            "threads",
+            "reconstruct_particles_per_s",
+            "reconstruct_speedup_vs_unbatched",
+            "finalise_s",
+            "project_per_s",
+            "project_speedup_vs_unbatched",
+        ],
+    )
     target = next((r for r in rows if r["device"] == "cpu" and r["size"] == 128), None)
     result = {
         "benchmark": "reconstruct and project throughput",

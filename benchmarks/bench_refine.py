@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine, print_table, write_results
 
 from cryopose.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
 from cryopose.io import ParticleImages, read_particles, write_star
@@ -35,6 +34,8 @@ from cryopose.jobs.reconstruct import ReconstructSettings, reconstruct_halves
 from cryopose.jobs.refine import RefineSettings, run_refine
 from cryopose.jobs.simulate import SimulateSettings, run_simulate
 from cryopose.reconstruct.fsc import fourier_shell_correlation
+
+from common import machine, print_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"
@@ -66,8 +67,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        run_simulate(MAP, tmp / "sim", SimulateSettings(n=n, snr=0.1, defocus=(1.0, 2.5), max_shift=10.0, seed=0),
-                     device=args.device)
+        run_simulate(
+            MAP,
+            tmp / "sim",
+            SimulateSettings(n=n, snr=0.1, defocus=(1.0, 2.5), max_shift=10.0, seed=0),
+            device=args.device,
+        )
         truth = read_particles(tmp / "sim" / "particles.star")
         true = truth.to_tensors()
         g = torch.Generator().manual_seed(1)
@@ -110,11 +115,23 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU was available for this run",
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "data": {"n": n, "box": 64, "pixel_size": apix, "snr": 0.1, "defocus_um": [1.0, 2.5], "max_origin_angstrom": 10.0,
-                 "start": "Gaussian rotation vector (median 4 deg), origins + N(0, 1.5 A) per axis, 10% random rotations"},
-        "settings": {"sigma_angle": settings.sigma_angle, "max_shift": settings.max_shift, "iterations_max": iterations,
-                     "min_improvement": settings.min_improvement,
-                     "score": settings.score, "symmetry": settings.symmetry},
+        "data": {
+            "n": n,
+            "box": 64,
+            "pixel_size": apix,
+            "snr": 0.1,
+            "defocus_um": [1.0, 2.5],
+            "max_origin_angstrom": 10.0,
+            "start": "Gaussian rotation vector (median 4 deg), origins + N(0, 1.5 A) per axis, 10% random rotations",
+        },
+        "settings": {
+            "sigma_angle": settings.sigma_angle,
+            "max_shift": settings.max_shift,
+            "iterations_max": iterations,
+            "min_improvement": settings.min_improvement,
+            "score": settings.score,
+            "symmetry": settings.symmetry,
+        },
         "targets": {"median_error_after_deg": 2.0, "particles_per_second": 15.0},
         "angular_error_deg": {
             "all": {"before": _stats(before), "after": _stats(after)},
@@ -130,21 +147,41 @@ def main() -> None:
         "search_seconds": round(search_seconds, 1),
         "refine_wall_seconds": round(wall, 1),
         "simulate_seconds": round(simulate_seconds, 1),
-        "fsc_0143_vs_true_map": {"start_poses": round(start_map_res, 2), "refined": round(fsc_refined.resolution_0143, 2),
-                                  "true_poses": round(fsc_true_poses.resolution_0143, 2)},
-        "fsc_05_vs_true_map": {"refined": round(fsc_refined.resolution_05, 2),
-                               "true_poses": round(fsc_true_poses.resolution_05, 2)},
+        "fsc_0143_vs_true_map": {
+            "start_poses": round(start_map_res, 2),
+            "refined": round(fsc_refined.resolution_0143, 2),
+            "true_poses": round(fsc_true_poses.resolution_0143, 2),
+        },
+        "fsc_05_vs_true_map": {
+            "refined": round(fsc_refined.resolution_05, 2),
+            "true_poses": round(fsc_true_poses.resolution_05, 2),
+        },
     }
     result["targets_met"] = {
         "median_error_after_deg": result["angular_error_deg"]["all"]["after"]["median"] <= 2.0,
         "particles_per_second": rate >= 15.0,
     }
-    rows = [{"set": k, "median before": v["before"]["median"], "mean before": v["before"]["mean"],
-             "median after": v["after"]["median"], "mean after": v["after"]["mean"]}
-            for k, v in result["angular_error_deg"].items()]
+    rows = [
+        {
+            "set": k,
+            "median before": v["before"]["median"],
+            "mean before": v["before"]["mean"],
+            "median after": v["after"]["median"],
+            "mean after": v["after"]["mean"],
+        }
+        for k, v in result["angular_error_deg"].items()
+    ]
     print_table(rows, ["set", "median before", "mean before", "median after", "mean after"])
-    for key in ("origin_error_angstrom_non_random", "half_map_fsc_0143_per_iteration", "search_particles_per_second",
-                "refine_wall_seconds", "fsc_0143_vs_true_map", "stop_reason", "load_average_before", "load_average_after"):
+    for key in (
+        "origin_error_angstrom_non_random",
+        "half_map_fsc_0143_per_iteration",
+        "search_particles_per_second",
+        "refine_wall_seconds",
+        "fsc_0143_vs_true_map",
+        "stop_reason",
+        "load_average_before",
+        "load_average_after",
+    ):
         print(f"{key}: {result[key]}")
     if args.out:
         Path(args.out).write_text(__import__("json").dumps(result, indent=2) + "\n")

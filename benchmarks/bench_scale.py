@@ -31,16 +31,17 @@ from cryopose.jobs.allocator import ALLOCATOR_SETTINGS, tune_allocator
 
 tune_allocator()  # as the command line does, before torch is imported (its workers get the same)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from common import (BUNDLED_APIX as APIX, BUNDLED_MAP as MAP, machine, print_table, scale_reconstruction,  # noqa: E402
-                    scale_simulation, scale_validation, write_results)
-from cryopose.jobs.executor import open_executor  # noqa: E402
-from cryopose.jobs.reconstruct import run_reconstruct  # noqa: E402
-from cryopose.jobs.simulate import run_simulate  # noqa: E402
-from cryopose.jobs.validate import run_validate  # noqa: E402
+from cryopose.jobs.executor import open_executor
+from cryopose.jobs.reconstruct import run_reconstruct
+from cryopose.jobs.simulate import run_simulate
+from cryopose.jobs.validate import run_validate
 
+from common import BUNDLED_APIX as APIX
+from common import BUNDLED_MAP as MAP
+from common import machine, print_table, scale_reconstruction, scale_simulation, scale_validation, write_results
 
 
 def cpu_seconds(executor) -> float:
@@ -121,8 +122,15 @@ def main() -> None:
                 return 1.0
             return float(np.median(np.array(rounds[w][key]) / np.array(single[w][key])))
 
-        rows = [{"path": "single process" if w == 0 else f"LocalCluster, {w} x 1 thread", "workers": w,
-                 "startup_s": startup[w], **best[w]} for w in sorted(rounds)]
+        rows = [
+            {
+                "path": "single process" if w == 0 else f"LocalCluster, {w} x 1 thread",
+                "workers": w,
+                "startup_s": startup[w],
+                **best[w],
+            }
+            for w in sorted(rounds)
+        ]
         for r in rows:
             r["validate_particles_per_s"] = round(args.validate_n / r["validate_s"], 2)
             r["reconstruct_particles_per_s"] = round(args.reconstruct_n / r["reconstruct_s"], 1)
@@ -139,32 +147,59 @@ def main() -> None:
             "load_average_1min_at_end": os.getloadavg()[0],
             "load_average_1min_at_start": load_at_start,
             "malloc_settings": {name: value for name, _, value in ALLOCATOR_SETTINGS},
-            "note": ("the machine was otherwise idle at the start (1-minute load average below 1); its speed still drifts, "
-                     "hence the ratios are medians of paired ratios" if load_at_start < 1.0 else
-                     "the cores were shared with other jobs: wall times are inflated and noisy, and 2 workers cannot "
-                     "show their speed-up while other jobs use the cores; re-run on an idle machine"),
-            "case": {"box": 64, "pixel_size": APIX, "snr": 0.1, "ctf": True, "validate": {"n": args.validate_n, "angular_sampling_deg": 5.0,
-                     "max_shift_px": 5, "chunk_size": 16}, "reconstruct": {"n": args.reconstruct_n, "sym": "C1", "chunk_size": 256},
-                     "torch_threads_per_process": 1, "repeats": args.repeats},
+            "note": (
+                "the machine was otherwise idle at the start (1-minute load average below 1); its speed still drifts, "
+                "hence the ratios are medians of paired ratios"
+                if load_at_start < 1.0
+                else "the cores were shared with other jobs: wall times are inflated and noisy, and 2 workers cannot "
+                "show their speed-up while other jobs use the cores; re-run on an idle machine"
+            ),
+            "case": {
+                "box": 64,
+                "pixel_size": APIX,
+                "snr": 0.1,
+                "ctf": True,
+                "validate": {"n": args.validate_n, "angular_sampling_deg": 5.0, "max_shift_px": 5, "chunk_size": 16},
+                "reconstruct": {"n": args.reconstruct_n, "sym": "C1", "chunk_size": 256},
+                "torch_threads_per_process": 1,
+                "repeats": args.repeats,
+            },
             "rows": rows,
             "rounds_s": {str(w): {k: [round(x, 2) for x in v] for k, v in r.items()} for w, r in rounds.items()},
         }
         if 1 in by_w and 2 in by_w:
-            result["two_over_one_worker"] = {n: round(ratio(1, f"{n}_s") / ratio(2, f"{n}_s"), 3)
-                                             for n in ("validate", "reconstruct")}
+            result["two_over_one_worker"] = {
+                n: round(ratio(1, f"{n}_s") / ratio(2, f"{n}_s"), 3) for n in ("validate", "reconstruct")
+            }
         if 1 in by_w:
             result["overhead_one_worker_vs_single_process_pct"] = {
                 "validate": round(100 * (ratio(1, "validate_s") - 1), 1),
-                "reconstruct": round(100 * (ratio(1, "reconstruct_s") - 1), 1)}
+                "reconstruct": round(100 * (ratio(1, "reconstruct_s") - 1), 1),
+            }
             result["cpu_overhead_one_worker_vs_single_process_pct"] = {
                 "validate": round(100 * (by_w[1]["validate_cpu_vs_single"] - 1), 1),
-                "reconstruct": round(100 * (by_w[1]["reconstruct_cpu_vs_single"] - 1), 1)}
+                "reconstruct": round(100 * (by_w[1]["reconstruct_cpu_vs_single"] - 1), 1),
+            }
         write_results("scale", result)
-        print_table(rows, ["path", "startup_s", "validate_particles_per_s", "validate_vs_single",
-                           "reconstruct_particles_per_s", "reconstruct_vs_single"])
-        print_table(rows, ["path", "validate_cpu_s", "validate_cpu_vs_single", "reconstruct_cpu_s", "reconstruct_cpu_vs_single"])
-        for key in ("two_over_one_worker", "overhead_one_worker_vs_single_process_pct",
-                    "cpu_overhead_one_worker_vs_single_process_pct"):
+        print_table(
+            rows,
+            [
+                "path",
+                "startup_s",
+                "validate_particles_per_s",
+                "validate_vs_single",
+                "reconstruct_particles_per_s",
+                "reconstruct_vs_single",
+            ],
+        )
+        print_table(
+            rows, ["path", "validate_cpu_s", "validate_cpu_vs_single", "reconstruct_cpu_s", "reconstruct_cpu_vs_single"]
+        )
+        for key in (
+            "two_over_one_worker",
+            "overhead_one_worker_vs_single_process_pct",
+            "cpu_overhead_one_worker_vs_single_process_pct",
+        ):
             if key in result:
                 print(key, result[key])
         print("load average (1 min):", result["load_average_1min_at_end"])

@@ -16,14 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine, write_results
 
-from cryopose.align.projection_matching import MatchSettings, brute_force_match, build_gallery, correlation_counts, match_images
+from cryopose.align.projection_matching import (
+    MatchSettings,
+    brute_force_match,
+    build_gallery,
+    correlation_counts,
+    match_images,
+)
 from cryopose.imaging.projection import fourier_volume
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
 from cryopose.io.mrc import ArrayImages, read_map
 from cryopose.jobs.validate import ValidationOptions, validate_particles
 from cryopose.particles import ParticleSet
+
+from common import machine, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,11 +47,27 @@ def main() -> None:
     vol, apix = read_map(ROOT / "src" / "cryopose" / "data" / "emd_1832.map")
     g = torch.Generator().manual_seed(0)
     draw = draw_simulation_parameters(args.n, g, max_shift_angstrom=4 * apix)
-    clean = clean_particle_images(fourier_volume(torch.as_tensor(vol)), draw.rotations.float(), (draw.shifts_angstrom / apix).float(), draw.ctf, apix)
+    clean = clean_particle_images(
+        fourier_volume(torch.as_tensor(vol)),
+        draw.rotations.float(),
+        (draw.shifts_angstrom / apix).float(),
+        draw.ctf,
+        apix,
+    )
     imgs = add_noise(clean, 0.1, g)
-    ctf = {k: getattr(draw.ctf, k).numpy() for k in ("defocus_u", "defocus_v", "defocus_angle", "phase_shift", "bfactor", "scale")}
+    ctf = {
+        k: getattr(draw.ctf, k).numpy()
+        for k in ("defocus_u", "defocus_v", "defocus_angle", "phase_shift", "bfactor", "scale")
+    }
     ctf.update(voltage=300.0, spherical_aberration=2.7, amplitude_contrast=0.1)
-    ps = ParticleSet.from_arrays(draw.rotations.numpy(), draw.shifts_angstrom.numpy(), apix, 64, [f"{i + 1:06d}@x.mrcs" for i in range(args.n)], ctf)
+    ps = ParticleSet.from_arrays(
+        draw.rotations.numpy(),
+        draw.shifts_angstrom.numpy(),
+        apix,
+        64,
+        [f"{i + 1:06d}@x.mrcs" for i in range(args.n)],
+        ctf,
+    )
     opts = ValidationOptions(match=MatchSettings(angular_sampling=5.0, max_shift=5 * apix, symmetry="C1"))
 
     # warm-up on a few particles (gallery build and first-call costs are reported apart)
@@ -70,7 +93,14 @@ def main() -> None:
     brute, _ = brute_force_match(gallery, imgs[:k], draw.ctf[:k])
     brute_s = time.perf_counter() - t3
     top1 = float((fast.direction_index[:, 0] == brute.direction_index[:, 0]).float().mean())
-    overlap = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / gallery.settings.xi for a, b in zip(fast.direction_index, brute.direction_index)]))
+    overlap = float(
+        np.mean(
+            [
+                len(set(a.tolist()) & set(b.tolist())) / gallery.settings.xi
+                for a, b in zip(fast.direction_index, brute.direction_index)
+            ]
+        )
+    )
     score_ratio = float((fast.scores / brute.scores).mean())
 
     result = {
@@ -79,12 +109,28 @@ def main() -> None:
         "gpu": "none lent in this session" if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "case": {"box": 64, "pixel_size": apix, "angular_sampling_deg": 5.0, "sym": "C1", "max_shift_px": 5, "snr": 0.1, "ctf": True, "resolution_A": 8.0, "n_particles": args.n},
+        "case": {
+            "box": 64,
+            "pixel_size": apix,
+            "angular_sampling_deg": 5.0,
+            "sym": "C1",
+            "max_shift_px": 5,
+            "snr": 0.1,
+            "ctf": True,
+            "resolution_A": 8.0,
+            "n_particles": args.n,
+        },
         "validate_particles_per_second": args.n / elapsed,
         "search_only_particles_per_second": args.n / search_s,
         "gallery_build_seconds": gallery_s,
         "correlations_per_particle": counts,
-        "brute_force": {"particles": k, "seconds": brute_s, "top1_agreement": top1, "top_xi_overlap": overlap, "mean_score_ratio_engine_over_brute": score_ratio},
+        "brute_force": {
+            "particles": k,
+            "seconds": brute_s,
+            "top1_agreement": top1,
+            "top_xi_overlap": overlap,
+            "mean_score_ratio_engine_over_brute": score_ratio,
+        },
         "Q_on_benchmark_set": summary["Q"],
     }
     write_results("validate", result)
@@ -96,7 +142,10 @@ def main() -> None:
         ("search-only particles/s", f"{result['search_only_particles_per_second']:.1f}"),
         ("gallery build (s)", f"{gallery_s:.2f}"),
         ("correlations: brute force / engine", f"{counts['brute_force']} / {counts['engine_total']}"),
-        ("fraction computed (all / exact full-band)", f"{counts['fraction_total']:.3f} / {counts['fraction_exact']:.5f}"),
+        (
+            "fraction computed (all / exact full-band)",
+            f"{counts['fraction_total']:.3f} / {counts['fraction_exact']:.5f}",
+        ),
         ("top-1 agreement with brute force", f"{top1:.2f} ({k} particles)"),
         ("top-xi overlap with brute force", f"{overlap:.2f}"),
         ("engine/brute best score ratio", f"{score_ratio:.4f}"),

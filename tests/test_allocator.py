@@ -16,8 +16,11 @@ from cryopose.jobs.allocator import ALLOCATOR_SETTINGS, allocator_environment
 def test_environment_for_new_processes_leaves_what_the_user_set():
     env = allocator_environment({"MALLOC_ARENA_MAX": "4", "PATH": "/bin"})
     assert "MALLOC_ARENA_MAX" not in env
-    assert env == {"MALLOC_TOP_PAD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
-                   "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+    assert env == {
+        "MALLOC_TOP_PAD_": str(256 << 20),
+        "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+        "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    }
     assert len(allocator_environment({})) == len(ALLOCATOR_SETTINGS)
 
 
@@ -25,8 +28,9 @@ def test_environment_for_new_processes_leaves_what_the_user_set():
 def test_glibc_accepts_every_setting():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     code = "from cryopose.jobs.allocator import tune_allocator; print(tune_allocator())"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          check=True).stdout.split() == ["True"]
+    assert subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.split() == ["True"]
 
 
 class _FakeLibc:
@@ -56,11 +60,13 @@ def test_tune_skips_what_the_user_set_unless_overridden(monkeypatch):
 
 
 def test_command_line_tunes_before_torch_is_imported():
-    code = ("import sys; import cryopose.jobs.allocator as a; calls = []; "
-            "a.tune_allocator = lambda *x, **k: calls.append('torch' in sys.modules); "
-            "import cryopose.cli.main as m; m.tune_allocator = a.tune_allocator; "
-            "sys.argv = ['cryopose', '--version']\n"
-            "try:\n    m.main()\nexcept SystemExit:\n    pass\nprint(calls)")
+    code = (
+        "import sys; import cryopose.jobs.allocator as a; calls = []; "
+        "a.tune_allocator = lambda *x, **k: calls.append('torch' in sys.modules); "
+        "import cryopose.cli.main as m; m.tune_allocator = a.tune_allocator; "
+        "sys.argv = ['cryopose', '--version']\n"
+        "try:\n    m.main()\nexcept SystemExit:\n    pass\nprint(calls)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[False]"
 

@@ -33,8 +33,20 @@ OUTPUTS = {
     "train": ["model.pt", "training.csv", "training.png", "summary.json"],
     "predict": ["particles.star", "summary.json", "kept.star"],
 }
-TINY_TRAIN = ["--epochs", "1", "--batch-size", "2", "--val-fraction", "0", "--image-size", "16", "--channels", "4",
-              "--grid-order", "1"]
+TINY_TRAIN = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "2",
+    "--val-fraction",
+    "0",
+    "--image-size",
+    "16",
+    "--channels",
+    "4",
+    "--grid-order",
+    "1",
+]
 FAST_VALIDATE = ["--angular-sampling", "20", "--noise-draws", "10", "--resolution", "20"]
 
 
@@ -293,7 +305,12 @@ CASES = [
     ("no image names", IMAGE_COMMANDS, lambda ws: _drop_column(ws, "rlnImageName"), "rlnImageName"),
     ("no angles", ["reconstruct", "evaluate", "refine"], lambda ws: _drop_column(ws, "rlnAngleTilt"), "angles"),
     ("no angles to learn from", ["train"], lambda ws: _drop_column(ws, "rlnAngleTilt"), "poses"),
-    ("no defocus column", ["reconstruct", "evaluate", "refine", "train", "predict"], lambda ws: _drop_column(ws, "rlnDefocusU"), "CTF"),
+    (
+        "no defocus column",
+        ["reconstruct", "evaluate", "refine", "train", "predict"],
+        lambda ws: _drop_column(ws, "rlnDefocusU"),
+        "CTF",
+    ),
     ("NaN angle", IMAGE_COMMANDS, _nan_angle, "rlnAngleTilt is not finite"),
     ("truncated map", MAP_COMMANDS, _truncated_map, "map.mrc"),
     ("zero-size map", MAP_COMMANDS, _zero_size_map, "map.mrc"),
@@ -336,8 +353,20 @@ def _argv(command: str, ws: Path, overrides: dict) -> list:
     if command == "validate":
         return ["validate", "--map", mp, "--particles", star, "--out", out, *FAST_VALIDATE, *extra]
     if command == "align-maps":
-        return ["align-maps", "--ref", BUNDLED, mp, "--mask", ws / "mask.mrc", "--max-angle", "0", "--no-check-hands",
-                "--out", out, *extra]
+        return [
+            "align-maps",
+            "--ref",
+            BUNDLED,
+            mp,
+            "--mask",
+            ws / "mask.mrc",
+            "--max-angle",
+            "0",
+            "--no-check-hands",
+            "--out",
+            out,
+            *extra,
+        ]
     if command == "convert":
         return ["convert", star, overrides.get("target", ws / "converted.star"), *extra]
     if command == "refine":
@@ -347,18 +376,40 @@ def _argv(command: str, ws: Path, overrides: dict) -> list:
     if command == "train":
         return ["train", "--particles", star, "--out", out, *TINY_TRAIN, *extra]
     if command == "predict":
-        return ["predict", "--model", overrides.get("model", ws / "trained" / "model.pt"), "--particles", star, "--out", out,
-                *extra]
+        return [
+            "predict",
+            "--model",
+            overrides.get("model", ws / "trained" / "model.pt"),
+            "--particles",
+            star,
+            "--out",
+            out,
+            *extra,
+        ]
     if command == "evaluate":
         truth = overrides.get("truth", star)
-        return ["evaluate", *(["--truth", truth] if truth is not None else []), "--pred", overrides.get("pred", star),
-                "--map", mp, "--mask", ws / "mask.mrc", "--out", out, *extra]
+        return [
+            "evaluate",
+            *(["--truth", truth] if truth is not None else []),
+            "--pred",
+            overrides.get("pred", star),
+            "--map",
+            mp,
+            "--mask",
+            ws / "mask.mrc",
+            "--out",
+            out,
+            *extra,
+        ]
     raise ValueError(command)
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and os.access(p, os.R_OK)}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and os.access(p, os.R_OK)
+    }
 
 
 def _check_failure(command: str, ws: Path, overrides: dict, capsys, fragment: str | None) -> str:
@@ -389,8 +440,9 @@ def _check_failure(command: str, ws: Path, overrides: dict, capsys, fragment: st
     return lines[0]
 
 
-@pytest.mark.parametrize("case, command", [(c, cmd) for c in CASES for cmd in c[1]],
-                         ids=[f"{c[0]}-{cmd}" for c in CASES for cmd in c[1]])
+@pytest.mark.parametrize(
+    "case, command", [(c, cmd) for c in CASES for cmd in c[1]], ids=[f"{c[0]}-{cmd}" for c in CASES for cmd in c[1]]
+)
 def test_broken_inputs(case, command, ws, capsys):
     _, _, setup, fragment = case
     overrides = setup(ws) or {}
@@ -471,7 +523,9 @@ OPTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize("command, extra, fragment", OPTION_CASES, ids=[f"{c}-{' '.join(e)}" for c, e, _ in OPTION_CASES])
+@pytest.mark.parametrize(
+    "command, extra, fragment", OPTION_CASES, ids=[f"{c}-{' '.join(e)}" for c, e, _ in OPTION_CASES]
+)
 def test_bad_options(command, extra, fragment, ws, capsys):
     message = _check_failure(command, ws, {"extra": extra}, capsys, fragment)
     assert "demo does not have" not in message
@@ -484,17 +538,18 @@ def test_cuda_without_gpu(command, ws, capsys):
 
 
 def test_simulate_never_writes_over_its_own_input(ws, capsys):
-    message = _check_failure("simulate", ws, {"out": ws, "extra": ["--from-star", ws / "particles.star"]}, capsys,
-                             "is one of the inputs")
+    message = _check_failure(
+        "simulate", ws, {"out": ws, "extra": ["--from-star", ws / "particles.star"]}, capsys, "is one of the inputs"
+    )
     assert "particles" in message
 
 
 def test_outputs_of_the_user_are_replaced_only_with_force(ws, capsys):
     out = ws / "out"
     out.mkdir()
-    (out / "summary.json").write_text("{\"mine\": true}\n")
+    (out / "summary.json").write_text('{"mine": true}\n')
     _check_failure("fsc", ws, {}, capsys, "--force")
-    assert (out / "summary.json").read_text() == "{\"mine\": true}\n"
+    assert (out / "summary.json").read_text() == '{"mine": true}\n'
     code, _, err = run([*_argv("fsc", ws, {}), "--force"], capsys)
     assert code == 0, err
     # an output cryopose wrote itself is replaced on a rerun without --force
@@ -510,7 +565,9 @@ def test_outputs_of_the_user_are_replaced_only_with_force(ws, capsys):
 def test_a_second_run_into_a_busy_folder_is_refused(ws, capsys):
     out = ws / "out"
     out.mkdir()
-    (out / ".cryopose.lock").write_text('{"pid": %d, "host": "%s", "command": "cryopose validate"}' % (os.getpid(), os.uname().nodename))
+    (out / ".cryopose.lock").write_text(
+        '{"pid": %d, "host": "%s", "command": "cryopose validate"}' % (os.getpid(), os.uname().nodename)
+    )
     message = _check_failure("reconstruct", ws, {}, capsys, "another cryopose run")
     assert "validate" in message
     # a lock left by a process that no longer exists is taken over
@@ -535,8 +592,10 @@ def test_errors_exit_before_importing_torch(template, tmp_path):
     """Bad options are refused without the seconds that importing torch takes."""
     import subprocess
 
-    code = ("import sys\nfrom cryopose.cli.main import main\n"
-            "try:\n    main(['simulate', '--map', 'm.mrc', '--n', '0', '--out', 'o'])\n"
-            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n")
+    code = (
+        "import sys\nfrom cryopose.cli.main import main\n"
+        "try:\n    main(['simulate', '--map', 'm.mrc', '--n', '0', '--out', 'o'])\n"
+        "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.stdout.split() == ["2", "False"], (result.stdout, result.stderr)

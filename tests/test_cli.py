@@ -37,7 +37,9 @@ def test_help_on_every_command(capsys):
 
 
 def test_simulate_same_seed_same_bytes(small_sim, tmp_path, capsys):
-    code, _, _ = run(["simulate", "--map", BUNDLED, "--n", "40", "--snr", "0.5", "--max-shift", "10", "--out", tmp_path], capsys)
+    code, _, _ = run(
+        ["simulate", "--map", BUNDLED, "--n", "40", "--snr", "0.5", "--max-shift", "10", "--out", tmp_path], capsys
+    )
     assert code == 0
     for name in ("particles.mrcs", "particles.star"):
         assert (tmp_path / name).read_bytes() == (small_sim / name).read_bytes()
@@ -58,7 +60,10 @@ def test_simulate_writes_relion31_with_truth(small_sim):
 
 
 def test_simulate_from_star_keeps_poses(small_sim, tmp_path, capsys):
-    code, _, err = run(["simulate", "--map", BUNDLED, "--from-star", small_sim / "particles.star", "--snr", "inf", "--out", tmp_path], capsys)
+    code, _, err = run(
+        ["simulate", "--map", BUNDLED, "--from-star", small_sim / "particles.star", "--snr", "inf", "--out", tmp_path],
+        capsys,
+    )
     assert code == 0, err
     a, b = read_star(small_sim / "particles.star"), read_star(tmp_path / "particles.star")
     assert np.allclose(a.rotations, b.rotations, atol=1e-9)
@@ -82,8 +87,12 @@ def test_reconstruct_and_fsc_commands(small_sim, tmp_path, capsys):
 
 
 def test_error_missing_stack(shared_data, tmp_path, capsys):
-    assert_user_error(["reconstruct", shared_data / "trpv1" / "trpv1_small_stack.star", "--out", tmp_path], capsys,
-                      "batch_0_restacked.mrc", "does not exist")
+    assert_user_error(
+        ["reconstruct", shared_data / "trpv1" / "trpv1_small_stack.star", "--out", tmp_path],
+        capsys,
+        "batch_0_restacked.mrc",
+        "does not exist",
+    )
 
 
 def test_error_unreadable_stack(small_sim, tmp_path, capsys):
@@ -100,7 +109,9 @@ def test_error_star_and_stack_disagree(small_sim, tmp_path, capsys):
 
 
 def test_error_missing_angles(shared_data, tmp_path, capsys):
-    assert_user_error(["reconstruct", shared_data / "metadata" / "empiar_10076_7.star", "--out", tmp_path], capsys, "angles")
+    assert_user_error(
+        ["reconstruct", shared_data / "metadata" / "empiar_10076_7.star", "--out", tmp_path], capsys, "angles"
+    )
 
 
 def test_error_missing_ctf_columns(shared_data, tmp_path, capsys):
@@ -122,7 +133,9 @@ def test_error_truncated_map(tmp_path, capsys):
 def test_error_non_cubic_map(tmp_path, capsys):
     with mrcfile.new(tmp_path / "flat.mrc") as m:
         m.set_data(np.zeros((16, 32, 32), dtype=np.float32))
-    assert_user_error(["simulate", "--map", tmp_path / "flat.mrc", "--n", "5", "--out", tmp_path / "o"], capsys, "cubic")
+    assert_user_error(
+        ["simulate", "--map", tmp_path / "flat.mrc", "--n", "5", "--out", tmp_path / "o"], capsys, "cubic"
+    )
 
 
 def test_error_nan_in_map(tmp_path, capsys):
@@ -240,8 +253,9 @@ def test_a_stale_checkpoint_is_discarded(small_sim, tmp_path, capsys, monkeypatc
     assert np.allclose(a, b, atol=1e-5 * np.abs(b).max())
 
 
-def test_reconstruct_reports_the_canonical_symmetry_and_resumes_across_spellings(small_sim, tmp_path, capsys,
-                                                                                monkeypatch):
+def test_reconstruct_reports_the_canonical_symmetry_and_resumes_across_spellings(
+    small_sim, tmp_path, capsys, monkeypatch
+):
     import cryopose.jobs.reconstruct as rec
 
     monkeypatch.setattr(rec, "CHECKPOINT_SECONDS", -1.0)
@@ -270,12 +284,17 @@ def test_simulate_sym_draws_in_asymmetric_unit(tmp_path, capsys):
     from cryopose.geometry.grids import asymmetric_unit_mask
     from cryopose.geometry.rotations import viewing_direction
 
-    code, _, _ = run(["simulate", "--map", BUNDLED, "--n", "60", "--sym", "D2", "--snr", "inf", "--no-ctf", "--out", tmp_path], capsys)
+    code, _, _ = run(
+        ["simulate", "--map", BUNDLED, "--n", "60", "--sym", "D2", "--snr", "inf", "--no-ctf", "--out", tmp_path],
+        capsys,
+    )
     assert code == 0
     dirs = viewing_direction(torch.from_numpy(read_star(tmp_path / "particles.star").rotations))
     assert asymmetric_unit_mask(dirs, "D2").all()
     assert not asymmetric_unit_mask(dirs, "C1").logical_not().any()
     # without --sym the same seed puts most directions outside the D2 unit
-    code, _, _ = run(["simulate", "--map", BUNDLED, "--n", "60", "--snr", "inf", "--no-ctf", "--out", tmp_path / "c1"], capsys)
+    code, _, _ = run(
+        ["simulate", "--map", BUNDLED, "--n", "60", "--snr", "inf", "--no-ctf", "--out", tmp_path / "c1"], capsys
+    )
     dirs_c1 = viewing_direction(torch.from_numpy(read_star(tmp_path / "c1" / "particles.star").rotations))
     assert asymmetric_unit_mask(dirs_c1, "D2").float().mean() < 0.5

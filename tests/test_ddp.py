@@ -23,8 +23,9 @@ def _run(args: list[str], out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, *args, str(EXAMPLE), "--out", str(out)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, *args, str(EXAMPLE), "--out", str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -68,18 +69,43 @@ def test_cryopose_train_under_torchrun(tmp_path):
 
     bundled = ROOT / "src" / "cryopose" / "data" / "emd_1832.map"
     run_simulate(bundled, tmp_path / "sim", SimulateSettings(n=160, snr=1.0, box=32, apix=11.4, seed=4))
-    args = ["train", "--particles", str(tmp_path / "sim" / "particles.star"), "--image-size", "16", "--channels", "8,16",
-            "--batch-size", "32", "--grid-order", "1", "--ctf-correction", "none", "--epochs", "2", "--val-fraction", "0.2"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    args = [
+        "train",
+        "--particles",
+        str(tmp_path / "sim" / "particles.star"),
+        "--image-size",
+        "16",
+        "--channels",
+        "8,16",
+        "--batch-size",
+        "32",
+        "--grid-order",
+        "1",
+        "--ctf-correction",
+        "none",
+        "--epochs",
+        "2",
+        "--val-fraction",
+        "0.2",
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     runs = {}
-    for label, launcher in (("one", [sys.executable, "-m", "cryopose"]),
-                            ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                                     "-m", "cryopose"])):
-        done = subprocess.run([*launcher, *args, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True,
-                              timeout=600)
+    for label, launcher in (
+        ("one", [sys.executable, "-m", "cryopose"]),
+        (
+            "two",
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "cryopose"],
+        ),
+    ):
+        done = subprocess.run(
+            [*launcher, *args, "--out", str(tmp_path / label)], env=env, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         runs[label] = json.loads((tmp_path / label / "summary.json").read_text())
     assert runs["one"]["processes"] == 1 and runs["two"]["processes"] == 2

@@ -25,8 +25,8 @@ from cryopose.evaluate import (
     spearman_correlation,
 )
 from cryopose.imaging.filters import soft_mask_from_map
-from cryopose.reconstruct.fsc import map_correlation
 from cryopose.io import read_particles, write_star
+from cryopose.reconstruct.fsc import map_correlation
 
 RNG = np.random.default_rng(20240601)
 
@@ -42,11 +42,14 @@ def _scipy_error(true: Rotation, pred: Rotation, group: Rotation) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- pose errors
-@pytest.mark.parametrize("sym, group", [
-    ("C1", Rotation.identity(1)),
-    ("C4", Rotation.from_euler("z", [[0], [90], [180], [270]], degrees=True)),
-    ("D2", Rotation.from_rotvec(np.pi * np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]))),
-])
+@pytest.mark.parametrize(
+    "sym, group",
+    [
+        ("C1", Rotation.identity(1)),
+        ("C4", Rotation.from_euler("z", [[0], [90], [180], [270]], degrees=True)),
+        ("D2", Rotation.from_rotvec(np.pi * np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]))),
+    ],
+)
 def test_angular_error_is_scipy_geodesic_minimised_over_the_group(sym, group):
     true = Rotation.random(500, random_state=1)
     pred = Rotation.random(500, random_state=2)
@@ -54,11 +57,14 @@ def test_angular_error_is_scipy_geodesic_minimised_over_the_group(sym, group):
     np.testing.assert_allclose(ours, _scipy_error(true, pred, group), atol=1e-9)
 
 
-@pytest.mark.parametrize("sym, elements", [
-    ("C4", Rotation.from_euler("z", [[90], [180], [270]], degrees=True)),
-    ("D2", Rotation.from_rotvec(np.pi * np.eye(3))),
-    ("O", Rotation.create_group("O")),
-])
+@pytest.mark.parametrize(
+    "sym, elements",
+    [
+        ("C4", Rotation.from_euler("z", [[90], [180], [270]], degrees=True)),
+        ("D2", Rotation.from_rotvec(np.pi * np.eye(3))),
+        ("O", Rotation.create_group("O")),
+    ],
+)
 def test_symmetry_mates_count_as_zero_error(sym, elements):
     true = Rotation.random(len(elements), random_state=3)
     # a mate of pose A is A g: as scipy rotations (A^T), g^-1 A^T
@@ -73,8 +79,10 @@ def test_symmetry_mates_count_as_zero_error(sym, elements):
 def test_a_mirror_mate_of_an_improper_group_counts_as_zero_error():
     # C2v has the mirror y -> -y: pose A is equivalent to J A M (J = diag(1, 1, -1))
     true = _poses(Rotation.random(50, random_state=4))
-    mirror, flip = torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)), torch.diag(
-        torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    mirror, flip = (
+        torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)),
+        torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)),
+    )
     mate = flip @ true @ mirror
     assert torch.linalg.det(mate).min() > 0.999  # a proper rotation
     assert pose_errors(mate, true, "C2").angular.min() > 1e-3  # not a mate without the mirror
@@ -163,11 +171,14 @@ def test_spearman_matches_scipy_with_ties():
     x = RNG.integers(0, 20, 500).astype(float)  # many ties
     y = 0.3 * x + RNG.normal(0, 3, 500)
     y[::7] = np.round(y[::7])
-    assert spearman_correlation(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert spearman_correlation(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(
+        stats.spearmanr(x, y).statistic, abs=1e-12
+    )
     x[3] = np.nan  # NaN pairs are left out
     ok = np.isfinite(x)
     assert spearman_correlation(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(
-        stats.spearmanr(x[ok], y[ok]).statistic, abs=1e-12)
+        stats.spearmanr(x[ok], y[ok]).statistic, abs=1e-12
+    )
 
 
 def test_most_confident_subset():
@@ -190,7 +201,9 @@ def _fsc_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = []
     for s in range(n // 2 + 1):
         sel = r == s
-        out.append(np.real(np.sum(fa[sel] * np.conj(fb[sel]))) / np.sqrt(np.sum(abs(fa[sel]) ** 2) * np.sum(abs(fb[sel]) ** 2)))
+        out.append(
+            np.real(np.sum(fa[sel] * np.conj(fb[sel]))) / np.sqrt(np.sum(abs(fa[sel]) ** 2) * np.sum(abs(fb[sel]) ** 2))
+        )
     return np.array(out)
 
 
@@ -231,7 +244,9 @@ def test_automatic_mask_is_threshold_extended_then_soft():
     assert np.all(mask.numpy()[reach >= 8] == 0) and np.all(mask.numpy()[(reach > 3) & (reach < 8)] > 0)
     assert mask.min() >= 0 and mask.max() <= 1
     auto, thr = soft_mask_from_map(vol, 5.7)
-    assert thr == pytest.approx(0.2 * float(__import__("cryopose.imaging.filters", fromlist=["x"]).lowpass_volume(vol, 15, 5.7).max()))
+    assert thr == pytest.approx(
+        0.2 * float(__import__("cryopose.imaging.filters", fromlist=["x"]).lowpass_volume(vol, 15, 5.7).max())
+    )
     assert 0.02 < float((auto > 0.5).float().mean()) < 0.2
 
 
@@ -250,8 +265,16 @@ def sim(tmp_path_factory) -> Path:
     return root
 
 
-def _prediction(truth_star: Path, out: Path, fraction_random: float = 0.0, seed: int = 0, shuffle: bool = True,
-                confidence: bool = True, drop_origins: bool = False, rows=None) -> Path:
+def _prediction(
+    truth_star: Path,
+    out: Path,
+    fraction_random: float = 0.0,
+    seed: int = 0,
+    shuffle: bool = True,
+    confidence: bool = True,
+    drop_origins: bool = False,
+    rows=None,
+) -> Path:
     """A prediction file: the truth with ``fraction_random`` of the poses replaced by random
     rotations (confidence 0.1 there, 0.9 elsewhere), rows shuffled."""
     ps = read_particles(truth_star)
@@ -299,8 +322,19 @@ def test_perfect_predictions(sim, tmp_path, capsys):
         assert c["delta_fscr_0143"] == pytest.approx(c["fscr_0143_gt_v"] - c["fscr_0143_gt0_gt1"])
     assert -0.05 < m["maps"]["masked"]["delta_pcc"] <= 0  # SNR 1: the truth's halves agree well
     folder = tmp_path / "ev"
-    for name in ("report.md", "per_particle.star", "errors.png", "directions.png", "confidence.png", "fsc.png",
-                 "fsc_masked.png", "slices.png", "gt.mrc", "pred_half1.mrc", "mask.mrc"):
+    for name in (
+        "report.md",
+        "per_particle.star",
+        "errors.png",
+        "directions.png",
+        "confidence.png",
+        "fsc.png",
+        "fsc_masked.png",
+        "slices.png",
+        "gt.mrc",
+        "pred_half1.mrc",
+        "mask.mrc",
+    ):
         assert (folder / name).is_file(), name
     report = (folder / "report.md").read_text()
     assert "| angular (°) | 0.00 | 0.00 |" in report and "dPCC" in report
@@ -322,30 +356,44 @@ def test_random_poses_raise_mane_and_the_map_deltas(sim, tmp_path, capsys):
     assert np.allclose(np.sort(w), np.sort(truth.table["rlnMaxValueProbDistribution"].to_numpy()))
     conf = m["pose"]["confidence"]
     assert conf["spearman_confidence_vs_error"] == pytest.approx(
-        stats.spearmanr(pp["cryoposeConfidence"], err).statistic, abs=1e-9)
+        stats.spearmanr(pp["cryoposeConfidence"], err).statistic, abs=1e-9
+    )
     assert conf["spearman_confidence_vs_error"] < -0.5
     assert conf["most_confident"]["median"] < 1e-4
     # the maps lose quality
     c = m["maps"]["masked"]
     assert c["pcc_gt_v"] < 0.999 and c["delta_pcc"] > m["maps"]["masked"]["pcc_gt0_gt1"] - 1 + 0.001
     # the map numbers from the written maps, computed here with numpy
-    rd = {n: mrcfile.read(tmp_path / "ev" / f"{n}.mrc").astype(np.float64) for n in
-          ("gt", "gt_half1", "gt_half2", "pred", "pred_half1", "pred_half2")}
+    rd = {
+        n: mrcfile.read(tmp_path / "ev" / f"{n}.mrc").astype(np.float64)
+        for n in ("gt", "gt_half1", "gt_half2", "pred", "pred_half1", "pred_half2")
+    }
     u = m["maps"]["unmasked"]
     assert u["pcc_gt_v"] == pytest.approx(np.corrcoef(rd["gt"].ravel(), rd["pred"].ravel())[0, 1], abs=1e-5)
-    assert u["pcc_v0_v1"] == pytest.approx(np.corrcoef(rd["pred_half1"].ravel(), rd["pred_half2"].ravel())[0, 1], abs=1e-5)
+    assert u["pcc_v0_v1"] == pytest.approx(
+        np.corrcoef(rd["pred_half1"].ravel(), rd["pred_half2"].ravel())[0, 1], abs=1e-5
+    )
     np.testing.assert_allclose(m["maps"]["fsc_curves"]["unmasked"]["gt_v"], _fsc_numpy(rd["gt"], rd["pred"]), atol=1e-4)
     np.testing.assert_allclose(rd["pred"], 0.5 * (rd["pred_half1"] + rd["pred_half2"]), atol=1e-6)
 
 
 def test_two_files_relinked_elsewhere_are_matched_and_define_the_halves(sim, tmp_path, capsys):
     order = RNG.permutation(360)
-    p1 = _prediction(sim / "truth.star", tmp_path / "elsewhere" / "half1.star", rows=np.sort(order[:180]), seed=2,
-                     fraction_random=0.1)
+    p1 = _prediction(
+        sim / "truth.star",
+        tmp_path / "elsewhere" / "half1.star",
+        rows=np.sort(order[:180]),
+        seed=2,
+        fraction_random=0.1,
+    )
     p2 = _prediction(sim / "truth.star", tmp_path / "elsewhere" / "half2.star", rows=np.sort(order[180:]), seed=3)
-    assert "../" in (tmp_path / "elsewhere" / "half1.star").read_text() or "/" in read_particles(p1).table["rlnImageName"][0]
-    m = _evaluate(["--truth", sim / "particles.star", "--pred", p1, "--pred", p2, "--out", tmp_path / "ev", "--no-maps"],
-                  capsys)
+    assert (
+        "../" in (tmp_path / "elsewhere" / "half1.star").read_text()
+        or "/" in read_particles(p1).table["rlnImageName"][0]
+    )
+    m = _evaluate(
+        ["--truth", sim / "particles.star", "--pred", p1, "--pred", p2, "--out", tmp_path / "ev", "--no-maps"], capsys
+    )
     assert m["matching"]["n_matched"] == 360 and m["matching"]["n_matched_by_resolved_path"] == 360
     assert m["half_sets_from"].startswith("the two prediction files")
     assert m["pose"]["by_half"]["2"]["MAnE_deg"] < 1e-4 < m["pose"]["by_half"]["1"]["MAnE_deg"]
@@ -357,7 +405,9 @@ def test_two_files_relinked_elsewhere_are_matched_and_define_the_halves(sim, tmp
 
 def test_a_subset_of_predictions_is_evaluated_and_reported(sim, tmp_path, capsys):
     pred = _prediction(sim / "truth.star", tmp_path / "pred.star", rows=np.arange(0, 360, 2))
-    code, _, err = run(["evaluate", "--truth", sim / "truth.star", "--pred", pred, "--out", tmp_path / "ev", "--no-maps"], capsys)
+    code, _, err = run(
+        ["evaluate", "--truth", sim / "truth.star", "--pred", pred, "--out", tmp_path / "ev", "--no-maps"], capsys
+    )
     assert code == 0, err
     assert "180 of the 360 ground-truth particles have no prediction" in err
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -372,10 +422,15 @@ def test_per_particle_star_is_itself_a_prediction_with_its_truth(sim, tmp_path, 
     again = _evaluate(["--pred", tmp_path / "a" / "per_particle.star", "--out", tmp_path / "b", "--no-maps"], capsys)
     for key in ("MAnE_deg", "wMAnE_deg", "median_angular_error_deg"):
         assert again["pose"][key] == pytest.approx(first["pose"][key], abs=1e-6)
-    assert again["pose"]["shift_error_angstrom"]["mean"] == pytest.approx(first["pose"]["shift_error_angstrom"]["mean"], abs=1e-6)
+    assert again["pose"]["shift_error_angstrom"]["mean"] == pytest.approx(
+        first["pose"]["shift_error_angstrom"]["mean"], abs=1e-6
+    )
     # without the true origins there is no shift error to report
     pp = read_particles(tmp_path / "a" / "per_particle.star")
-    write_star(pp.with_table(pp.table.drop(columns=["cryoposeTrueOriginXAngst", "cryoposeTrueOriginYAngst"])), tmp_path / "c.star")
+    write_star(
+        pp.with_table(pp.table.drop(columns=["cryoposeTrueOriginXAngst", "cryoposeTrueOriginYAngst"])),
+        tmp_path / "c.star",
+    )
     third = _evaluate(["--pred", tmp_path / "c.star", "--out", tmp_path / "c", "--no-maps"], capsys)
     assert third["pose"]["shift_error_angstrom"] is None
     assert third["pose"]["MAnE_deg"] == pytest.approx(first["pose"]["MAnE_deg"], abs=1e-6)
@@ -395,12 +450,16 @@ def test_symmetry_mates_give_the_ground_truth_map(sim, tmp_path, capsys):
     g = np.array([np.eye(3), np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])])  # D2
     mates = ps.rotations @ g[RNG.integers(0, 4, len(ps))]
     write_star(ps.with_poses(rotations=mates), tmp_path / "mates.star")
-    m = _evaluate(["--truth", sim / "truth.star", "--pred", tmp_path / "mates.star", "--sym", "D2", "--out",
-                   tmp_path / "ev"], capsys)
+    m = _evaluate(
+        ["--truth", sim / "truth.star", "--pred", tmp_path / "mates.star", "--sym", "D2", "--out", tmp_path / "ev"],
+        capsys,
+    )
     assert m["pose"]["MAnE_deg"] < 1e-4
     assert m["maps"]["unmasked"]["pcc_gt_v"] == pytest.approx(1.0, abs=1e-5)
-    c1 = _evaluate(["--truth", sim / "truth.star", "--pred", tmp_path / "mates.star", "--out", tmp_path / "c1",
-                    "--no-maps"], capsys)
+    c1 = _evaluate(
+        ["--truth", sim / "truth.star", "--pred", tmp_path / "mates.star", "--out", tmp_path / "c1", "--no-maps"],
+        capsys,
+    )
     assert c1["pose"]["MAnE_deg"] > 90  # the same poses are wrong without the symmetry
 
 
@@ -412,8 +471,21 @@ def test_given_map_and_mask_are_used(sim, tmp_path, capsys):
     with mrcfile.new(tmp_path / "mask.mrc") as f:
         f.set_data(box)
         f.voxel_size = 11.4
-    m = _evaluate(["--truth", sim / "truth.star", "--pred", pred, "--map", tmp_path / "gt_map.mrc", "--mask",
-                   tmp_path / "mask.mrc", "--out", tmp_path / "b"], capsys)
+    m = _evaluate(
+        [
+            "--truth",
+            sim / "truth.star",
+            "--pred",
+            pred,
+            "--map",
+            tmp_path / "gt_map.mrc",
+            "--mask",
+            tmp_path / "mask.mrc",
+            "--out",
+            tmp_path / "b",
+        ],
+        capsys,
+    )
     assert m["maps"]["gt_map"] == "given" and m["maps"]["mask"]["source"] == "given"
     for key in ("pcc_gt_v", "delta_pcc", "fscr_0143_gt_v"):  # the same GT, and a mask of ones = no mask
         assert m["maps"]["masked"][key] == pytest.approx(first["maps"]["unmasked"][key], abs=1e-5)
@@ -447,17 +519,38 @@ def test_python_api(sim, tmp_path):
     pred = _prediction(sim / "truth.star", tmp_path / "pred.star", fraction_random=0.1, seed=8)
     m = cryopose.evaluate_poses(pred, tmp_path / "ev", truth=sim / "truth.star", reconstruct=False, symmetry="c1")
     assert m["symmetry"] == "C1" and "maps" not in m
-    assert m["pose"]["MAnE_deg"] == pytest.approx(json.loads((tmp_path / "ev" / "metrics.json").read_text())["pose"]["MAnE_deg"])
+    assert m["pose"]["MAnE_deg"] == pytest.approx(
+        json.loads((tmp_path / "ev" / "metrics.json").read_text())["pose"]["MAnE_deg"]
+    )
 
 
 def test_train_runs_the_whole_protocol(sim, tmp_path, capsys):
     """``evaluate --train``: one model per half, each half predicted by the other half's
     model, then the evaluation of those predictions."""
-    m = _evaluate(["--truth", sim / "truth.star", "--train", "--epochs", "1", "--image-size", "16", "--no-maps",
-                   "--out", tmp_path / "proto"], capsys)
+    m = _evaluate(
+        [
+            "--truth",
+            sim / "truth.star",
+            "--train",
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+            "--no-maps",
+            "--out",
+            tmp_path / "proto",
+        ],
+        capsys,
+    )
     folder = tmp_path / "proto"
-    for name in ("train/half1/model.pt", "train/half2/model.pt", "predict/particles.star", "truth_halves.star", "metrics.json",
-                 "protocol.json"):
+    for name in (
+        "train/half1/model.pt",
+        "train/half2/model.pt",
+        "predict/particles.star",
+        "truth_halves.star",
+        "metrics.json",
+        "protocol.json",
+    ):
         assert (folder / name).is_file(), name
     protocol = json.loads((folder / "protocol.json").read_text())
     assert protocol["prediction"]["cross_half_prediction"] is True and protocol["training"]["halves"] is True
@@ -465,9 +558,14 @@ def test_train_runs_the_whole_protocol(sim, tmp_path, capsys):
     halves = read_particles(folder / "truth_halves.star").half_sets
     assert np.array_equal(pred.half_sets, halves) and set(np.unique(halves)) == {1, 2}
     assert 0 < m["pose"]["MAnE_deg"] <= 180 and m["n_particles"] == 360
-    assert_user_error(["evaluate", "--truth", sim / "truth.star", "--train", "--pred", sim / "truth.star", "--out",
-                       tmp_path / "x"], capsys, "not both")
-    assert_user_error(["evaluate", "--pred", sim / "truth.star", "--epochs", "2", "--out", tmp_path / "x"], capsys, "--train")
+    assert_user_error(
+        ["evaluate", "--truth", sim / "truth.star", "--train", "--pred", sim / "truth.star", "--out", tmp_path / "x"],
+        capsys,
+        "not both",
+    )
+    assert_user_error(
+        ["evaluate", "--pred", sim / "truth.star", "--epochs", "2", "--out", tmp_path / "x"], capsys, "--train"
+    )
 
 
 def test_fsc_and_evaluate_give_one_masked_pcc(tmp_path):
@@ -491,6 +589,13 @@ def test_fsc_and_evaluate_give_one_masked_pcc(tmp_path):
     mm = mrcfile.read(paths[2]).astype(np.float64)
     expected = np.corrcoef((a * mm).ravel(), (b * mm).ravel())[0, 1]
     assert summary["pcc"] == pytest.approx(expected, abs=1e-9)
-    c = compare_maps(torch.from_numpy(a), torch.from_numpy(a), torch.from_numpy(a), torch.from_numpy(b),
-                     torch.from_numpy(b), 5.7, torch.from_numpy(mm))
+    c = compare_maps(
+        torch.from_numpy(a),
+        torch.from_numpy(a),
+        torch.from_numpy(a),
+        torch.from_numpy(b),
+        torch.from_numpy(b),
+        5.7,
+        torch.from_numpy(mm),
+    )
     assert c.pcc["gt_v"] == pytest.approx(summary["pcc"], abs=1e-9)

@@ -46,17 +46,65 @@ from cryopose.geometry import (
 from cryopose.geometry.symmetry import ICOSAHEDRAL_3FOLD_AXES
 
 ALL_GROUPS = [
-    "C1", "C2", "C4", "C7", "Ci", "Cs", "C5v", "C2v", "C3h", "C4h", "S4", "S6",
-    "D2", "D3", "D7", "D2v", "D3v", "D3h", "D4h",
-    "T", "Td", "Th", "O", "Oh", "I", "I1", "I2", "I3", "I4", "Ih", "I3h",
+    "C1",
+    "C2",
+    "C4",
+    "C7",
+    "Ci",
+    "Cs",
+    "C5v",
+    "C2v",
+    "C3h",
+    "C4h",
+    "S4",
+    "S6",
+    "D2",
+    "D3",
+    "D7",
+    "D2v",
+    "D3v",
+    "D3h",
+    "D4h",
+    "T",
+    "Td",
+    "Th",
+    "O",
+    "Oh",
+    "I",
+    "I1",
+    "I2",
+    "I3",
+    "I4",
+    "Ih",
+    "I3h",
 ]
 # (full order, proper order)
 ORDERS = {
-    "C1": (1, 1), "C4": (4, 4), "C7": (7, 7), "Ci": (2, 1), "Cs": (2, 1), "C5v": (10, 5),
-    "C3h": (6, 3), "S4": (4, 2), "D2": (4, 4), "D7": (14, 14), "D3v": (12, 6), "D3h": (12, 6),
-    "D4h": (16, 8), "T": (12, 12), "Td": (24, 12), "Th": (24, 12), "O": (24, 24),
-    "Oh": (48, 24), "I": (60, 60), "I1": (60, 60), "I2": (60, 60), "I3": (60, 60),
-    "I4": (60, 60), "Ih": (120, 60), "I3h": (120, 60),
+    "C1": (1, 1),
+    "C4": (4, 4),
+    "C7": (7, 7),
+    "Ci": (2, 1),
+    "Cs": (2, 1),
+    "C5v": (10, 5),
+    "C3h": (6, 3),
+    "S4": (4, 2),
+    "D2": (4, 4),
+    "D7": (14, 14),
+    "D3v": (12, 6),
+    "D3h": (12, 6),
+    "D4h": (16, 8),
+    "T": (12, 12),
+    "Td": (24, 12),
+    "Th": (24, 12),
+    "O": (24, 24),
+    "Oh": (48, 24),
+    "I": (60, 60),
+    "I1": (60, 60),
+    "I2": (60, 60),
+    "I3": (60, 60),
+    "I4": (60, 60),
+    "Ih": (120, 60),
+    "I3h": (120, 60),
 }
 
 
@@ -166,8 +214,9 @@ def test_relion_axis_conventions_cyclic_dihedral():
     # CNH/DNH add "mirror_plane 0 0 1"; DNV adds "mirror_plane 1 0 0"; CS "mirror_plane 0 0 1".
     c4 = symmetry_matrices("C4")
     assert _contains(c4, _rot((0, 0, 1), 4))
-    assert torch.allclose(c4 @ torch.tensor([0, 0, 1.0], dtype=torch.float64),
-                          torch.tensor([0, 0, 1.0], dtype=torch.float64))
+    assert torch.allclose(
+        c4 @ torch.tensor([0, 0, 1.0], dtype=torch.float64), torch.tensor([0, 0, 1.0], dtype=torch.float64)
+    )
     assert _contains(symmetry_matrices("D7"), torch.diag(torch.tensor([1.0, -1, -1], dtype=torch.float64)))
     assert _contains(symmetry_matrices("D7"), _rot((0, 0, 1), 7))
     assert _contains(symmetry_matrices("C5v"), torch.diag(torch.tensor([1.0, -1, 1], dtype=torch.float64)))
@@ -299,8 +348,6 @@ def test_sample_rotations_near_identity():
     assert len(near) == int((all_angles <= 25.0).sum()) + 1 > 20
 
 
-
-
 @pytest.mark.parametrize("sym", ["C1", "C4", "D7", "T", "O", "I2", "C5v", "D3h", "Ih"])
 def test_distances_invariant_symmetric_zero(sym):
     g = _gen(4)
@@ -417,7 +464,7 @@ def test_sample_rotations_cover_so3_once():
     # directions of the poses are the ASU directions; psi runs over [0, 2 pi)
     generic = dirs[:, :2].norm(dim=-1).argmax()
     first = int(torch.where(dirs[:, :2].norm(dim=-1) < 1e-9, 6, 24)[:generic].sum())
-    block = a[first:first + 24]
+    block = a[first : first + 24]
     torch.testing.assert_close(viewing_direction(block), dirs[generic].expand(24, 3))
     assert torch.unique(matrix_to_euler(block)[:, 2].round(decimals=6)).numel() == 24
     # no two poses equivalent; every random pose close to one of them

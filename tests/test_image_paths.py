@@ -25,8 +25,11 @@ needs_relion = pytest.mark.skipif(not RELION, reason="RELION is not installed (a
 
 
 def _names(star: Path) -> list[str]:
-    return [next(f for f in line.split() if "@" in f) for line in star.read_text().splitlines()
-            if "@" in line and not line.startswith("_")]
+    return [
+        next(f for f in line.split() if "@" in f)
+        for line in star.read_text().splitlines()
+        if "@" in line and not line.startswith("_")
+    ]
 
 
 @pytest.fixture
@@ -41,8 +44,10 @@ def project(tmp_path, monkeypatch, capsys) -> Path:
 
 
 def test_a_star_written_inside_the_working_folder_names_stacks_from_it(project):
-    assert _names(project / "Simulate/job001/particles.star")[:2] == ["000001@Simulate/job001/particles.mrcs",
-                                                                        "000002@Simulate/job001/particles.mrcs"]
+    assert _names(project / "Simulate/job001/particles.star")[:2] == [
+        "000001@Simulate/job001/particles.mrcs",
+        "000002@Simulate/job001/particles.mrcs",
+    ]
 
 
 def test_a_star_written_outside_the_working_folder_names_stacks_from_its_own(tmp_path, monkeypatch, capsys):
@@ -77,7 +82,9 @@ def test_names_relative_to_a_folder_above_are_found_from_anywhere(project, tmp_p
 def test_the_star_folder_wins_and_a_missing_stack_names_every_place_looked(tmp_path, monkeypatch, capsys):
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")  # outside the star's folder: names are the star's own
-    code, _, err = run(["simulate", "--map", BUNDLED, "--n", "3", "--snr", "10", "--out", tmp_path / "a" / "sim"], capsys)
+    code, _, err = run(
+        ["simulate", "--map", BUNDLED, "--n", "3", "--snr", "10", "--out", tmp_path / "a" / "sim"], capsys
+    )
     assert code == 0, err
     star = tmp_path / "a" / "sim" / "particles.star"
     assert read_star(star).source_dir == star.parent  # its own folder first: nothing said
@@ -93,8 +100,12 @@ def test_relion_reads_what_cryopose_writes(project, capsys):
     cryopose wrote there, and reconstructs the map cryopose reconstructs."""
     code, _, err = run(["simulate", "--map", BUNDLED, "--n", "300", "--snr", "10", "--out", "Simulate/job003"], capsys)
     assert code == 0, err
-    done = subprocess.run(["relion_reconstruct", "--i", "Simulate/job003/particles.star", "--o", "relion.mrc", "--ctf"],
-                          cwd=project, capture_output=True, text=True)
+    done = subprocess.run(
+        ["relion_reconstruct", "--i", "Simulate/job003/particles.star", "--o", "relion.mrc", "--ctf"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     code, _, err = run(["reconstruct", "Simulate/job003/particles.star", "--out", "Reconstruct/job002"], capsys)
     assert code == 0, err
@@ -109,8 +120,12 @@ def test_cryopose_reads_what_relion_writes(project, tmp_path, monkeypatch, capsy
     reads the images from the project folder and from anywhere else."""
     shutil.copy(BUNDLED, project / "map.mrc")
     (project / "Project/job003").mkdir(parents=True)  # RELION's pipeline makes a job's folder before the job runs
-    done = subprocess.run(["relion_project", "--i", "map.mrc", "--o", "Project/job003/proj", "--nr_uniform", "6",
-                           "--angpix", "5.7"], cwd=project, capture_output=True, text=True)
+    done = subprocess.run(
+        ["relion_project", "--i", "map.mrc", "--o", "Project/job003/proj", "--nr_uniform", "6", "--angpix", "5.7"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     star = project / "Project/job003/proj.star"
     assert _names(star)[0].endswith("@Project/job003/proj.mrcs")

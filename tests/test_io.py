@@ -53,7 +53,9 @@ def assert_tables_equal(a: pd.DataFrame, b: pd.DataFrame, columns=None) -> None:
             assert y.dtype.kind in "fiu", col
             np.testing.assert_allclose(y.to_numpy(float), x.to_numpy(float), rtol=1e-6, atol=1e-9, err_msg=col)
         elif col == "rlnImageName":  # rewritten to resolve from the new file's folder: same number, same stack name
-            assert [(n.split("@")[0], Path(n.split("@")[-1]).name) for n in x] == [(n.split("@")[0], Path(n.split("@")[-1]).name) for n in y], col
+            assert [(n.split("@")[0], Path(n.split("@")[-1]).name) for n in x] == [
+                (n.split("@")[0], Path(n.split("@")[-1]).name) for n in y
+            ], col
         else:
             assert list(x.astype(str)) == list(y.astype(str)), col
 
@@ -87,7 +89,9 @@ def test_relion30_to_31_to_30_keeps_values(shared_data: Path, tmp_path: Path) ->
     assert p30.optics is None
     text = (tmp_path / "b30.star").read_text()
     assert "data_optics" not in text and "_rlnOriginX " in text.replace("#", " ")
-    assert_tables_equal(p.table, p30.table, [c for c in p.table.columns if c not in ("rlnMagnification", "rlnDetectorPixelSize")])
+    assert_tables_equal(
+        p.table, p30.table, [c for c in p.table.columns if c not in ("rlnMagnification", "rlnDetectorPixelSize")]
+    )
     np.testing.assert_allclose(p30.pixel_size, p.pixel_size, rtol=1e-9)
     np.testing.assert_allclose(p30.shifts_angstrom, p.shifts_angstrom, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(p30.rotations, p.rotations, atol=1e-9)
@@ -204,8 +208,14 @@ def test_with_poses_and_from_arrays(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     rots = Rotation.random(6, random_state=1).as_matrix().transpose(0, 2, 1)
     shifts = rng.normal(size=(6, 2)) * 3
-    ctf = dict(defocus_u=rng.uniform(1e4, 2e4, 6), defocus_v=rng.uniform(1e4, 2e4, 6), defocus_angle=30.0,
-               voltage=300.0, spherical_aberration=2.7, amplitude_contrast=0.1)
+    ctf = dict(
+        defocus_u=rng.uniform(1e4, 2e4, 6),
+        defocus_v=rng.uniform(1e4, 2e4, 6),
+        defocus_angle=30.0,
+        voltage=300.0,
+        spherical_aberration=2.7,
+        amplitude_contrast=0.1,
+    )
     names = [f"{i + 1:06d}@sim.mrcs" for i in range(6)]
     p = ParticleSet.from_arrays(rots, shifts, 1.5, 64, names, ctf, extra_columns={"rlnRandomSubset": [1, 2] * 3})
     np.testing.assert_allclose(p.rotations, rots, atol=1e-12)
@@ -313,11 +323,16 @@ def test_real_stack_resolution(shared_data: Path) -> None:
     with mrcfile.open(shared_data / "trpv1/trpv1_small_stack.mrcs") as m:
         np.testing.assert_array_equal(got, m.data)
     broken = read_star(shared_data / "trpv1/trpv1_small_stack.star")
-    with pytest.raises(UserError, match=r"batch_0_restacked\.mrc does not exist.*particle file.s folder, the working folder"):
+    with pytest.raises(
+        UserError, match=r"batch_0_restacked\.mrc does not exist.*particle file.s folder, the working folder"
+    ):
         ParticleImages(broken)
     # relion31.mrcs has no MAP id and a default 1.0 A/px header: still readable
-    r = ParticleImages(read_star(shared_data / "metadata/relion31.star").with_columns(
-        rlnImageName=[f"{i:06d}@relion31.mrcs" for i in range(1, 6)]))
+    r = ParticleImages(
+        read_star(shared_data / "metadata/relion31.star").with_columns(
+            rlnImageName=[f"{i:06d}@relion31.mrcs" for i in range(1, 6)]
+        )
+    )
     assert r.read([4]).shape == (1, 256, 256)
 
 
@@ -351,10 +366,21 @@ def _write_cs(path: Path, rotations: np.ndarray, shifts_px: np.ndarray, apix: fl
     """A minimal cryoSPARC 3D-refinement .cs with the fields cryopose reads."""
     n = len(rotations)
     dtype = [
-        ("uid", "<u8"), ("blob/path", "S20"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
-        ("blob/psize_A", "<f4"), ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"),
-        ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"),
-        ("alignments3D/split", "<u4"), ("alignments3D/shift", "<f4", (2,)), ("alignments3D/pose", "<f4", (3,)),
+        ("uid", "<u8"),
+        ("blob/path", "S20"),
+        ("blob/idx", "<u4"),
+        ("blob/shape", "<u4", (2,)),
+        ("blob/psize_A", "<f4"),
+        ("ctf/accel_kv", "<f4"),
+        ("ctf/cs_mm", "<f4"),
+        ("ctf/amp_contrast", "<f4"),
+        ("ctf/df1_A", "<f4"),
+        ("ctf/df2_A", "<f4"),
+        ("ctf/df_angle_rad", "<f4"),
+        ("ctf/phase_shift_rad", "<f4"),
+        ("alignments3D/split", "<u4"),
+        ("alignments3D/shift", "<f4", (2,)),
+        ("alignments3D/pose", "<f4", (3,)),
         ("alignments3D/psize_A", "<f4"),
     ]
     a = np.zeros(n, dtype=dtype)
@@ -376,7 +402,9 @@ def _write_cs(path: Path, rotations: np.ndarray, shifts_px: np.ndarray, apix: fl
 def test_cs_pose_convention_and_round_trip(tmp_path: Path) -> None:
     r = np.array([[0.3, -0.2, 1.1], [2.0, 0.5, -0.4]])
     # A = R(r)^T, R the right-handed rotation-vector matrix (pyem, cryoDRGN)
-    np.testing.assert_allclose(cryosparc_pose_to_matrix(r), Rotation.from_rotvec(r).as_matrix().transpose(0, 2, 1), atol=1e-12)
+    np.testing.assert_allclose(
+        cryosparc_pose_to_matrix(r), Rotation.from_rotvec(r).as_matrix().transpose(0, 2, 1), atol=1e-12
+    )
     rots = Rotation.random(8, random_state=3).as_matrix().transpose(0, 2, 1)
     shifts = np.random.default_rng(4).normal(size=(8, 2)) * 4
     _write_cs(tmp_path / "p.cs", rots, shifts, 1.2)

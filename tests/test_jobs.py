@@ -29,7 +29,23 @@ def sim(tmp_path_factory):
     """24 particles of the bundled map (64 px, SNR 1, CTF, origins up to 6 Å) in sim/in/."""
     folder = tmp_path_factory.mktemp("sim") / "in"
     with pytest.raises(SystemExit) as exc:
-        main(["simulate", "--map", str(BUNDLED), "--n", "24", "--snr", "1", "--max-shift", "6", "--seed", "3", "--out", str(folder)])
+        main(
+            [
+                "simulate",
+                "--map",
+                str(BUNDLED),
+                "--n",
+                "24",
+                "--snr",
+                "1",
+                "--max-shift",
+                "6",
+                "--seed",
+                "3",
+                "--out",
+                str(folder),
+            ]
+        )
     assert exc.value.code == 0
     return folder
 
@@ -41,16 +57,46 @@ VALIDATE_FAST = ["--angular-sampling", "15", "--noise-draws", "40", "--resolutio
 def test_written_stars_keep_their_images(sim, tmp_path, capsys):
     """validate, align-maps and convert write STAR files into other folders; each still
     reconstructs (its image names resolve to the same stack)."""
-    code, _, err = run(["validate", "--map", BUNDLED, "--particles", sim / "particles.star", "--out", tmp_path / "val", *VALIDATE_FAST], capsys)
+    code, _, err = run(
+        [
+            "validate",
+            "--map",
+            BUNDLED,
+            "--particles",
+            sim / "particles.star",
+            "--out",
+            tmp_path / "val",
+            *VALIDATE_FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     code, _, err = run(["convert", sim / "particles.star", tmp_path / "deep" / "er" / "conv.star"], capsys)
     assert code == 0, err
-    code, _, err = run(["align-maps", "--ref", BUNDLED, BUNDLED, "--particles", sim / "particles.star", "--max-angle", "0",
-                        "--no-check-hands", "--out", tmp_path / "ali"], capsys)
+    code, _, err = run(
+        [
+            "align-maps",
+            "--ref",
+            BUNDLED,
+            BUNDLED,
+            "--particles",
+            sim / "particles.star",
+            "--max-angle",
+            "0",
+            "--no-check-hands",
+            "--out",
+            tmp_path / "ali",
+        ],
+        capsys,
+    )
     assert code == 0, err
     stack = (sim / "particles.mrcs").resolve()
-    for star in (tmp_path / "val" / "particles.star", tmp_path / "val" / "pruned.star", tmp_path / "deep" / "er" / "conv.star",
-                 tmp_path / "ali" / "particles_emd_1832.star"):
+    for star in (
+        tmp_path / "val" / "particles.star",
+        tmp_path / "val" / "pruned.star",
+        tmp_path / "deep" / "er" / "conv.star",
+        tmp_path / "ali" / "particles_emd_1832.star",
+    ):
         ps = read_star(star)
         if len(ps) == 0:
             continue
@@ -78,8 +124,11 @@ def test_validate_columns_do_not_depend_on_chunk_size(sim):
     volume = read_map(BUNDLED)
     results = []
     for chunk in (1, 7, 64):
-        opts = ValidationOptions(match=MatchSettings(angular_sampling=15.0, resolution=16.0, ctf_references=True),
-                                 noise_draws=40, chunk_size=chunk)
+        opts = ValidationOptions(
+            match=MatchSettings(angular_sampling=15.0, resolution=16.0, ctf_references=True),
+            noise_draws=40,
+            chunk_size=chunk,
+        )
         cols, summary = validate_particles(ps, images, [volume], opts)
         results.append((cols, summary["Q"]))
     # identical to float32 rounding (batched matmuls round differently for other batch sizes);
@@ -219,7 +268,10 @@ def test_user_error_is_a_value_error_and_the_cli_names_the_option(tmp_path, caps
     # fsc has --apix too; a command without the option gets the message alone
     from cryopose.cli.main import user_error_message
 
-    assert user_error_message(UserError("no pixel size; give the pixel size", option="apix"), ["demo"]) == "no pixel size; give the pixel size"
+    assert (
+        user_error_message(UserError("no pixel size; give the pixel size", option="apix"), ["demo"])
+        == "no pixel size; give the pixel size"
+    )
 
 
 def test_one_rule_for_pixel_sizes(tmp_path, capsys, caplog):
@@ -231,8 +283,11 @@ def test_one_rule_for_pixel_sizes(tmp_path, capsys, caplog):
     from cryopose.particles import ParticleSet
 
     def particles(apix):
-        return ParticleSet(table=pd.DataFrame({"rlnImageName": [f"{i + 1}@s.mrcs" for i in range(len(apix))],
-                                               "rlnImagePixelSize": apix}))
+        return ParticleSet(
+            table=pd.DataFrame(
+                {"rlnImageName": [f"{i + 1}@s.mrcs" for i in range(len(apix))], "rlnImagePixelSize": apix}
+            )
+        )
 
     assert particle_pixel_size(particles([1.5, 1.5005])) == 1.5
     with pytest.raises(UserError, match="different pixel sizes"):

@@ -73,12 +73,20 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
     assert _imported_parts(bad) == {"cli", "jobs"}
 
 
-_FILE_CALLS = re.compile(r"\b(open\(|\.write_text\(|\.read_text\(|\.write_bytes\(|\.unlink\(|shutil\.|os\.replace\(|np\.save|torch\.save\(|\.savefig\()")
+_FILE_CALLS = re.compile(
+    r"\b(open\(|\.write_text\(|\.read_text\(|\.write_bytes\(|\.unlink\(|shutil\.|os\.replace\(|np\.save|torch\.save\(|\.savefig\()"
+)
 
 
-@pytest.mark.parametrize("path", [p for p in _modules() if _part(p) not in ("io", "cli")], ids=lambda p: str(p.relative_to(SRC)))
+@pytest.mark.parametrize(
+    "path", [p for p in _modules() if _part(p) not in ("io", "cli")], ids=lambda p: str(p.relative_to(SRC))
+)
 def test_files_are_touched_only_in_io(path):
-    hits = [line.strip() for line in path.read_text().splitlines() if _FILE_CALLS.search(line) and not line.strip().startswith("#")]
+    hits = [
+        line.strip()
+        for line in path.read_text().splitlines()
+        if _FILE_CALLS.search(line) and not line.strip().startswith("#")
+    ]
     assert not hits, f"{path.relative_to(SRC)} touches files outside io/: {hits}"
 
 
@@ -94,8 +102,19 @@ def test_library_messages_name_no_cli_option():
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("package", ["cryopose.geometry", "cryopose.imaging", "cryopose.io", "cryopose.align",
-                                     "cryopose.reconstruct", "cryopose.validate", "cryopose.evaluate", "cryopose.jobs"])
+@pytest.mark.parametrize(
+    "package",
+    [
+        "cryopose.geometry",
+        "cryopose.imaging",
+        "cryopose.io",
+        "cryopose.align",
+        "cryopose.reconstruct",
+        "cryopose.validate",
+        "cryopose.evaluate",
+        "cryopose.jobs",
+    ],
+)
 def test_every_subpackage_declares_its_public_names(package):
     module = importlib.import_module(package)
     assert isinstance(getattr(module, "__all__", None), list) and module.__all__, package

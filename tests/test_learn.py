@@ -209,8 +209,13 @@ def test_grid_targets_spread_over_symmetry_mates():
 # ---------------------------------------------------------------------- training
 def _toy(n: int = 96, size: int = 16, seed: int = 0) -> TrainingData:
     g = torch.Generator().manual_seed(seed)
-    return TrainingData(torch.randn(n, 1, size, size, generator=g), random_rotations(n, g).float(),
-                        torch.randn(n, 2, generator=g), torch.ones(n), 4.0)
+    return TrainingData(
+        torch.randn(n, 1, size, size, generator=g),
+        random_rotations(n, g).float(),
+        torch.randn(n, 2, generator=g),
+        torch.ones(n),
+        4.0,
+    )
 
 
 @pytest.mark.parametrize("kind", ["grid", "forum"])
@@ -284,8 +289,9 @@ def test_a_time_budget_fixes_the_epochs_after_the_first_and_resumes_exactly():
     budget = train_estimator(_toy(), None, settings, clock=_ticking(15.0))
     assert budget["first_epoch_seconds"] == 15.0 and budget["planned_epochs"] == budget["epoch"] == 4
     assert budget["finished"] and budget["elapsed"] == 60.0
-    by_epochs = train_estimator(_toy(), None,
-                                TrainSettings(network={"model": "grid", **SMALL}, epochs=4, batch_size=32))
+    by_epochs = train_estimator(
+        _toy(), None, TrainSettings(network={"model": "grid", **SMALL}, epochs=4, batch_size=32)
+    )
     assert _same_weights(budget["model"], by_epochs["model"])  # the same as asking for 8 epochs
     saved = []
 
@@ -354,5 +360,9 @@ def test_a_model_that_cannot_learn_is_flagged_at_chance_and_one_that_learns_is_n
         assert state["chance"]["chance_median_deg"] == pytest.approx(132.35, abs=0.1)
     assert learned["best_score"] < learned["chance"]["chance_threshold_deg"] and learned["at_chance"] is False
     assert shuffled["best_score"] > 110 and shuffled["at_chance"] is True
-    assert train_estimator(_posed_toy(64, 0), None, TrainSettings(network={"model": "grid", **SMALL}, epochs=1,
-                                                                   batch_size=32))["at_chance"] is None
+    assert (
+        train_estimator(
+            _posed_toy(64, 0), None, TrainSettings(network={"model": "grid", **SMALL}, epochs=1, batch_size=32)
+        )["at_chance"]
+        is None
+    )

@@ -54,9 +54,15 @@ def _pcc(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _ctf(n: int, defocus: float = 20000.0) -> dict:
-    return {"defocus_u": np.full(n, defocus + 150.0), "defocus_v": np.full(n, defocus - 150.0),
-            "defocus_angle": np.linspace(0, 90, n), "voltage": 300.0, "spherical_aberration": 2.7,
-            "amplitude_contrast": 0.1, "phase_shift": 0.0}
+    return {
+        "defocus_u": np.full(n, defocus + 150.0),
+        "defocus_v": np.full(n, defocus - 150.0),
+        "defocus_angle": np.linspace(0, 90, n),
+        "voltage": 300.0,
+        "spherical_aberration": 2.7,
+        "amplitude_contrast": 0.1,
+        "phase_shift": 0.0,
+    }
 
 
 # ---------------------------------------------------------------- rotation of images
@@ -78,7 +84,9 @@ def test_rotate_images_moves_content_from_x_to_R_x():
 # ---------------------------------------------------------------- the exact pose update
 def test_in_plane_rotation_and_shift_change_the_pose_exactly(small_map):
     fv, apix = small_map
-    rot = euler_to_matrix(*torch.deg2rad(torch.tensor([[30.0, 65.0, 20.0], [-120.0, 110.0, 250.0]], dtype=torch.float64)).T)
+    rot = euler_to_matrix(
+        *torch.deg2rad(torch.tensor([[30.0, 65.0, 20.0], [-120.0, 110.0, 250.0]], dtype=torch.float64)).T
+    )
     origin_px = torch.tensor([[2.5, -1.5], [-3.0, 1.0]], dtype=torch.float64)
     image = clean_particle_images(fv, rot, origin_px, None, apix)[:, None]
     theta = math.radians(37.0)
@@ -98,9 +106,12 @@ def test_in_plane_rotation_and_shift_change_the_pose_exactly(small_map):
         assert _pcc(rotated[k, 0], unrotated_origin[k]) < 0.9
 
     # a drawn rotation plus a content shift t: o' = R o - t
-    draw = AugmentDraw(angles=torch.tensor([theta, -2.0], dtype=torch.float64),
-                       shifts_angstrom=torch.tensor([[10.0, -7.0], [-5.0, 12.0]], dtype=torch.float64),
-                       contrast=torch.ones(2, dtype=torch.float64), noise=None)
+    draw = AugmentDraw(
+        angles=torch.tensor([theta, -2.0], dtype=torch.float64),
+        shifts_angstrom=torch.tensor([[10.0, -7.0], [-5.0, 12.0]], dtype=torch.float64),
+        contrast=torch.ones(2, dtype=torch.float64),
+        noise=None,
+    )
     moved, rot3, origin3 = apply_augmentation(image, rot, origin_px * apix, apix, draw)
     r2 = rotation_about_z(draw.angles)[:, :2, :2]
     assert torch.allclose(origin3, (r2 @ (origin_px * apix)[..., None])[..., 0] - draw.shifts_angstrom)
@@ -154,7 +165,9 @@ def test_fourier_crop_samples_a_band_limited_image_on_the_coarser_grid():
 @pytest.mark.parametrize("correction, snr", [("phase_flip", 1.0), ("wiener", 1.0), ("wiener", 100.0)])
 def test_ctf_correction_recovers_the_projection(full_map, correction, snr):
     fv, apix = full_map
-    rot = euler_to_matrix(*torch.deg2rad(torch.tensor([[10.0, 80.0, 40.0], [200.0, 30.0, -60.0]], dtype=torch.float64)).T)
+    rot = euler_to_matrix(
+        *torch.deg2rad(torch.tensor([[10.0, 80.0, 40.0], [200.0, 30.0, -60.0]], dtype=torch.float64)).T
+    )
     ctf = CTFParameters.from_mapping(_ctf(2, defocus=25000.0), dtype=torch.float64)
     zero = torch.zeros(2, 2, dtype=torch.float64)
     clean = clean_particle_images(fv, rot, zero, None, apix)
@@ -191,8 +204,16 @@ def _particles(small_map, angles: bool = True, n: int = N):
     clean = clean_particle_images(fv, rot, torch.tensor(shifts) / apix, CTFParameters.from_mapping(ctf), apix)
     noisy = add_noise(clean, 2.0, torch.Generator().manual_seed(0))
     pset = ParticleSet.from_arrays(
-        rot.numpy() if angles else None, shifts, apix, 32, [f"{i + 1:06d}@stack.mrcs" for i in range(n)], ctf,
-        extra_columns={"rlnRandomSubset": np.arange(n) % 2 + 1, "rlnMaxValueProbDistribution": np.linspace(0.2, 0.9, n)},
+        rot.numpy() if angles else None,
+        shifts,
+        apix,
+        32,
+        [f"{i + 1:06d}@stack.mrcs" for i in range(n)],
+        ctf,
+        extra_columns={
+            "rlnRandomSubset": np.arange(n) % 2 + 1,
+            "rlnMaxValueProbDistribution": np.linspace(0.2, 0.9, n),
+        },
     )
     return pset, ArrayImages(noisy.numpy())
 
@@ -204,8 +225,17 @@ def test_dataset_items(small_map):
     assert len(ds) == N and ds.image_size == 16 and ds.symmetry == "C1"
     assert ds.pixel_size == pytest.approx(small_map[1] * 2)
     item = ds[2]
-    shapes = {"image": (1, 16, 16), "rotation": (3, 3), "quaternion": (4,), "origin": (2,), "confidence": (),
-              "ctf": (7,), "half": (), "index": (), "has_pose": ()}
+    shapes = {
+        "image": (1, 16, 16),
+        "rotation": (3, 3),
+        "quaternion": (4,),
+        "origin": (2,),
+        "confidence": (),
+        "ctf": (7,),
+        "half": (),
+        "index": (),
+        "has_pose": (),
+    }
     assert {k: tuple(v.shape) for k, v in item.items()} == shapes
     for key in ("image", "rotation", "quaternion", "origin", "confidence", "ctf"):
         assert item[key].dtype == torch.float32, key
@@ -219,8 +249,10 @@ def test_dataset_items(small_map):
     assert torch.allclose(item["origin"], torch.tensor([row.rlnOriginXAngst, row.rlnOriginYAngst], dtype=torch.float32))
     assert float(item["confidence"]) == pytest.approx(row.rlnMaxValueProbDistribution)
     assert int(item["half"]) == 1 and int(item["index"]) == 2
-    assert torch.allclose(item["ctf"], torch.tensor([row.rlnDefocusU, row.rlnDefocusV, row.rlnDefocusAngle, 300, 2.7, 0.1, 0],
-                                                    dtype=torch.float32))
+    assert torch.allclose(
+        item["ctf"],
+        torch.tensor([row.rlnDefocusU, row.rlnDefocusV, row.rlnDefocusAngle, 300, 2.7, 0.1, 0], dtype=torch.float32),
+    )
     raw = torch.from_numpy(images.read([2]))
     ctf = pset.to_tensors().ctf[[2]]
     assert torch.allclose(item["image"], prepare_images(raw, ctf, small_map[1], settings)[0], atol=1e-5)
@@ -228,8 +260,13 @@ def test_dataset_items(small_map):
 
 def test_batch_equals_stacked_items_and_survives_pickling(small_map):
     pset, images = _particles(small_map)
-    ds = ParticlesDataset(images, pset.to_tensors(), ImageSettings(image_size=16),
-                          AugmentSettings(max_shift_angstrom=10.0, noise_std=0.1, contrast=0.2), seed=5)
+    ds = ParticlesDataset(
+        images,
+        pset.to_tensors(),
+        ImageSettings(image_size=16),
+        AugmentSettings(max_shift_angstrom=10.0, noise_std=0.1, contrast=0.2),
+        seed=5,
+    )
     batch = ds.batch([4, 1, 3])
     for j, i in enumerate([4, 1, 3]):
         item = ds[i]
@@ -255,8 +292,13 @@ def test_batch_equals_stacked_items_and_survives_pickling(small_map):
 
 def test_dataloader_workers_do_not_change_the_batches(small_map):
     pset, images = _particles(small_map)
-    ds = ParticlesDataset(images, pset.to_tensors(), ImageSettings(image_size=16),
-                          AugmentSettings(max_shift_angstrom=5.0, noise_std=0.2), seed=2)
+    ds = ParticlesDataset(
+        images,
+        pset.to_tensors(),
+        ImageSettings(image_size=16),
+        AugmentSettings(max_shift_angstrom=5.0, noise_std=0.2),
+        seed=2,
+    )
     ds.set_epoch(3)
     one = list(DataLoader(ds, batch_size=4, num_workers=0))
     two = list(DataLoader(ds, batch_size=4, num_workers=2))
@@ -278,8 +320,12 @@ def test_a_set_without_angles_has_no_pose(small_map):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"crop_factor": 0.0}, "crop factor 0.0 is outside"), ({"crop_factor": 1.5}, "crop factor 1.5 is outside"),
-     ({"ctf_correction": "flip"}, "unknown CTF correction 'flip'"), ({"image_size": 0}, "image size 0")],
+    [
+        ({"crop_factor": 0.0}, "crop factor 0.0 is outside"),
+        ({"crop_factor": 1.5}, "crop factor 1.5 is outside"),
+        ({"ctf_correction": "flip"}, "unknown CTF correction 'flip'"),
+        ({"image_size": 0}, "image size 0"),
+    ],
 )
 def test_bad_settings_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -299,8 +345,13 @@ def test_image_size_larger_than_the_box_is_a_user_error(small_map):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batches_on_cuda_equal_those_on_cpu(small_map):
     pset, images = _particles(small_map)
-    ds = ParticlesDataset(images, pset.to_tensors(), ImageSettings(image_size=16, ctf_correction="wiener"),
-                          AugmentSettings(max_shift_angstrom=5.0, noise_std=0.2, contrast=0.1), seed=4)
+    ds = ParticlesDataset(
+        images,
+        pset.to_tensors(),
+        ImageSettings(image_size=16, ctf_correction="wiener"),
+        AugmentSettings(max_shift_angstrom=5.0, noise_std=0.2, contrast=0.1),
+        seed=4,
+    )
     cpu, gpu = ds.batch([0, 5, 2]), ds.batch([0, 5, 2], device="cuda")
     for key, value in cpu.items():
         assert gpu[key].device.type == "cuda", key

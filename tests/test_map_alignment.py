@@ -145,8 +145,9 @@ def test_pose_algebra_gives_same_images(flip):
     if flip:
         wrong.append((rots.numpy() @ J @ m, new_o))
     for wr, wo in wrong:
-        bad = clean_particle_images(fourier_volume(aligned), torch.as_tensor(wr).float(),
-                                    torch.as_tensor(wo).float(), None, apix)
+        bad = clean_particle_images(
+            fourier_volume(aligned), torch.as_tensor(wr).float(), torch.as_tensor(wo).float(), None, apix
+        )
         a, b = img.double().flatten(1), bad.double().flatten(1)
         a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
         assert float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean()) < 0.9
@@ -177,8 +178,13 @@ def test_other_pixel_size_and_box():
     m, t_px = _truth(21, False, 6.0)
     apix2 = apix * 0.8
     mov = apply_transform(vol, m.T, -m.T @ (t_px * apix), apix, out_size=52, out_pixel_size=apix2)
-    res = align_map(vol, mov.numpy(), apix, apix2,
-                    settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=10 * apix, check_hands=False))
+    res = align_map(
+        vol,
+        mov.numpy(),
+        apix,
+        apix2,
+        settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=10 * apix, check_hands=False),
+    )
     ang, sh = _errors(res, m, t_px)
     assert ang < 1.0 and sh < 0.5, (ang, sh)
 
@@ -186,13 +192,21 @@ def test_other_pixel_size_and_box():
 def test_max_angle_is_honoured():
     vol, apix = _emd(40)
     m, t_px = _truth(31, False, 2.0, angle=15.0)
-    res = align_map(vol, _moved(vol, apix, m, t_px), apix,
-                    settings=MapAlignmentSettings(lowpass=3 * apix, max_angle=20, check_hands=False))
+    res = align_map(
+        vol,
+        _moved(vol, apix, m, t_px),
+        apix,
+        settings=MapAlignmentSettings(lowpass=3 * apix, max_angle=20, check_hands=False),
+    )
     ang, sh = _errors(res, m, t_px)
     assert ang < 1.0 and sh < 0.5, (ang, sh)
     m, t_px = _truth(32, False, 2.0, angle=35.0)
-    res = align_map(vol, _moved(vol, apix, m, t_px), apix,
-                    settings=MapAlignmentSettings(lowpass=3 * apix, max_angle=20, check_hands=True))
+    res = align_map(
+        vol,
+        _moved(vol, apix, m, t_px),
+        apix,
+        settings=MapAlignmentSettings(lowpass=3 * apix, max_angle=20, check_hands=True),
+    )
     assert transform_angle_deg(res.rotation) <= 20.0 + 1e-6
 
 
@@ -200,14 +214,20 @@ def test_max_shift_is_honoured():
     vol, apix = _emd(40)
     m, t_px = _truth(41, False, 8.0, angle=10.0)
     t_px = t_px / np.linalg.norm(t_px) * 8.0
-    res = align_map(vol, _moved(vol, apix, m, t_px), apix,
-                    settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=10 * apix, max_angle=30,
-                                                  check_hands=False))
+    res = align_map(
+        vol,
+        _moved(vol, apix, m, t_px),
+        apix,
+        settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=10 * apix, max_angle=30, check_hands=False),
+    )
     ang, sh = _errors(res, m, t_px)
     assert ang < 1.0 and sh < 0.5, (ang, sh)
-    res = align_map(vol, _moved(vol, apix, m, t_px), apix,
-                    settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=4 * apix, max_angle=30,
-                                                  check_hands=False))
+    res = align_map(
+        vol,
+        _moved(vol, apix, m, t_px),
+        apix,
+        settings=MapAlignmentSettings(lowpass=3 * apix, max_shift=4 * apix, max_angle=30, check_hands=False),
+    )
     assert np.linalg.norm(res.shift_A) <= 4 * apix + 1e-6
 
 
@@ -235,13 +255,18 @@ def test_poses_follow_their_map(tmp_path, flip):
 
     write_map(tmp_path / "ref.mrc", ref.numpy(), apix)
     write_map(tmp_path / "moved.mrc", moved.numpy(), apix)
-    ps = ParticleSet.from_arrays(rots.numpy(), o_px.numpy() * apix, apix, 32,
-                                 [f"{i + 1:06d}@stack.mrcs" for i in range(n_part)], None)
+    ps = ParticleSet.from_arrays(
+        rots.numpy(), o_px.numpy() * apix, apix, 32, [f"{i + 1:06d}@stack.mrcs" for i in range(n_part)], None
+    )
     write_star(ps, tmp_path / "moved.star")
     out = tmp_path / "out"
-    entries = run_align_maps(tmp_path / "ref.mrc", [tmp_path / "moved.mrc"], out,
-                             MapAlignmentSettings(lowpass=3 * apix, max_shift=8 * apix),
-                             particles=[tmp_path / "moved.star"])
+    entries = run_align_maps(
+        tmp_path / "ref.mrc",
+        [tmp_path / "moved.mrc"],
+        out,
+        MapAlignmentSettings(lowpass=3 * apix, max_shift=8 * apix),
+        particles=[tmp_path / "moved.star"],
+    )
     assert entries[0]["hand_flipped"] == flip
     aligned, _ = read_map(out / "aligned_moved.mrc")
     new = read_star(out / "particles_moved.star")
@@ -272,14 +297,35 @@ def test_cli_writes_all_outputs(tmp_path):
     assert 0.05 < (mask > 0.5).mean() < 0.6
     write_map(tmp_path / "mask.mrc", mask, apix)
     out = tmp_path / "out"
-    result = CliRunner().invoke(command, [
-        "--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "map.mrc"), "--out", str(out),
-        "--mask", str(tmp_path / "mask.mrc"), "--max-angle", "40", "--no-check-hands",
-        "--group", f"{tmp_path / 'map.mrc'} {tmp_path / 'half.mrc'}", "--lowpass", str(3 * apix),
-    ])
+    result = CliRunner().invoke(
+        command,
+        [
+            "--ref",
+            str(tmp_path / "ref.mrc"),
+            str(tmp_path / "map.mrc"),
+            "--out",
+            str(out),
+            "--mask",
+            str(tmp_path / "mask.mrc"),
+            "--max-angle",
+            "40",
+            "--no-check-hands",
+            "--group",
+            f"{tmp_path / 'map.mrc'} {tmp_path / 'half.mrc'}",
+            "--lowpass",
+            str(3 * apix),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    for name in ("aligned_map.mrc", "aligned_half.mrc", "aligned_mask.mrc", "transforms.json",
-                 "difference_map.png", "fsc.png", "align_maps.log"):
+    for name in (
+        "aligned_map.mrc",
+        "aligned_half.mrc",
+        "aligned_mask.mrc",
+        "transforms.json",
+        "difference_map.png",
+        "fsc.png",
+        "align_maps.log",
+    ):
         assert (out / name).is_file(), name
     entries = json.loads((out / "transforms.json").read_text())
     assert [Path(e["map"]).name for e in entries] == ["map.mrc", "half.mrc"]
@@ -287,8 +333,9 @@ def test_cli_writes_all_outputs(tmp_path):
     assert np.allclose(entries[0]["rotation"], m, atol=0.02)
     # the aligned mask is the mask moved by the same transform and lands on the reference's density
     aligned_mask, _ = read_map(out / "aligned_mask.mrc")
-    expected = apply_transform(mask, np.array(entries[0]["rotation"]), np.array(entries[0]["shift_A"]), apix,
-                               oversample=1)
+    expected = apply_transform(
+        mask, np.array(entries[0]["rotation"]), np.array(entries[0]["shift_A"]), apix, oversample=1
+    )
     assert np.abs(aligned_mask - expected.clamp(0, 1).numpy()).max() < 1e-4
     inside = aligned_mask > 0.5
     assert ref.numpy()[inside].mean() > ref.numpy()[~inside].mean() + ref.numpy().std()
@@ -302,13 +349,33 @@ def test_cli_user_errors(tmp_path):
 
     ref, apix = _emd(32)
     write_map(tmp_path / "ref.mrc", ref.numpy(), apix)
-    r = CliRunner().invoke(command, ["--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "nope.mrc"),
-                                     "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        command, ["--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "nope.mrc"), "--out", str(tmp_path / "o")]
+    )
     assert r.exit_code == 2 and "nope.mrc" in r.output and "does not exist" in r.output
-    r = CliRunner().invoke(command, ["--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "ref.mrc"),
-                                     "--group", f"{tmp_path / 'ref.mrc'} {tmp_path / 'gone.mrc'}",
-                                     "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        command,
+        [
+            "--ref",
+            str(tmp_path / "ref.mrc"),
+            str(tmp_path / "ref.mrc"),
+            "--group",
+            f"{tmp_path / 'ref.mrc'} {tmp_path / 'gone.mrc'}",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert isinstance(r.exception, UserError) and "gone.mrc" in str(r.exception)
-    r = CliRunner().invoke(command, ["--ref", str(tmp_path / "ref.mrc"), str(tmp_path / "ref.mrc"),
-                                     "--out", str(tmp_path / "o"), "--max-angle", "200"])
+    r = CliRunner().invoke(
+        command,
+        [
+            "--ref",
+            str(tmp_path / "ref.mrc"),
+            str(tmp_path / "ref.mrc"),
+            "--out",
+            str(tmp_path / "o"),
+            "--max-angle",
+            "200",
+        ],
+    )
     assert r.exit_code == 2 and "200 is out of range" in r.output and not (tmp_path / "o").exists()

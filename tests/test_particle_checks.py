@@ -17,11 +17,24 @@ from cryopose.particles import ParticleSet
 def particles(n: int = 8) -> ParticleSet:
     rng = np.random.default_rng(0)
     rots = Rotation.random(n, random_state=1).as_matrix().transpose(0, 2, 1)
-    ctf = dict(defocus_u=rng.uniform(1e4, 2e4, n), defocus_v=rng.uniform(1e4, 2e4, n), defocus_angle=30.0,
-               voltage=300.0, spherical_aberration=2.7, amplitude_contrast=0.1)
+    ctf = dict(
+        defocus_u=rng.uniform(1e4, 2e4, n),
+        defocus_v=rng.uniform(1e4, 2e4, n),
+        defocus_angle=30.0,
+        voltage=300.0,
+        spherical_aberration=2.7,
+        amplitude_contrast=0.1,
+    )
     names = [f"{i + 1:06d}@s.mrcs" for i in range(n)]
-    return ParticleSet.from_arrays(rots, rng.normal(size=(n, 2)), 1.5, 32, names, ctf,
-                                   extra_columns={"rlnRandomSubset": [1, 2] * (n // 2), "rlnClassNumber": 1})
+    return ParticleSet.from_arrays(
+        rots,
+        rng.normal(size=(n, 2)),
+        1.5,
+        32,
+        names,
+        ctf,
+        extra_columns={"rlnRandomSubset": [1, 2] * (n // 2), "rlnClassNumber": 1},
+    )
 
 
 def message_of(call) -> str:
@@ -84,7 +97,8 @@ def test_pre31_origins_and_pixel_sizes(tmp_path: Path) -> None:
     p = particles()
     # pre-3.1 origins in pixels (used when there are no rlnOriginX/YAngst)
     table = p.table.drop(columns=["rlnOriginXAngst", "rlnOriginYAngst"]).assign(
-        rlnOriginX=np.r_[0.0, np.nan, 0, 0, 0, 0, 0, 0], rlnOriginY=0.0)
+        rlnOriginX=np.r_[0.0, np.nan, 0, 0, 0, 0, 0, 0], rlnOriginY=0.0
+    )
     message = message_of(lambda: ParticleSet(table=table).shifts_angstrom)
     assert "rlnOriginX is not finite for 1 of 8 particles (row 2," in message, message
     for value, problem in ((0.0, "not a positive number"), (-1.0, "not a positive number"), (np.nan, "not a positive")):
@@ -95,7 +109,9 @@ def test_pre31_origins_and_pixel_sizes(tmp_path: Path) -> None:
     t = p.table.drop(columns=["rlnImagePixelSize"]).assign(rlnMagnification=0.0, rlnDetectorPixelSize=5.0)
     assert "rlnDetectorPixelSize*1e4/rlnMagnification" in message_of(lambda: ParticleSet(table=t).pixel_size)
     # still: no pixel size at all is its own message
-    assert "has no pixel size" in message_of(lambda: ParticleSet(table=p.table.drop(columns=["rlnImagePixelSize"])).pixel_size)
+    assert "has no pixel size" in message_of(
+        lambda: ParticleSet(table=p.table.drop(columns=["rlnImagePixelSize"])).pixel_size
+    )
 
 
 def test_voltage_and_box_size() -> None:
@@ -106,8 +122,7 @@ def test_voltage_and_box_size() -> None:
 
 
 def test_nan_in_unused_columns_round_trips(tmp_path: Path) -> None:
-    p = particles().with_columns(rlnMyScore=np.r_[np.nan, 1.0, np.inf, 2, 3, 4, 5, 6],
-                                 rlnCtfFigureOfMerit=np.nan)
+    p = particles().with_columns(rlnMyScore=np.r_[np.nan, 1.0, np.inf, 2, 3, 4, 5, 6], rlnCtfFigureOfMerit=np.nan)
     write_star(p, tmp_path / "n.star")
     q = read_star(tmp_path / "n.star")
     assert np.isnan(q.table["rlnMyScore"].iloc[0]) and np.isinf(q.table["rlnMyScore"].iloc[2])

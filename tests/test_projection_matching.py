@@ -85,7 +85,12 @@ def test_engine_agrees_with_brute_force(small_map):
     brute, table = brute_force_match(gallery, imgs, draw.ctf)
     assert table.shape == (4, gallery.n_directions)
     assert torch.equal(fast.direction_index[:, 0], brute.direction_index[:, 0])
-    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / settings.xi for a, b in zip(fast.direction_index, brute.direction_index)])
+    overlap = np.mean(
+        [
+            len(set(a.tolist()) & set(b.tolist())) / settings.xi
+            for a, b in zip(fast.direction_index, brute.direction_index)
+        ]
+    )
     assert overlap >= 0.8
     # the engine's scores are exact scores of grid points, so never above brute force's best
     assert torch.all(fast.scores[:, 0] <= brute.scores[:, 0] + 1e-4)

@@ -67,7 +67,9 @@ def test_trpv1_particles_prefer_their_poses(shared_data):
     fv = fourier_volume(torch.from_numpy(volume))
     ctf = CTFParameters.from_mapping(ps.ctf_parameters())
     shifts = torch.from_numpy(ps.shifts_angstrom / ps.pixel_size[:, None]).float()
-    at_pose = _correlations(clean_particle_images(fv, torch.from_numpy(ps.rotations).float(), shifts, ctf, apix), images)
+    at_pose = _correlations(
+        clean_particle_images(fv, torch.from_numpy(ps.rotations).float(), shifts, ctf, apix), images
+    )
     random_cc = []
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):

@@ -11,5 +11,9 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second():
     commands = [line for line in block.strip().splitlines() if line.strip()]
     assert len(commands) == 2
     assert "cryopose demo" in commands[0]
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
     assert ci == [commands[1]]

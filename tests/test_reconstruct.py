@@ -16,7 +16,13 @@ from cryopose.imaging.resample import fourier_resize_images
 from cryopose.imaging.shifts import shift_images
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
 from cryopose.io.mrc import read_map
-from cryopose.reconstruct import fourier_shell_correlation, fsc_curve, map_correlation, reconstruct_from_images, resolution_at
+from cryopose.reconstruct import (
+    fourier_shell_correlation,
+    fsc_curve,
+    map_correlation,
+    reconstruct_from_images,
+    resolution_at,
+)
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "cryopose" / "data" / "emd_1832.map"
 
@@ -124,8 +130,16 @@ def test_fsc_of_identical_and_independent_maps():
 
 def test_ctf_matches_relion_formula_by_hand():
     ctf = CTFParameters.from_mapping(
-        {"defocus_u": [20000.0], "defocus_v": [16000.0], "defocus_angle": [30.0], "voltage": [300.0],
-         "spherical_aberration": [2.7], "amplitude_contrast": [0.1]}, dtype=torch.float64)
+        {
+            "defocus_u": [20000.0],
+            "defocus_v": [16000.0],
+            "defocus_angle": [30.0],
+            "voltage": [300.0],
+            "spherical_aberration": [2.7],
+            "amplitude_contrast": [0.1],
+        },
+        dtype=torch.float64,
+    )
     lam = float(electron_wavelength(torch.tensor(300.0, dtype=torch.float64)))
     assert lam == pytest.approx(0.019687, abs=1e-6)  # 300 kV electrons
     # at k = 0 the CTF is sin(atan(Q0/sqrt(1-Q0^2))) = Q0
@@ -134,13 +148,21 @@ def test_ctf_matches_relion_formula_by_hand():
     # along the defocus angle the defocus is U; RELION: -sin(pi lam (-U) k^2 + pi/2 Cs lam^3 k^4 - K3)
     k = 0.05
     theta = math.radians(30.0)
-    val = ctf_values(ctf, torch.tensor([k * math.sin(theta)], dtype=torch.float64), torch.tensor([k * math.cos(theta)], dtype=torch.float64))
+    val = ctf_values(
+        ctf,
+        torch.tensor([k * math.sin(theta)], dtype=torch.float64),
+        torch.tensor([k * math.cos(theta)], dtype=torch.float64),
+    )
     k3 = math.atan(0.1 / math.sqrt(1 - 0.01))
     expected = -math.sin(math.pi * lam * (-20000.0) * k * k + math.pi / 2 * 2.7e7 * lam**3 * k**4 - k3)
     assert val.item() == pytest.approx(expected, abs=1e-9)
     # perpendicular to it the defocus is V
     theta2 = theta + math.pi / 2
-    val2 = ctf_values(ctf, torch.tensor([k * math.sin(theta2)], dtype=torch.float64), torch.tensor([k * math.cos(theta2)], dtype=torch.float64))
+    val2 = ctf_values(
+        ctf,
+        torch.tensor([k * math.sin(theta2)], dtype=torch.float64),
+        torch.tensor([k * math.cos(theta2)], dtype=torch.float64),
+    )
     expected2 = -math.sin(math.pi * lam * (-16000.0) * k * k + math.pi / 2 * 2.7e7 * lam**3 * k**4 - k3)
     assert val2.item() == pytest.approx(expected2, abs=1e-9)
 

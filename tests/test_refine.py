@@ -175,8 +175,20 @@ def test_each_half_is_scored_only_against_its_own_half_map(data, tmp_path, capsy
     m = axis_angle_to_matrix(torch.tensor([0.3, -0.5, 0.8], dtype=torch.float64) / math.sqrt(0.98) * math.radians(4.0))
     write_map(tmp_path / "h1.mrc", volume, apix)
     write_map(tmp_path / "h2.mrc", apply_transform(volume, m.numpy(), np.zeros(3), apix).numpy(), apix)
-    args = ["refine", "--particles", tmp_path / "start.star", "--map", data["map"], "--half-maps", tmp_path / "h1.mrc",
-            tmp_path / "h2.mrc", "--iterations", "1", "--out", tmp_path / "out"]
+    args = [
+        "refine",
+        "--particles",
+        tmp_path / "start.star",
+        "--map",
+        data["map"],
+        "--half-maps",
+        tmp_path / "h1.mrc",
+        tmp_path / "h2.mrc",
+        "--iterations",
+        "1",
+        "--out",
+        tmp_path / "out",
+    ]
     with torch_threads(1):
         code, stdout, err = run(args, capsys)
     assert code == 0, err
@@ -193,8 +205,14 @@ def test_each_half_is_scored_only_against_its_own_half_map(data, tmp_path, capsy
 # ----------------------------------------------------------------------------- resume
 def _tables_equal(a: Path, b: Path) -> None:
     ta, tb = read_particles(a).table, read_particles(b).table
-    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
-              "cryoposeRefineScore"):
+    for c in (
+        "rlnAngleRot",
+        "rlnAngleTilt",
+        "rlnAnglePsi",
+        "rlnOriginXAngst",
+        "rlnOriginYAngst",
+        "cryoposeRefineScore",
+    ):
         np.testing.assert_allclose(ta[c].to_numpy(float), tb[c].to_numpy(float), rtol=0, atol=1e-9, err_msg=c)
 
 
@@ -216,8 +234,9 @@ def test_an_interrupted_run_resumes_with_the_same_result(data, tmp_path, monkeyp
         assert len(stored) == 1
         searched = []
         original = job._search_part
-        monkeypatch.setattr(job, "_search_part",
-                            lambda shared, part: searched.append(len(part[2])) or original(shared, part))
+        monkeypatch.setattr(
+            job, "_search_part", lambda shared, part: searched.append(len(part[2])) or original(shared, part)
+        )
         summary = run_refine(star, data["map"], tmp_path / "a", settings=settings)
         # iteration 1: the stored chunk is not searched again; iteration 2 (if run) in full
         assert searched == [20] * (3 + 4 * (len(summary["iterations"]) - 2))
@@ -233,8 +252,12 @@ def test_an_interrupted_run_resumes_with_the_same_result(data, tmp_path, monkeyp
         with pytest.raises(KeyboardInterrupt):
             run_refine(star, data["map"], tmp_path / "c", settings=settings, progress=stop_after_first_chunk)
         with caplog.at_level(logging.INFO, logger="cryopose"):
-            run_refine(star, data["map"], tmp_path / "c",
-                       settings=RefineSettings(iterations=1, chunk_size=20, sigma_angle=4, prior="wall"))
+            run_refine(
+                star,
+                data["map"],
+                tmp_path / "c",
+                settings=RefineSettings(iterations=1, chunk_size=20, sigma_angle=4, prior="wall"),
+            )
     assert any("sigma_angle" in r.getMessage() and "discarding" in r.getMessage() for r in caplog.records)
     moved = read_particles(tmp_path / "c" / "particles.star").table["cryoposePoseChange"].to_numpy(float)
     assert moved.max() <= 4 + 1e-3
@@ -247,8 +270,13 @@ def small_case():
     small, small_apix = resample_map(torch.from_numpy(vol).double(), apix, 2 * apix, 32)
     g = torch.Generator().manual_seed(4)
     draw = draw_simulation_parameters(6, g, max_shift_angstrom=8.0)
-    clean = clean_particle_images(fourier_volume(small.float()), draw.rotations.float(),
-                                  (draw.shifts_angstrom / small_apix).float(), draw.ctf, small_apix)
+    clean = clean_particle_images(
+        fourier_volume(small.float()),
+        draw.rotations.float(),
+        (draw.shifts_angstrom / small_apix).float(),
+        draw.ctf,
+        small_apix,
+    )
     return small.float(), small_apix, draw, add_noise(clean, 2.0, g)
 
 
@@ -274,8 +302,9 @@ def test_residual_power_and_likelihood_equal_direct_sums(small_case):
     shell = torch.round(torch.sqrt(k[:, None] ** 2 + k[None] ** 2)).long()
     r = (full_x - a[:, None, None] * full_g).abs() ** 2
     inside = (k[:, None] ** 2 + k[None] ** 2 <= ref.radius**2) & (shell >= 1)
-    direct = torch.stack([torch.stack([r[b][inside & (shell == s)].sum() for s in range(ref.radius + 1)])
-                          for b in range(6)])
+    direct = torch.stack(
+        [torch.stack([r[b][inside & (shell == s)].sum() for s in range(ref.radius + 1)]) for b in range(6)]
+    )
     torch.testing.assert_close(power, direct, rtol=1e-3, atol=1e-2)
     sizes = shell_sizes(ref)
     assert sizes.tolist() == [float((inside & (shell == s)).sum()) for s in range(ref.radius + 1)]
@@ -301,8 +330,9 @@ def test_chunk_searches_score_each_half_against_its_own_reference(small_case):
     noise = (torch.linspace(1.0, 2.0, references[0].radius + 1), torch.linspace(2.0, 3.0, references[0].radius + 1))
     scales = torch.linspace(0.5, 1.5, 6)
     power = residual_power_chunk(references, images, draw.ctf, halves, start, origins, 0.45)
-    found = local_search_chunk(references, settings, images, draw.ctf, halves, start, origins, start, origins, 0.45,
-                               noise, scales)
+    found = local_search_chunk(
+        references, settings, images, draw.ctf, halves, start, origins, start, origins, 0.45, noise, scales
+    )
     assert power["power"].shape == (6, references[0].radius + 1) and found["rotations"].dtype == torch.float32
     for h in (1, 2):  # the same numbers as each half's particles searched alone against their own reference
         rows = torch.nonzero(halves == h).flatten()
@@ -310,9 +340,16 @@ def test_chunk_searches_score_each_half_against_its_own_reference(small_case):
         prep = prepare_particles(ref, images[rows], draw.ctf[rows], ctf_references=True, mask_radius=0.45)
         p, a = residual_shell_power(ref, prep, start[rows].float(), (origins[rows] / ref.work_pixel_size).float())
         assert torch.equal(power["power"][rows], p) and torch.equal(power["scale"][rows], a)
-        alone = local_search(ref, prep, start[rows].float(), origins[rows].float(), settings,
-                             prior_rotations=start[rows], prior_shifts_angstrom=origins[rows],
-                             noise=GaussianNoise(noise[h - 1], scales[rows]))
+        alone = local_search(
+            ref,
+            prep,
+            start[rows].float(),
+            origins[rows].float(),
+            settings,
+            prior_rotations=start[rows],
+            prior_shifts_angstrom=origins[rows],
+            noise=GaussianNoise(noise[h - 1], scales[rows]),
+        )
         assert torch.equal(found["rotations"][rows], alone.rotations)
         assert torch.equal(found["shifts"][rows], alone.shifts_angstrom)
         assert torch.equal(found["scores"][rows], alone.scores.float())
@@ -325,16 +362,29 @@ def test_local_search_never_leaves_the_prior_bounds(small_case):
     # priors 10 deg and 6 A from the truth, bounds of 4 deg and 2 A: the search goes towards
     # the truth but must stop at the bounds
     prior, prior_origin = _perturb(draw.rotations, draw.shifts_angstrom, 10.0, 6.0, seed=2)
-    settings = LocalSearchSettings(max_angle=6, angle_step=2, max_shift=4, shift_step=2, levels=3,
-                                   prior_angle=4.0, prior_shift=2.0)
-    res = local_search(ref, prep, prior.float(), prior_origin.float(), settings, prior_rotations=prior,
-                       prior_shifts_angstrom=prior_origin)
+    settings = LocalSearchSettings(
+        max_angle=6, angle_step=2, max_shift=4, shift_step=2, levels=3, prior_angle=4.0, prior_shift=2.0
+    )
+    res = local_search(
+        ref,
+        prep,
+        prior.float(),
+        prior_origin.float(),
+        settings,
+        prior_rotations=prior,
+        prior_shifts_angstrom=prior_origin,
+    )
     moved = _deg(res.rotations, prior)
     assert moved.max() <= 4.0 + 1e-3 and moved.min() > 2.0  # pulled to the bound, not beyond
     shifted = (res.shifts_angstrom.double() - prior_origin).norm(dim=-1)
     assert shifted.max() <= 2.0 + 1e-3 and shifted.min() > 1.0
-    free = local_search(ref, prep, prior.float(), prior_origin.float(), LocalSearchSettings(max_angle=6, angle_step=2,
-                        max_shift=4, shift_step=2, levels=3))
+    free = local_search(
+        ref,
+        prep,
+        prior.float(),
+        prior_origin.float(),
+        LocalSearchSettings(max_angle=6, angle_step=2, max_shift=4, shift_step=2, levels=3),
+    )
     assert _deg(free.rotations, prior).max() > 4.5  # without the bound it goes farther
 
 
@@ -355,9 +405,27 @@ def test_schedule_steps_shrink_with_resolution():
 def test_help_shows_the_options(capsys):
     code, out, _ = run(["refine", "--help"], capsys)
     assert code == 0
-    for flag in ("--particles", "--map", "--half-maps", "--sigma-angle", "--max-shift", "--iterations", "--score",
-                 "--sym", "--workers", "--scheduler", "--device", "--force", "--global", "--ini-high",
-                 "--initial-reference", "--prior", "--search-angle", "--global-passes", "--global-sampling"):
+    for flag in (
+        "--particles",
+        "--map",
+        "--half-maps",
+        "--sigma-angle",
+        "--max-shift",
+        "--iterations",
+        "--score",
+        "--sym",
+        "--workers",
+        "--scheduler",
+        "--device",
+        "--force",
+        "--global",
+        "--ini-high",
+        "--initial-reference",
+        "--prior",
+        "--search-angle",
+        "--global-passes",
+        "--global-sampling",
+    ):
         assert flag in out, flag
 
 
@@ -401,9 +469,25 @@ def test_identical_half_maps_do_not_set_the_band_to_nyquist(data, tmp_path, caps
     write_map(tmp_path / "low.mrc", low.numpy(), apix)
     star, _ = _start(data, tmp_path / "start.star", np.arange(40))
     with torch_threads(1):
-        code, _, err = run(["refine", "--particles", star, "--map", data["map"], "--half-maps", tmp_path / "low.mrc",
-                            tmp_path / "low.mrc", "--iterations", "1", "--ini-high", "35", "--out", tmp_path / "out"],
-                           capsys)
+        code, _, err = run(
+            [
+                "refine",
+                "--particles",
+                star,
+                "--map",
+                data["map"],
+                "--half-maps",
+                tmp_path / "low.mrc",
+                tmp_path / "low.mrc",
+                "--iterations",
+                "1",
+                "--ini-high",
+                "35",
+                "--out",
+                tmp_path / "out",
+            ],
+            capsys,
+        )
     assert code == 0, err
     import json
 
@@ -415,8 +499,9 @@ def test_identical_half_maps_do_not_set_the_band_to_nyquist(data, tmp_path, caps
 def test_initial_references_from_the_input_poses_stay_available(data, tmp_path):
     star, _ = _start(data, tmp_path / "start.star", np.arange(60))
     with torch_threads(1):
-        summary = run_refine(star, data["map"], tmp_path / "out", settings=RefineSettings(iterations=1,
-                                                                                          initial_reference="poses"))
+        summary = run_refine(
+            star, data["map"], tmp_path / "out", settings=RefineSettings(iterations=1, initial_reference="poses")
+        )
     first = summary["iterations"][0]
     assert first["references"] == "reconstructed from the input poses" and not first["halves_identical"]
     assert first["resolution_0143"] == first["fsc_0143_of_the_halves"] < 30.0
@@ -437,8 +522,9 @@ def test_a_gaussian_prior_lets_a_pose_beyond_sigma_come_back_and_a_wall_does_not
         search = local_search_schedule(3 * apix, 0.9 * 32 * apix, 4.0, 2.0, search_angle=6.0, prior=kind)
         rot, origin = prior.float(), prior_origin.float()
         for _ in range(3):
-            res = local_search(ref, prep, rot, origin, search, prior_rotations=prior,
-                               prior_shifts_angstrom=prior_origin)
+            res = local_search(
+                ref, prep, rot, origin, search, prior_rotations=prior, prior_shifts_angstrom=prior_origin
+            )
             rot, origin = res.rotations, res.shifts_angstrom
         ends[kind] = _deg(rot, draw.rotations)
     assert ends["gaussian"].max() < 2.0, ends["gaussian"]
@@ -469,8 +555,12 @@ def test_a_local_refinement_brings_back_particles_that_start_beyond_sigma(data, 
     errors = {}
     with torch_threads(1):
         for kind in ("gaussian", "wall"):
-            run_refine(tmp_path / "start.star", data["map"], tmp_path / kind,
-                       settings=RefineSettings(iterations=2, prior=kind, max_shift=10.0))
+            run_refine(
+                tmp_path / "start.star",
+                data["map"],
+                tmp_path / kind,
+                settings=RefineSettings(iterations=2, prior=kind, max_shift=10.0),
+            )
             out = read_particles(tmp_path / kind / "particles.star").to_tensors()
             errors[kind] = _deg(out.rotations, t.rotations)
     assert errors["gaussian"].median() < 2.5, errors["gaussian"].median()
@@ -480,8 +570,11 @@ def test_a_local_refinement_brings_back_particles_that_start_beyond_sigma(data, 
 # ----------------------------------------------------------------------------- global
 def _without_poses(data, path: Path, rows: np.ndarray) -> Path:
     """A star of the particles ``rows`` with CTF but no angles and no origins."""
-    table = data["truth"].subset(rows).table.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
-                                                           "rlnOriginXAngst", "rlnOriginYAngst"])
+    table = (
+        data["truth"]
+        .subset(rows)
+        .table.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"])
+    )
     write_star(data["truth"].subset(rows).with_table(table), path)
     return path
 
@@ -490,8 +583,25 @@ def test_global_refinement_assigns_poses_without_poses(data, tmp_path, capsys):
     rows = np.arange(160)
     star = _without_poses(data, tmp_path / "ctf_only.star", rows)
     with torch_threads(1):
-        code, stdout, err = run(["refine", "--global", "--particles", star, "--map", data["map"], "--max-shift", "10",
-                                 "--global-passes", "1", "--iterations", "2", "--out", tmp_path / "out"], capsys)
+        code, stdout, err = run(
+            [
+                "refine",
+                "--global",
+                "--particles",
+                star,
+                "--map",
+                data["map"],
+                "--max-shift",
+                "10",
+                "--global-passes",
+                "1",
+                "--iterations",
+                "2",
+                "--out",
+                tmp_path / "out",
+            ],
+            capsys,
+        )
     assert code == 0, err
     assert "global, then local" in stdout and "looks like chance" not in err
     out = read_particles(tmp_path / "out" / "particles.star")
@@ -527,8 +637,9 @@ def test_an_interrupted_global_run_resumes_with_the_same_result(data, tmp_path, 
         assert len(list((tmp_path / "a" / job.STORE / "iteration_01_global").glob("chunk_*.npz"))) == 1
         searched = []
         original = job._global_part
-        monkeypatch.setattr(job, "_global_part",
-                            lambda shared, part: searched.append(len(part[2])) or original(shared, part))
+        monkeypatch.setattr(
+            job, "_global_part", lambda shared, part: searched.append(len(part[2])) or original(shared, part)
+        )
         run_refine(star, data["map"], tmp_path / "a", settings=settings)
         assert searched == [20, 20]  # the stored chunk is not searched again
         monkeypatch.setattr(job, "_global_part", original)
@@ -545,13 +656,40 @@ def test_global_and_local_refusals_are_one_line(data, tmp_path, capsys):
     no_ctf = data["truth"].subset(rows)
     no_ctf = no_ctf.with_table(no_ctf.table.drop(columns=["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"]))
     write_star(no_ctf, tmp_path / "no_ctf.star")
-    assert_user_error(["refine", "--global", "--particles", tmp_path / "no_ctf.star", "--map", data["map"], "--out",
-                       tmp_path / "out"], capsys, "CTF", "--no-ctf")
+    assert_user_error(
+        [
+            "refine",
+            "--global",
+            "--particles",
+            tmp_path / "no_ctf.star",
+            "--map",
+            data["map"],
+            "--out",
+            tmp_path / "out",
+        ],
+        capsys,
+        "CTF",
+        "--no-ctf",
+    )
     assert_user_error([*base, "--global", "--ini-high", "12"], capsys, "coarser than Nyquist", "--ini-high")
-    assert_user_error(["refine", "--particles", data["root"] / "sim" / "particles.star", "--map", data["map"],
-                       "--half-maps", data["map"], data["map"], "--initial-reference", "poses",
-                       "--out", tmp_path / "out"],
-                      capsys, "--initial-reference")
+    assert_user_error(
+        [
+            "refine",
+            "--particles",
+            data["root"] / "sim" / "particles.star",
+            "--map",
+            data["map"],
+            "--half-maps",
+            data["map"],
+            data["map"],
+            "--initial-reference",
+            "poses",
+            "--out",
+            tmp_path / "out",
+        ],
+        capsys,
+        "--initial-reference",
+    )
     assert not (tmp_path / "out" / "particles.star").exists()
 
 
@@ -561,8 +699,12 @@ def test_a_refinement_from_random_poses_says_it_is_at_chance(data, tmp_path, cap
     star, is_random = _start(data, tmp_path / "start.star", rows, random_fraction=1.0, seed=13)
     assert is_random.all()
     with torch_threads(1), caplog.at_level(logging.WARNING, logger="cryopose"):
-        summary = run_refine(star, data["map"], tmp_path / "out", settings=RefineSettings(iterations=1, prior="wall",
-                                                                                          initial_reference="poses"))
+        summary = run_refine(
+            star,
+            data["map"],
+            tmp_path / "out",
+            settings=RefineSettings(iterations=1, prior="wall", initial_reference="poses"),
+        )
     assert summary["at_chance"] is True and summary["chance_reasons"]
     assert any("looks like chance" in r.getMessage() for r in caplog.records)
 

@@ -20,21 +20,29 @@ pytest.importorskip("distributed")
 
 from cryopose.align.projection_matching import MatchSettings  # noqa: E402
 from cryopose.cli.main import main  # noqa: E402
+from cryopose.imaging.resample import resample_map  # noqa: E402
+from cryopose.io.mrc import read_map, write_map  # noqa: E402
+from cryopose.io.star import read_star  # noqa: E402
 from cryopose.jobs import reconstruct as rec  # noqa: E402
 from cryopose.jobs import simulate as sim  # noqa: E402
-from cryopose.jobs.chunks import ChunkWork, run_chunks, torch_threads  # noqa: E402
 from cryopose.jobs.allocator import ALLOCATOR_SETTINGS  # noqa: E402
+from cryopose.jobs.chunks import ChunkWork, run_chunks, torch_threads  # noqa: E402
 from cryopose.jobs.executor import DaskExecutor, local_cluster_shape, open_executor  # noqa: E402
 from cryopose.jobs.reconstruct import ReconstructSettings, run_reconstruct  # noqa: E402
 from cryopose.jobs.simulate import SimulateSettings, run_simulate  # noqa: E402
 from cryopose.jobs.validate import STORE, ValidationOptions, run_validate  # noqa: E402
-from cryopose.imaging.resample import resample_map  # noqa: E402
-from cryopose.io.mrc import read_map, write_map  # noqa: E402
-from cryopose.io.star import read_star  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "cryopose" / "data" / "emd_1832.map"
-COLUMNS = ("cryoposePrecision", "cryoposeAccuracy", "cryoposeAlpha", "cryoposeChi", "cryoposeAlphaGood",
-           "cryoposeChiGood", "cryoposeAligned", "cryoposeBestScore")
+COLUMNS = (
+    "cryoposePrecision",
+    "cryoposeAccuracy",
+    "cryoposeAlpha",
+    "cryoposeChi",
+    "cryoposeAlphaGood",
+    "cryoposeChiGood",
+    "cryoposeAligned",
+    "cryoposeBestScore",
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +65,15 @@ def data(tmp_path_factory):
         run_simulate(root / "map.mrc", root / "sim", settings)
         run_validate([root / "map.mrc"], star, root / "val", _validation_options())
         run_reconstruct(star, root / "rec", ReconstructSettings(chunk_size=8))
-    return {"root": root, "map_file": root / "map.mrc", "star": star, "sim": settings,
-            "val": read_star(root / "val" / "particles.star"),
-            "map": mrcfile.read(root / "rec" / "map.mrc"), "half1": mrcfile.read(root / "rec" / "half1.mrc")}
+    return {
+        "root": root,
+        "map_file": root / "map.mrc",
+        "star": star,
+        "sim": settings,
+        "val": read_star(root / "val" / "particles.star"),
+        "map": mrcfile.read(root / "rec" / "map.mrc"),
+        "half1": mrcfile.read(root / "rec" / "half1.mrc"),
+    }
 
 
 def _validation_options(chunk_size: int = 6) -> ValidationOptions:
@@ -70,8 +84,9 @@ def _validation_options(chunk_size: int = 6) -> ValidationOptions:
 def _same_columns(out: Path, reference) -> None:
     got = read_star(out / "particles.star").table
     for c in COLUMNS:
-        np.testing.assert_allclose(got[c].to_numpy(float), reference.table[c].to_numpy(float), rtol=1e-4, atol=1e-6,
-                                   err_msg=c)  # float32 work; thread counts change the rounding
+        np.testing.assert_allclose(
+            got[c].to_numpy(float), reference.table[c].to_numpy(float), rtol=1e-4, atol=1e-6, err_msg=c
+        )  # float32 work; thread counts change the rounding
 
 
 def _same_maps(out: Path, data) -> None:
@@ -184,8 +199,18 @@ def test_refine_on_two_workers_equals_one_process(executor, data, tmp_path):
     with torch_threads(1):
         run_refine(data["star"], data["map_file"], tmp_path / "one", halves, settings)
     run_refine(data["star"], data["map_file"], tmp_path / "two", halves, settings, executor=executor)
-    one, two = read_star(tmp_path / "one" / "particles.star").table, read_star(tmp_path / "two" / "particles.star").table
-    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "cryoposeRefineScore"):
+    one, two = (
+        read_star(tmp_path / "one" / "particles.star").table,
+        read_star(tmp_path / "two" / "particles.star").table,
+    )
+    for c in (
+        "rlnAngleRot",
+        "rlnAngleTilt",
+        "rlnAnglePsi",
+        "rlnOriginXAngst",
+        "rlnOriginYAngst",
+        "cryoposeRefineScore",
+    ):
         # float32 rounding: a few 1e-6 deg (FFT libraries may round differently with the buffers' alignment)
         np.testing.assert_allclose(two[c].to_numpy(float), one[c].to_numpy(float), rtol=1e-6, atol=1e-5, err_msg=c)
     assert one["cryoposePoseChange"].to_numpy(float).max() > 0.5  # the search did move poses
@@ -199,13 +224,24 @@ def test_global_refine_on_two_workers_equals_one_process(executor, data, tmp_pat
     cluster give the poses of one process (float32 rounding)."""
     from cryopose.jobs.refine import RefineSettings, run_refine
 
-    settings = RefineSettings(global_search=True, global_passes=1, iterations=1, chunk_size=10, max_shift=8.0,
-                              ini_high=25.0)
+    settings = RefineSettings(
+        global_search=True, global_passes=1, iterations=1, chunk_size=10, max_shift=8.0, ini_high=25.0
+    )
     with torch_threads(1):
         run_refine(data["star"], data["map_file"], tmp_path / "one", settings=settings)
     run_refine(data["star"], data["map_file"], tmp_path / "two", settings=settings, executor=executor)
-    one, two = read_star(tmp_path / "one" / "particles.star").table, read_star(tmp_path / "two" / "particles.star").table
-    for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "cryoposeRefineScore"):
+    one, two = (
+        read_star(tmp_path / "one" / "particles.star").table,
+        read_star(tmp_path / "two" / "particles.star").table,
+    )
+    for c in (
+        "rlnAngleRot",
+        "rlnAngleTilt",
+        "rlnAnglePsi",
+        "rlnOriginXAngst",
+        "rlnOriginYAngst",
+        "cryoposeRefineScore",
+    ):
         np.testing.assert_allclose(two[c].to_numpy(float), one[c].to_numpy(float), rtol=1e-6, atol=1e-4, err_msg=c)
 
 
@@ -218,12 +254,25 @@ def test_interrupted_validate_resumes_on_the_cluster(executor, data, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_validate([data["map_file"]], data["star"], tmp_path, _validation_options(), progress=stop_after_two, executor=executor)
+        run_validate(
+            [data["map_file"]],
+            data["star"],
+            tmp_path,
+            _validation_options(),
+            progress=stop_after_two,
+            executor=executor,
+        )
     stored = list((tmp_path / STORE / "all").glob("chunk_*.npz"))
     assert 2 <= len(stored) < 8
     seen = []
-    run_validate([data["map_file"]], data["star"], tmp_path, _validation_options(), progress=lambda k, n: seen.append(k),
-                 executor=executor)
+    run_validate(
+        [data["map_file"]],
+        data["star"],
+        tmp_path,
+        _validation_options(),
+        progress=lambda k, n: seen.append(k),
+        executor=executor,
+    )
     assert seen[0] == 6 * len(stored)  # the stored chunks are skipped, not recomputed
     _same_columns(tmp_path, data["val"])
 
@@ -254,8 +303,14 @@ def test_a_killed_worker_is_replaced_and_validate_completes(executor, data, tmp_
             _kill_one_worker(executor)
 
     try:
-        run_validate([data["map_file"]], data["star"], tmp_path, _validation_options(chunk_size=3), progress=kill_once,
-                     executor=executor)
+        run_validate(
+            [data["map_file"]],
+            data["star"],
+            tmp_path,
+            _validation_options(chunk_size=3),
+            progress=kill_once,
+            executor=executor,
+        )
     finally:
         _whole_cluster(executor)
     assert killed
@@ -271,7 +326,9 @@ def test_a_killed_worker_is_replaced_and_reconstruct_completes(executor, data, t
             _kill_one_worker(executor)
 
     try:
-        run_reconstruct(data["star"], tmp_path, ReconstructSettings(chunk_size=2), progress=kill_once, executor=executor)
+        run_reconstruct(
+            data["star"], tmp_path, ReconstructSettings(chunk_size=2), progress=kill_once, executor=executor
+        )
     finally:
         _whole_cluster(executor)
     assert killed
@@ -288,18 +345,27 @@ def _cli(args, capsys):
 
 def test_cli_reconstruct_with_scheduler_address(executor, data, tmp_path, capsys):
     address = executor.client.scheduler.address
-    code, out, err = _cli(["reconstruct", data["star"], "--chunk-size", "5", "--scheduler", address, "--out", tmp_path], capsys)
+    code, out, err = _cli(
+        ["reconstruct", data["star"], "--chunk-size", "5", "--scheduler", address, "--out", tmp_path], capsys
+    )
     assert code == 0, err
     _same_maps(tmp_path, data)
 
 
 def test_cli_cluster_option_errors(data, tmp_path, capsys):
-    code, _, err = _cli(["reconstruct", data["star"], "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "--out", tmp_path], capsys)
+    code, _, err = _cli(
+        ["reconstruct", data["star"], "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", "--out", tmp_path], capsys
+    )
     assert code == 2 and "give one of them" in err
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        code, _, err = _cli(["reconstruct", data["star"], "--scheduler", "tcp://127.0.0.1:1", "--out", tmp_path], capsys)
+        code, _, err = _cli(
+            ["reconstruct", data["star"], "--scheduler", "tcp://127.0.0.1:1", "--out", tmp_path], capsys
+        )
     assert code == 2 and "cannot reach the Dask scheduler" in err and "Traceback" not in err
-    code, _, err = _cli(["validate", "--map", data["map_file"], "--particles", data["star"], "--workers", "0", "--out", tmp_path], capsys)
+    code, _, err = _cli(
+        ["validate", "--map", data["map_file"], "--particles", data["star"], "--workers", "0", "--out", tmp_path],
+        capsys,
+    )
     assert code == 2
     for command in ("validate", "reconstruct", "simulate"):
         code, out, _ = _cli([command, "--help"], capsys)
@@ -312,9 +378,11 @@ def test_predict_on_two_workers_equals_one_process(executor, data, tmp_path):
     from cryopose.learn.preprocess import ImageSettings
     from cryopose.learn.train import TrainSettings
 
-    settings = TrainJobSettings(train=TrainSettings(network={"model": "grid", "channels": (8, 16), "grid_order": 1},
-                                                    epochs=1, batch_size=16),
-                                image=ImageSettings(image_size=16), val_fraction=0.0)
+    settings = TrainJobSettings(
+        train=TrainSettings(network={"model": "grid", "channels": (8, 16), "grid_order": 1}, epochs=1, batch_size=16),
+        image=ImageSettings(image_size=16),
+        val_fraction=0.0,
+    )
     with torch_threads(1):
         run_train(data["star"], tmp_path / "model", settings)
         run_predict(tmp_path / "model", data["star"], tmp_path / "one", PredictSettings(chunk_size=10))

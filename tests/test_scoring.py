@@ -65,8 +65,9 @@ def test_fft_and_phase_ramp_paths_agree(volume, monkeypatch):
     vol, apix = volume
     ref = make_reference(vol, apix, resolution=3 * apix)
     draw = draw_simulation_parameters(4, torch.Generator().manual_seed(5), max_shift_angstrom=3 * apix)
-    images = clean_particle_images(fourier_volume(vol), draw.rotations.float(), (draw.shifts_angstrom / apix).float(),
-                                   draw.ctf, apix)
+    images = clean_particle_images(
+        fourier_volume(vol), draw.rotations.float(), (draw.shifts_angstrom / apix).float(), draw.ctf, apix
+    )
     prep = prepare_particles(ref, images, draw.ctf, ctf_references=True)
     offsets = disc_offsets(4.0, 1.0)
     centres = torch.tensor([[0.0, 0.0], [1.0, -2.0], [3.0, 0.0], [-1.0, -1.0]])
@@ -95,8 +96,9 @@ def test_local_search_recovers_perturbed_poses(volume):
     g = torch.Generator().manual_seed(11)
     n = 24
     draw = draw_simulation_parameters(n, g, max_shift_angstrom=8.0)
-    clean = clean_particle_images(fourier_volume(vol), draw.rotations.float(), (draw.shifts_angstrom / apix).float(),
-                                  draw.ctf, apix)
+    clean = clean_particle_images(
+        fourier_volume(vol), draw.rotations.float(), (draw.shifts_angstrom / apix).float(), draw.ctf, apix
+    )
     images = add_noise(clean, 1.0, g)
     axis = torch.randn(n, 3, generator=g, dtype=torch.float64)
     start = axis_angle_to_matrix(math.radians(5) * axis / axis.norm(dim=-1, keepdim=True)) @ draw.rotations

@@ -34,9 +34,35 @@ SOURCES = [
 ]
 CASES_PER_SOURCE = int(os.environ.get("CRYOPOSE_FUZZ_CASES", 110))  # 4 x 110 cases, ~5 s
 SEED = int(os.environ.get("CRYOPOSE_FUZZ_SEED", 7))
-GARBAGE = ["abc", "1.2.3", "nan", "inf", "-", "12x", "1e999", "0x10", '"', "'q", "#x", "a#b", "é", "\u00a0", "",
-           "1,5", "--1", "_rlnFoo", "data_x", "loop_", "3", "-0.0", '"a b"', "NaN", "<NA>", "1e-400"]
-NON_ASCII = ["é", "µ", "\u00a0", "\u2003", "中", "\U0001F600", "\ufeff", "\u2028", "\x85"]
+GARBAGE = [
+    "abc",
+    "1.2.3",
+    "nan",
+    "inf",
+    "-",
+    "12x",
+    "1e999",
+    "0x10",
+    '"',
+    "'q",
+    "#x",
+    "a#b",
+    "é",
+    "\u00a0",
+    "",
+    "1,5",
+    "--1",
+    "_rlnFoo",
+    "data_x",
+    "loop_",
+    "3",
+    "-0.0",
+    '"a b"',
+    "NaN",
+    "<NA>",
+    "1e-400",
+]
+NON_ASCII = ["é", "µ", "\u00a0", "\u2003", "中", "\U0001f600", "\ufeff", "\u2028", "\x85"]
 
 
 class Timeout(Exception):
@@ -58,11 +84,28 @@ def _data_rows(lines: list[str]) -> list[int]:
 def corrupt(text: str, rng: np.random.Generator) -> tuple[str | bytes, str]:
     """One random corruption of text: (new content, kind)."""
     lines = _lines(text)
-    kind = rng.choice([
-        "truncate", "delete line", "duplicate line", "swap rows", "garbage field", "duplicate header",
-        "insert non-ascii", "insert bytes", "empty", "optics only", "blank line", "delete char", "replace char",
-        "crlf", "lone cr", "delete loop_", "duplicate block", "no final newline",
-    ])
+    kind = rng.choice(
+        [
+            "truncate",
+            "delete line",
+            "duplicate line",
+            "swap rows",
+            "garbage field",
+            "duplicate header",
+            "insert non-ascii",
+            "insert bytes",
+            "empty",
+            "optics only",
+            "blank line",
+            "delete char",
+            "replace char",
+            "crlf",
+            "lone cr",
+            "delete loop_",
+            "duplicate block",
+            "no final newline",
+        ]
+    )
     pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
     if kind == "truncate":
         return text[: int(rng.integers(len(text)))], kind
@@ -144,8 +187,16 @@ def _new_rows(clean: pd.DataFrame, got: pd.DataFrame, columns: list[str]) -> int
 
 def _use(p: ParticleSet) -> None:
     """What commands ask of a set: only UserError may come out."""
-    for use in (lambda: p.rotations, lambda: p.shifts_angstrom, lambda: p.ctf_parameters(), lambda: p.pixel_size,
-                lambda: p.image_indices, lambda: p.image_paths, lambda: p.half_sets, lambda: p.image_size):
+    for use in (
+        lambda: p.rotations,
+        lambda: p.shifts_angstrom,
+        lambda: p.ctf_parameters(),
+        lambda: p.pixel_size,
+        lambda: p.image_indices,
+        lambda: p.image_paths,
+        lambda: p.half_sets,
+        lambda: p.image_size,
+    ):
         try:
             use()
         except UserError as exc:
@@ -200,7 +251,9 @@ def test_fuzzed_star_files(shared_data: Path, tmp_path: Path, source: str) -> No
                 table = got.table
                 assert not table.select_dtypes("number").isna().any().any(), f"{label}: NaN appeared"
                 strings = table.select_dtypes(exclude="number")
-                assert not (strings.isna().any().any() or (strings.astype(str) == "").any().any()), f"{label}: empty value"
+                assert not (strings.isna().any().any() or (strings.astype(str) == "").any().any()), (
+                    f"{label}: empty value"
+                )
             allowed = 0 if kind in ("truncate", "swap rows") else 1
             assert len(got) <= len(clean) + 1, label
             new = _new_rows(clean.table, got.table, particle_columns)

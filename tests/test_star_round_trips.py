@@ -41,7 +41,9 @@ def test_31_to_30_to_31_keeps_optics_groups(shared_data: Path, tmp_path: Path, n
     assert c.table["rlnOpticsGroup"].tolist() == a.table["rlnOpticsGroup"].tolist()
     for col in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize"):
         by_group = c.optics.set_index("rlnOpticsGroup")[col]
-        np.testing.assert_array_equal(by_group.loc[a.optics["rlnOpticsGroup"]].to_numpy(), a.optics[col].to_numpy(), col)
+        np.testing.assert_array_equal(
+            by_group.loc[a.optics["rlnOpticsGroup"]].to_numpy(), a.optics[col].to_numpy(), col
+        )
     np.testing.assert_array_equal(c.pixel_size, a.pixel_size)  # exact: 3.0 writes magnification 10000
     np.testing.assert_allclose(c.rotations, a.rotations, atol=1e-9)
     np.testing.assert_allclose(c.shifts_angstrom, a.shifts_angstrom, atol=1e-6)

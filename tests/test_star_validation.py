@@ -47,8 +47,16 @@ ROWS = [
     "000003@s.mrcs 12.0 22.0 32.0 3.0 3.0 15200.0 1",
 ]
 FIRST_ROW_LINE = HEADER.count("\n") + 1  # line 29
-COLUMNS = ["rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
-           "rlnDefocusU", "rlnOpticsGroup"]
+COLUMNS = [
+    "rlnImageName",
+    "rlnAngleRot",
+    "rlnAngleTilt",
+    "rlnAnglePsi",
+    "rlnOriginXAngst",
+    "rlnOriginYAngst",
+    "rlnDefocusU",
+    "rlnOpticsGroup",
+]
 
 
 def star_text(rows=ROWS, header=HEADER) -> str:
@@ -95,8 +103,11 @@ def row(i: int, column: str, value: str) -> list[str]:
         (row(2, "rlnDefocusU", "1.2.3"), FIRST_ROW_LINE + 2, ["rlnDefocusU", "'1.2.3'"]),
         (row(0, "rlnOpticsGroup", "one"), FIRST_ROW_LINE, ["rlnOpticsGroup", "'one'"]),
         # rows with too few or too many values (first row: pandas infers the width from it)
-        ([ROWS[0], "000002@s.mrcs 11.0 21.0 31.0 0.0 0.0 15100.0", ROWS[2]], FIRST_ROW_LINE + 1,
-         ["7 values", "8 columns", "no value for rlnOpticsGroup"]),
+        (
+            [ROWS[0], "000002@s.mrcs 11.0 21.0 31.0 0.0 0.0 15100.0", ROWS[2]],
+            FIRST_ROW_LINE + 1,
+            ["7 values", "8 columns", "no value for rlnOpticsGroup"],
+        ),
         (["000001@s.mrcs 10.0 20.0", *ROWS[1:]], FIRST_ROW_LINE, ["3 values", "no value for rlnAnglePsi"]),
         ([ROWS[0], ROWS[1] + " 7", ROWS[2]], FIRST_ROW_LINE + 1, ["9 values", "1 too many"]),
         ([ROWS[0] + " 7 8", *ROWS[1:]], FIRST_ROW_LINE, ["10 values", "2 too many"]),
@@ -147,7 +158,11 @@ def test_duplicate_column_names(tmp_path: Path) -> None:
         (lambda t: t.replace("_rlnVoltage #4", "_rlnVoltage 300"), 10, "_rlnVoltage is followed by '300'"),
         (lambda t: t.replace("loop_\n_rlnImageName", "loop_\n\n_rlnImageName"), 20, "no _name lines directly after"),
         (lambda t: t.replace("data_particles\n\nloop_\n", "data_particles\n\n"), 28, "loop_ line missing"),
-        (lambda t: t.replace("data_optics\n\nloop_\n", "data_optics\n\n_rlnFoo 1\nloop_\n"), 7, "loop_ after _name value"),
+        (
+            lambda t: t.replace("data_optics\n\nloop_\n", "data_optics\n\n_rlnFoo 1\nloop_\n"),
+            7,
+            "loop_ after _name value",
+        ),
         (lambda t: "data_general\n_rlnA 1 2\n" + t, 2, "one '_name value' pair"),
         (lambda t: t.replace("_rlnImageSize #7", "_ #7"), 13, "column name is empty"),
     ],
@@ -191,8 +206,11 @@ def test_line_numbers_count_comment_and_blank_lines(tmp_path: Path) -> None:
 
 
 def test_quoted_values_and_nan(tmp_path: Path) -> None:
-    rows = [ROWS[0].replace("000001@s.mrcs", '"000001@my stack.mrcs"'), ROWS[1].replace("000002@s.mrcs", "'000002@b c.mrcs'"),
-            ROWS[2]]
+    rows = [
+        ROWS[0].replace("000001@s.mrcs", '"000001@my stack.mrcs"'),
+        ROWS[1].replace("000002@s.mrcs", "'000002@b c.mrcs'"),
+        ROWS[2],
+    ]
     p = read_star(write(tmp_path, star_text(rows)))
     assert p.table["rlnImageName"].tolist() == ["000001@my stack.mrcs", "000002@b c.mrcs", "000003@s.mrcs"]
     # NaN written as nan is the file's own value: read as NaN (the accessors refuse it where used)

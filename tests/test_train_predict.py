@@ -21,7 +21,18 @@ from cryopose.io.models import read_model_file
 from cryopose.jobs.chunks import torch_threads
 from cryopose.jobs.simulate import SimulateSettings, run_simulate
 
-TINY = ["--image-size", "16", "--channels", "8,16", "--batch-size", "32", "--grid-order", "1", "--ctf-correction", "none"]
+TINY = [
+    "--image-size",
+    "16",
+    "--channels",
+    "8,16",
+    "--batch-size",
+    "32",
+    "--grid-order",
+    "1",
+    "--ctf-correction",
+    "none",
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +88,30 @@ def test_train_writes_model_curves_and_summary(grid_model):
 
 def test_predict_writes_poses_truth_confidence_and_cleanup(sim, grid_model, tmp_path):
     model, _ = grid_model
-    code, stdout, err = _run_cli(["predict", "--model", model / "model.pt", "--particles", sim / "particles.star",
-                                  "--out", tmp_path / "pred", "--keep-fraction", "0.25", "--chunk-size", "100"])
+    code, stdout, err = _run_cli(
+        [
+            "predict",
+            "--model",
+            model / "model.pt",
+            "--particles",
+            sim / "particles.star",
+            "--out",
+            tmp_path / "pred",
+            "--keep-fraction",
+            "0.25",
+            "--chunk-size",
+            "100",
+        ]
+    )
     assert code == 0, err
     truth = read_star(sim / "particles.star").table
     pred = read_star(tmp_path / "pred" / "particles.star").table
     assert len(pred) == 240
-    for t, c in (("cryoposeTrueAngleRot", "rlnAngleRot"), ("cryoposeTrueAnglePsi", "rlnAnglePsi"),
-                 ("cryoposeTrueOriginXAngst", "rlnOriginXAngst")):
+    for t, c in (
+        ("cryoposeTrueAngleRot", "rlnAngleRot"),
+        ("cryoposeTrueAnglePsi", "rlnAnglePsi"),
+        ("cryoposeTrueOriginXAngst", "rlnOriginXAngst"),
+    ):
         np.testing.assert_allclose(pred[t].to_numpy(float), truth[c].to_numpy(float), atol=1e-4)
     assert not np.allclose(pred["rlnAngleRot"].to_numpy(float), truth["rlnAngleRot"].to_numpy(float))
     assert list(pred["rlnImageName"]) != [] and (tmp_path / "pred" / "summary.json").is_file()
@@ -101,8 +128,19 @@ def test_predict_writes_poses_truth_confidence_and_cleanup(sim, grid_model, tmp_
 def test_prediction_does_not_depend_on_the_chunk_size(sim, grid_model, tmp_path):
     model, _ = grid_model
     for chunk in ("7", "240"):
-        code, _, err = _run_cli(["predict", "--model", model, "--particles", sim / "particles.star",
-                                 "--out", tmp_path / chunk, "--chunk-size", chunk])
+        code, _, err = _run_cli(
+            [
+                "predict",
+                "--model",
+                model,
+                "--particles",
+                sim / "particles.star",
+                "--out",
+                tmp_path / chunk,
+                "--chunk-size",
+                chunk,
+            ]
+        )
         assert code == 0, err
     a = read_star(tmp_path / "7" / "particles.star").table
     b = read_star(tmp_path / "240" / "particles.star").table
@@ -117,8 +155,19 @@ def test_forum_writes_bingham_uncertainty(sim, tmp_path, head):
     assert code == 0, err
     config = read_model_file(tmp_path / "forum" / "model.pt")["config"]
     assert (config["head_hidden"], config["qcqp"]) == ((0, "cholesky") if head == "paper" else (256, "symmetric"))
-    code, _, err = _run_cli(["predict", "--model", tmp_path / "forum", "--particles", sim / "particles.star",
-                             "--out", tmp_path / "pred", "--min-confidence", "0"])
+    code, _, err = _run_cli(
+        [
+            "predict",
+            "--model",
+            tmp_path / "forum",
+            "--particles",
+            sim / "particles.star",
+            "--out",
+            tmp_path / "pred",
+            "--min-confidence",
+            "0",
+        ]
+    )
     assert code == 0, err
     pred = read_star(tmp_path / "pred" / "particles.star").table
     trace = pred["cryoposeLambdaTrace"].to_numpy(float)
@@ -131,12 +180,25 @@ def test_forum_writes_bingham_uncertainty(sim, tmp_path, head):
 def test_halves_predict_each_half_with_the_other_half_model(sim, tmp_path):
     code, stdout, err = _train(sim / "halves.star", tmp_path / "halves", "--halves", "--epochs", "1")
     assert code == 0, err
-    assert (tmp_path / "halves" / "half1" / "model.pt").is_file() and (tmp_path / "halves" / "half2" / "model.pt").is_file()
+    assert (tmp_path / "halves" / "half1" / "model.pt").is_file() and (
+        tmp_path / "halves" / "half2" / "model.pt"
+    ).is_file()
     assert read_model_file(tmp_path / "halves" / "half2" / "model.pt")["metadata"]["half"] == "half2"
-    code, _, err = _run_cli(["predict", "--model", tmp_path / "halves", "--particles", sim / "halves.star", "--out", tmp_path / "cross"])
+    code, _, err = _run_cli(
+        ["predict", "--model", tmp_path / "halves", "--particles", sim / "halves.star", "--out", tmp_path / "cross"]
+    )
     assert code == 0, err
-    code, _, err = _run_cli(["predict", "--model", tmp_path / "halves" / "half2" / "model.pt", "--particles", sim / "halves.star",
-                             "--out", tmp_path / "by2"])
+    code, _, err = _run_cli(
+        [
+            "predict",
+            "--model",
+            tmp_path / "halves" / "half2" / "model.pt",
+            "--particles",
+            sim / "halves.star",
+            "--out",
+            tmp_path / "by2",
+        ]
+    )
     assert code == 0, err
     cross = read_star(tmp_path / "cross" / "particles.star").table
     by2 = read_star(tmp_path / "by2" / "particles.star").table
@@ -175,11 +237,14 @@ def test_a_model_trained_on_shuffled_poses_is_flagged_at_chance_by_train_and_pre
     assert summary["best"]["val_median_deg"] > summary["chance_threshold_deg"]
     meta = read_model_file(tmp_path / "m" / "model.pt")["metadata"]
     assert meta["at_chance"] is True and meta["chance"]["chance_median_deg"] == pytest.approx(132.35, abs=0.1)
-    code, stdout, err = _run_cli(["predict", "--model", tmp_path / "m", "--particles", sim / "particles.star",
-                                  "--out", tmp_path / "p"])
+    code, stdout, err = _run_cli(
+        ["predict", "--model", tmp_path / "m", "--particles", sim / "particles.star", "--out", tmp_path / "p"]
+    )
     assert code == 0, err
     assert "did not learn the poses" in err and "chance level" in stdout
-    assert json.loads((tmp_path / "p" / "summary.json").read_text())["models_at_chance"] == [str(tmp_path / "m" / "model.pt")]
+    assert json.loads((tmp_path / "p" / "summary.json").read_text())["models_at_chance"] == [
+        str(tmp_path / "m" / "model.pt")
+    ]
 
 
 def test_predict_refuses_particles_of_another_pixel_size(sim, grid_model, tmp_path, capsys):
@@ -199,32 +264,83 @@ def test_predict_refuses_particles_of_another_pixel_size(sim, grid_model, tmp_pa
         m.voxel_size = 5.7
     ps.table["rlnImageName"] = [n.replace("particles.mrcs", "other.mrcs") for n in ps.table["rlnImageName"]]
     write_star(ps, sim / "other_apix.star")
-    assert_user_error(["predict", "--model", model, "--particles", sim / "other_apix.star", "--out", tmp_path / "p"],
-                      capsys, "trained on", "resample the particles")
+    assert_user_error(
+        ["predict", "--model", model, "--particles", sim / "other_apix.star", "--out", tmp_path / "p"],
+        capsys,
+        "trained on",
+        "resample the particles",
+    )
 
 
 def test_bad_inputs_give_one_line(sim, grid_model, tmp_path, capsys):
     model, _ = grid_model
     ps = read_star(sim / "particles.star")
-    write_star(replace(ps, table=ps.table.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"])),
-               tmp_path / "no_angles.star")
-    assert_user_error(["train", "--particles", tmp_path / "no_angles.star", "--out", tmp_path / "t"], capsys,
-                      "has no rlnAngleRot", "poses")
+    write_star(
+        replace(ps, table=ps.table.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"])),
+        tmp_path / "no_angles.star",
+    )
+    assert_user_error(
+        ["train", "--particles", tmp_path / "no_angles.star", "--out", tmp_path / "t"],
+        capsys,
+        "has no rlnAngleRot",
+        "poses",
+    )
     assert not (tmp_path / "t").exists()
-    assert_user_error(["train", "--particles", sim / "particles.star", "--out", tmp_path / "t", "--halves", *TINY], capsys,
-                      "rlnRandomSubset")
-    assert_user_error(["train", "--particles", sim / "particles.star", "--out", tmp_path / "t", "--image-size", "64"], capsys,
-                      "image size")
-    assert_user_error(["train", "--particles", sim / "particles.star", "--out", tmp_path / "t", "--channels", "8,x"], capsys,
-                      "--channels")
-    assert_user_error(["predict", "--model", model, "--particles", sim / "particles.star", "--out", tmp_path / "p",
-                       "--keep-fraction", "0.5", "--min-confidence", "1"], capsys, "not both")
-    assert_user_error(["predict", "--model", sim / "particles.star", "--particles", sim / "particles.star", "--out",
-                       tmp_path / "p"], capsys, "not a", "model file")
-    assert_user_error(["predict", "--model", tmp_path, "--particles", sim / "particles.star", "--out", tmp_path / "p"],
-                      capsys, "holds no model.pt")
-    assert_user_error(["predict", "--model", tmp_path / "halves_missing", "--particles", sim / "particles.star",
-                       "--out", tmp_path / "p"], capsys)
+    assert_user_error(
+        ["train", "--particles", sim / "particles.star", "--out", tmp_path / "t", "--halves", *TINY],
+        capsys,
+        "rlnRandomSubset",
+    )
+    assert_user_error(
+        ["train", "--particles", sim / "particles.star", "--out", tmp_path / "t", "--image-size", "64"],
+        capsys,
+        "image size",
+    )
+    assert_user_error(
+        ["train", "--particles", sim / "particles.star", "--out", tmp_path / "t", "--channels", "8,x"],
+        capsys,
+        "--channels",
+    )
+    assert_user_error(
+        [
+            "predict",
+            "--model",
+            model,
+            "--particles",
+            sim / "particles.star",
+            "--out",
+            tmp_path / "p",
+            "--keep-fraction",
+            "0.5",
+            "--min-confidence",
+            "1",
+        ],
+        capsys,
+        "not both",
+    )
+    assert_user_error(
+        ["predict", "--model", sim / "particles.star", "--particles", sim / "particles.star", "--out", tmp_path / "p"],
+        capsys,
+        "not a",
+        "model file",
+    )
+    assert_user_error(
+        ["predict", "--model", tmp_path, "--particles", sim / "particles.star", "--out", tmp_path / "p"],
+        capsys,
+        "holds no model.pt",
+    )
+    assert_user_error(
+        [
+            "predict",
+            "--model",
+            tmp_path / "halves_missing",
+            "--particles",
+            sim / "particles.star",
+            "--out",
+            tmp_path / "p",
+        ],
+        capsys,
+    )
 
 
 def test_python_api_trains_predicts_and_reads_a_dataset(sim, tmp_path):
@@ -232,8 +348,15 @@ def test_python_api_trains_predicts_and_reads_a_dataset(sim, tmp_path):
     from cryopose.geometry.rotations import euler_to_matrix
 
     with torch_threads(1):
-        summary = cryopose.train(sim / "particles.star", tmp_path / "m", epochs=1, image_size=16, ctf_correction="none",
-                                 network={"channels": (8, 16), "grid_order": 1}, batch_size=32)
+        summary = cryopose.train(
+            sim / "particles.star",
+            tmp_path / "m",
+            epochs=1,
+            image_size=16,
+            ctf_correction="none",
+            network={"channels": (8, 16), "grid_order": 1},
+            batch_size=32,
+        )
         assert summary["models"][0]["epochs"] == 1
         estimator = cryopose.load_estimator(tmp_path / "m" / "model.pt")
         data = cryopose.particles_dataset(sim / "particles.star", image_size=16)

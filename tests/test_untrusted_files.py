@@ -89,8 +89,7 @@ RESUMING = [  # (command, kind of resume state, extra options)
 ]
 
 
-@pytest.mark.parametrize("command, kind, extra", RESUMING,
-                         ids=[f"{c}-{k.__name__}" for c, k, _ in RESUMING])
+@pytest.mark.parametrize("command, kind, extra", RESUMING, ids=[f"{c}-{k.__name__}" for c, k, _ in RESUMING])
 def test_a_planted_resume_file_is_discarded_unread(command, kind, extra, ws, tmp_path, monkeypatch, capsys):
     marker = tmp_path / "ran"
     argv = _argv(command, ws, {"extra": extra})
@@ -107,13 +106,16 @@ def test_a_planted_resume_file_is_discarded_unread(command, kind, extra, ws, tmp
     assert f"discarded {'checkpoint ' if kind is Checkpoint else ''}{planted}" in err, err
 
 
-@pytest.mark.parametrize("command, where", [
-    ("reconstruct", ".reconstruct_checkpoint.pt"),
-    ("train", ".cryopose_train/model.pt"),
-    ("evaluate", ".evaluate_gt_maps.pt"),
-    ("evaluate", ".evaluate_gt_sums.pt"),
-    ("refine", ".cryopose_refine/iteration_00.pt"),
-])
+@pytest.mark.parametrize(
+    "command, where",
+    [
+        ("reconstruct", ".reconstruct_checkpoint.pt"),
+        ("train", ".cryopose_train/model.pt"),
+        ("evaluate", ".evaluate_gt_maps.pt"),
+        ("evaluate", ".evaluate_gt_sums.pt"),
+        ("refine", ".cryopose_refine/iteration_00.pt"),
+    ],
+)
 def test_a_file_planted_before_the_first_run_is_discarded_unread(command, where, ws, tmp_path, capsys):
     marker = tmp_path / "ran"
     out = ws / "out"
@@ -201,14 +203,21 @@ def test_a_model_file_with_code_never_runs_it(ws, tmp_path, capsys):
     assert "Weights only load failed" not in line and len(line) < 400
 
 
-@pytest.mark.parametrize("name, make, fragment", [
-    ("device", lambda ws: Path("/dev/zero"), "is not a regular file"),
-    ("link to a device", lambda ws: _link(ws / "zero.pt", "/dev/zero"), "is not a regular file"),
-    ("empty", lambda ws: _write(ws / "empty.pt", b""), "empty or cut short"),
-    ("text", lambda ws: _write(ws / "text.pt", b"hello, I am not a model\n"), "not a PyTorch file"),
-    ("cut short", lambda ws: _write(ws / "cut.pt", (ws / "trained" / "model.pt").read_bytes()[:500]), "not a cryopose model"),
-    ("a tensor", lambda ws: _save(ws / "tensor.pt", torch.zeros(3)), "holds no cryopose-estimator"),
-])
+@pytest.mark.parametrize(
+    "name, make, fragment",
+    [
+        ("device", lambda ws: Path("/dev/zero"), "is not a regular file"),
+        ("link to a device", lambda ws: _link(ws / "zero.pt", "/dev/zero"), "is not a regular file"),
+        ("empty", lambda ws: _write(ws / "empty.pt", b""), "empty or cut short"),
+        ("text", lambda ws: _write(ws / "text.pt", b"hello, I am not a model\n"), "not a PyTorch file"),
+        (
+            "cut short",
+            lambda ws: _write(ws / "cut.pt", (ws / "trained" / "model.pt").read_bytes()[:500]),
+            "not a cryopose model",
+        ),
+        ("a tensor", lambda ws: _save(ws / "tensor.pt", torch.zeros(3)), "holds no cryopose-estimator"),
+    ],
+)
 def test_a_model_path_that_is_no_model_is_one_line(name, make, fragment, ws, capsys):
     model = make(ws)
     line = assert_user_error(_argv("predict", ws, {"model": model}), capsys, fragment)

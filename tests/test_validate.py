@@ -10,17 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from cryopose.align.projection_matching import MatchSettings
 from cryopose.geometry.rotations import random_rotations
 from cryopose.imaging.projection import fourier_volume
 from cryopose.imaging.resample import fourier_resize_volume
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
-from cryopose.io.mrc import read_map, write_map, write_stack
+from cryopose.io.mrc import ArrayImages, read_map, write_map, write_stack
 from cryopose.io.star import write_star
+from cryopose.jobs.validate import ValidationOptions, validate_particles
 from cryopose.particles import ParticleSet
 from cryopose.validate import scores as sc
-from cryopose.align.projection_matching import MatchSettings
-from cryopose.io.mrc import ArrayImages
-from cryopose.jobs.validate import ValidationOptions, validate_particles
 
 MAP = Path(__file__).resolve().parents[1] / "src" / "cryopose" / "data" / "emd_1832.map"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -43,7 +42,9 @@ def test_paper_formulas_by_hand():
     assert math.degrees(chi.item()) == pytest.approx((0 * 1 + 90 * 2 + 180 * 1) / 4)
     q = sc.quality_score(torch.tensor([30.0]), 90.0, torch.tensor([10.0]))
     assert q.item() == pytest.approx(60 / 80)
-    assert sc.quality_score(torch.tensor([100.0]), 90.0, torch.tensor([10.0])).item() == pytest.approx(-10 / 80)  # not clipped
+    assert sc.quality_score(torch.tensor([100.0]), 90.0, torch.tensor([10.0])).item() == pytest.approx(
+        -10 / 80
+    )  # not clipped
     assert sc.passes(torch.tensor([0.5]), 0.5, "paper").item()  # inclusive
     # symmetry: under C2 about z, x and -x are the same direction
     assert sc.pair_distance(X, -X, "C2", "paper").item() == pytest.approx(0.0, abs=1e-9)
@@ -91,7 +92,10 @@ def _map():
 
 
 def _ctf_dict(draw):
-    ctf = {k: getattr(draw.ctf, k).numpy() for k in ("defocus_u", "defocus_v", "defocus_angle", "phase_shift", "bfactor", "scale")}
+    ctf = {
+        k: getattr(draw.ctf, k).numpy()
+        for k in ("defocus_u", "defocus_v", "defocus_angle", "phase_shift", "bfactor", "scale")
+    }
     ctf.update(voltage=300.0, spherical_aberration=2.7, amplitude_contrast=0.1)
     return ctf
 
@@ -103,7 +107,9 @@ def mixed():
     g = torch.Generator().manual_seed(1)
     n = 150
     draw = draw_simulation_parameters(n, g, max_shift_angstrom=2 * apix)
-    clean = clean_particle_images(fourier_volume(vol), draw.rotations.float(), (draw.shifts_angstrom / apix).float(), draw.ctf, apix)
+    clean = clean_particle_images(
+        fourier_volume(vol), draw.rotations.float(), (draw.shifts_angstrom / apix).float(), draw.ctf, apix
+    )
     imgs = add_noise(clean, 0.1, g)
     kind = np.repeat([0, 1, 2], n // 3)
     sigma = (imgs - clean).std(dim=(-2, -1))
@@ -111,9 +117,16 @@ def mixed():
     rots = draw.rotations.clone()
     rots[kind == 2] = random_rotations(int((kind == 2).sum()), g)
     ps = ParticleSet.from_arrays(
-        rots.numpy(), draw.shifts_angstrom.numpy(), apix, BOX, [f"{i + 1:06d}@particles.mrcs" for i in range(n)], _ctf_dict(draw)
+        rots.numpy(),
+        draw.shifts_angstrom.numpy(),
+        apix,
+        BOX,
+        [f"{i + 1:06d}@particles.mrcs" for i in range(n)],
+        _ctf_dict(draw),
     )
-    opts = ValidationOptions(match=MatchSettings(angular_sampling=7.5, max_shift=3 * apix, ctf_references=True), noise_draws=200)
+    opts = ValidationOptions(
+        match=MatchSettings(angular_sampling=7.5, max_shift=3 * apix, ctf_references=True), noise_draws=200
+    )
     cols, summary = validate_particles(ps, ArrayImages(imgs.numpy()), [(vol.numpy(), apix)], opts)
     return dict(vol=vol, apix=apix, ps=ps, imgs=imgs, kind=kind, draw=draw, cols=cols, summary=summary, opts=opts)
 
@@ -137,7 +150,17 @@ def test_scores_separate_good_from_noise_and_wrong_poses(mixed):
     assert fail_p[kind == 1].mean() > fail_p[good].mean()
     assert fail_a[kind == 2].mean() > fail_a[good].mean()
     assert abs(summary["Q"] - good.mean()) <= 0.15
-    assert set(["n_particles", "precision_fraction", "accuracy_fraction", "Q", "precision_threshold", "accuracy_threshold", "settings"]) <= set(summary)
+    assert set(
+        [
+            "n_particles",
+            "precision_fraction",
+            "accuracy_fraction",
+            "Q",
+            "precision_threshold",
+            "accuracy_threshold",
+            "settings",
+        ]
+    ) <= set(summary)
     assert np.array_equal(cols["cryoposeAligned"], ((qp >= 0.5) & (qa >= 0.5)).astype(int))
 
 
@@ -154,8 +177,8 @@ def test_wrong_map_gives_much_lower_q(mixed):
 
 
 def test_pruned_reconstruction_is_better(mixed):
-    from cryopose.reconstruct import fourier_shell_correlation, reconstruct_from_images
     from cryopose.imaging.ctf import CTFParameters
+    from cryopose.reconstruct import fourier_shell_correlation, reconstruct_from_images
 
     ps, imgs, vol, apix = mixed["ps"], mixed["imgs"], mixed["vol"], mixed["apix"]
     rots = torch.as_tensor(ps.rotations, dtype=torch.float32)
@@ -174,9 +197,14 @@ def test_pruned_reconstruction_is_better(mixed):
 def test_xmipp_convention_runs_on_the_mixed_set(mixed):
     idx = np.arange(0, 150, 5)
     ps = mixed["ps"].subset(idx)
-    opts = ValidationOptions(match=MatchSettings(angular_sampling=10.0, max_shift=3 * mixed["apix"], ctf_references=True),
-                             convention="xmipp", noise_draws=100)
-    cols, summary = validate_particles(ps, ArrayImages(mixed["imgs"].numpy()[idx]), [(mixed["vol"].numpy(), mixed["apix"])], opts)
+    opts = ValidationOptions(
+        match=MatchSettings(angular_sampling=10.0, max_shift=3 * mixed["apix"], ctf_references=True),
+        convention="xmipp",
+        noise_draws=100,
+    )
+    cols, summary = validate_particles(
+        ps, ArrayImages(mixed["imgs"].numpy()[idx]), [(mixed["vol"].numpy(), mixed["apix"])], opts
+    )
     assert summary["settings"]["xi"] == 6 and summary["convention"] == "xmipp"
     # an independent count: q from the raw angles and the shared noise value, by the formula
     noise = summary["alpha_noise_deg"]
@@ -197,15 +225,35 @@ def test_cli_writes_outputs_without_poses_and_by_class(tmp_path, mixed):
     idx = np.arange(0, 30)
     ps = mixed["ps"].subset(idx)
     write_stack(tmp_path / "particles.mrcs", mixed["imgs"].numpy()[idx], mixed["apix"])
-    ps = ps.with_columns(rlnImageName=[f"{i + 1:06d}@particles.mrcs" for i in range(len(idx))], rlnClassNumber=np.where(idx % 2 == 0, 1, 2))
+    ps = ps.with_columns(
+        rlnImageName=[f"{i + 1:06d}@particles.mrcs" for i in range(len(idx))],
+        rlnClassNumber=np.where(idx % 2 == 0, 1, 2),
+    )
     write_star(ps, tmp_path / "particles.star")
     write_map(tmp_path / "map.mrc", mixed["vol"].numpy(), mixed["apix"])
-    common = ["--particles", str(tmp_path / "particles.star"), "--angular-sampling", "15", "--noise-draws", "50", "--ctf-references"]
+    common = [
+        "--particles",
+        str(tmp_path / "particles.star"),
+        "--angular-sampling",
+        "15",
+        "--noise-draws",
+        "50",
+        "--ctf-references",
+    ]
     with pytest.raises(SystemExit) as e:
         main(["validate", "--map", str(tmp_path / "map.mrc"), "--out", str(tmp_path / "out"), *common])
     assert e.value.code == 0
     out = read_star(tmp_path / "out" / "particles.star")
-    for c in ("cryoposePrecision", "cryoposeAccuracy", "cryoposeAlpha", "cryoposeChi", "cryoposeAlphaGood", "cryoposeChiGood", "cryoposeAligned", "rlnClassNumber"):
+    for c in (
+        "cryoposePrecision",
+        "cryoposeAccuracy",
+        "cryoposeAlpha",
+        "cryoposeChi",
+        "cryoposeAlphaGood",
+        "cryoposeChiGood",
+        "cryoposeAligned",
+        "rlnClassNumber",
+    ):
         assert c in out.table.columns
     pruned = read_star(tmp_path / "out" / "pruned.star")
     assert len(pruned) == int(out.table["cryoposeAligned"].sum())
@@ -214,7 +262,19 @@ def test_cli_writes_outputs_without_poses_and_by_class(tmp_path, mixed):
     assert (tmp_path / "out" / "soft_validation.png").stat().st_size > 1000
     # by class: the same map twice, one summary row per class
     with pytest.raises(SystemExit) as e:
-        main(["validate", "--map", str(tmp_path / "map.mrc"), "--map", str(tmp_path / "map.mrc"), "--by-class", "--out", str(tmp_path / "cls"), *common])
+        main(
+            [
+                "validate",
+                "--map",
+                str(tmp_path / "map.mrc"),
+                "--map",
+                str(tmp_path / "map.mrc"),
+                "--by-class",
+                "--out",
+                str(tmp_path / "cls"),
+                *common,
+            ]
+        )
     assert e.value.code == 0
     s = json.loads((tmp_path / "cls" / "summary.json").read_text())
     assert [r["class"] for r in s["classes"]] == [1, 2]
@@ -222,8 +282,23 @@ def test_cli_writes_outputs_without_poses_and_by_class(tmp_path, mixed):
     bare = ps.table.drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"])
     write_star(ParticleSet(table=bare, source_dir=tmp_path), tmp_path / "bare.star")
     with pytest.raises(SystemExit) as e:
-        main(["validate", "--map", str(tmp_path / "map.mrc"), "--map", str(tmp_path / "map.mrc"), "--out", str(tmp_path / "bare"),
-              "--particles", str(tmp_path / "bare.star"), "--angular-sampling", "15", "--noise-draws", "50"])
+        main(
+            [
+                "validate",
+                "--map",
+                str(tmp_path / "map.mrc"),
+                "--map",
+                str(tmp_path / "map.mrc"),
+                "--out",
+                str(tmp_path / "bare"),
+                "--particles",
+                str(tmp_path / "bare.star"),
+                "--angular-sampling",
+                "15",
+                "--noise-draws",
+                "50",
+            ]
+        )
     assert e.value.code == 0
     s = json.loads((tmp_path / "bare" / "summary.json").read_text())
     assert [r["rank"] for r in s["ranking"]] == [1, 2] and s["ranking"][0]["Q"] is None

@@ -72,31 +72,48 @@ def write_particles(particles: ParticleSet, path: PathLike, version: str = "3.1"
     write_star(particles, path, version=version)
 
 
-def simulate(map_path: PathLike, out: PathLike, n: int | None = None, device: str | torch.device = "cpu", **settings: Any) -> dict:
+def simulate(
+    map_path: PathLike, out: PathLike, n: int | None = None, device: str | torch.device = "cpu", **settings: Any
+) -> dict:
     """Simulate particles of a map into ``out`` (particles.star, particles.mrcs); settings
     as ``SimulateSettings`` (snr, ctf, defocus, max_shift, apix, box, symmetry, seed,
     from_star, ...). Returns a summary."""
     return run_simulate(Path(map_path), Path(out), SimulateSettings(n=n, **settings), device=device)
 
 
-def reconstruct_map(particles: PathLike, out: PathLike, apix: float | None = None, device: str | torch.device = "cpu",
-                **settings: Any) -> dict:
+def reconstruct_map(
+    particles: PathLike, out: PathLike, apix: float | None = None, device: str | torch.device = "cpu", **settings: Any
+) -> dict:
     """Reconstruct half maps, map and FSC from a particle file into ``out``; settings as
     ``ReconstructSettings`` (symmetry, ctf, seed, chunk_size). Returns the summary."""
     return run_reconstruct(Path(particles), Path(out), ReconstructSettings(**settings), apix=apix, device=device)
 
 
-def fsc(map1: PathLike, map2: PathLike, mask: PathLike | None = None, apix: float | None = None,
-        out: PathLike | None = None, device: str | torch.device = "cpu") -> FSCResult:
+def fsc(
+    map1: PathLike,
+    map2: PathLike,
+    mask: PathLike | None = None,
+    apix: float | None = None,
+    out: PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> FSCResult:
     """Fourier shell correlation of two map files (resolutions at 0.143 and 0.5)."""
-    result, _ = run_fsc(Path(map1), Path(map2), None if mask is None else Path(mask), apix,
-                        None if out is None else Path(out), device)
+    result, _ = run_fsc(
+        Path(map1), Path(map2), None if mask is None else Path(mask), apix, None if out is None else Path(out), device
+    )
     return result
 
 
-def validate_alignment(map_path: PathLike | list[PathLike], particles: PathLike, out: PathLike, by_class: bool = False,
-             apix: float | None = None, device: str | torch.device = "cpu", match: dict | None = None,
-             **options: Any) -> dict:
+def validate_alignment(
+    map_path: PathLike | list[PathLike],
+    particles: PathLike,
+    out: PathLike,
+    by_class: bool = False,
+    apix: float | None = None,
+    device: str | torch.device = "cpu",
+    match: dict | None = None,
+    **options: Any,
+) -> dict:
     """Alignment precision/accuracy of a particle file against one map (or several, or
     one per class); ``match`` holds ``MatchSettings`` (angular_sampling, max_shift,
     resolution, xi, symmetry, ctf_references), ``options`` the rest of
@@ -106,23 +123,42 @@ def validate_alignment(map_path: PathLike | list[PathLike], particles: PathLike,
     return run_validate(maps, Path(particles), Path(out), opts, by_class=by_class, apix=apix, device=device)
 
 
-def align_maps(reference: PathLike, maps: list[PathLike], out: PathLike, device: str | torch.device = "cpu",
-               masks: list[PathLike] | None = None, ref_mask: PathLike | None = None,
-               particles: list[PathLike] | None = None, groups: list[list[PathLike]] | None = None,
-               **settings: Any) -> list[dict]:
+def align_maps(
+    reference: PathLike,
+    maps: list[PathLike],
+    out: PathLike,
+    device: str | torch.device = "cpu",
+    masks: list[PathLike] | None = None,
+    ref_mask: PathLike | None = None,
+    particles: list[PathLike] | None = None,
+    groups: list[list[PathLike]] | None = None,
+    **settings: Any,
+) -> list[dict]:
     """Align maps to a reference and carry particle poses along; settings as
     ``MapAlignmentSettings``. Returns the entries of transforms.json."""
     return run_align_maps(
-        Path(reference), [Path(m) for m in maps], Path(out), MapAlignmentSettings(**settings),
-        ref_mask=None if ref_mask is None else Path(ref_mask), masks=[Path(m) for m in masks or []],
-        particles=[Path(p) for p in particles or []], groups=[[Path(g) for g in grp] for grp in groups or []],
+        Path(reference),
+        [Path(m) for m in maps],
+        Path(out),
+        MapAlignmentSettings(**settings),
+        ref_mask=None if ref_mask is None else Path(ref_mask),
+        masks=[Path(m) for m in masks or []],
+        particles=[Path(p) for p in particles or []],
+        groups=[[Path(g) for g in grp] for grp in groups or []],
         device=device,
     )
 
 
-def evaluate_poses(predictions: PathLike | list[PathLike], out: PathLike, truth: PathLike | None = None,
-                   map_path: PathLike | None = None, mask: PathLike | None = None, apix: float | None = None,
-                   device: str | torch.device = "cpu", **settings: Any) -> dict:
+def evaluate_poses(
+    predictions: PathLike | list[PathLike],
+    out: PathLike,
+    truth: PathLike | None = None,
+    map_path: PathLike | None = None,
+    mask: PathLike | None = None,
+    apix: float | None = None,
+    device: str | torch.device = "cpu",
+    **settings: Any,
+) -> dict:
     """Benchmark predicted poses (one STAR or several, e.g. one per half) against the
     ground truth ``truth`` (None: the predictions' cryoposeTrue* columns) the CESPED way;
     writes metrics.json, per_particle.star, report.md, figures and maps into ``out``.
@@ -130,26 +166,60 @@ def evaluate_poses(predictions: PathLike | list[PathLike], out: PathLike, truth:
     ...). Returns the metrics. On ParticleSets in memory use
     ``cryopose.jobs.evaluate.evaluate_predictions``."""
     preds = [Path(p) for p in (predictions if isinstance(predictions, (list, tuple)) else [predictions])]
-    return run_evaluate(preds, Path(out), truth=None if truth is None else Path(truth),
-                        gt_map=None if map_path is None else Path(map_path), mask=None if mask is None else Path(mask),
-                        settings=EvaluateSettings(**settings), apix=apix, device=device)
-def refine_poses(particles: PathLike, map_path: PathLike, out: PathLike, half_maps: tuple[PathLike, PathLike] | None = None,
-                 apix: float | None = None, device: str | torch.device = "cpu", **settings: Any) -> dict:
+    return run_evaluate(
+        preds,
+        Path(out),
+        truth=None if truth is None else Path(truth),
+        gt_map=None if map_path is None else Path(map_path),
+        mask=None if mask is None else Path(mask),
+        settings=EvaluateSettings(**settings),
+        apix=apix,
+        device=device,
+    )
+
+
+def refine_poses(
+    particles: PathLike,
+    map_path: PathLike,
+    out: PathLike,
+    half_maps: tuple[PathLike, PathLike] | None = None,
+    apix: float | None = None,
+    device: str | torch.device = "cpu",
+    **settings: Any,
+) -> dict:
     """Gold-standard refinement of a particle file's poses into ``out`` (particles.star, half
     maps, map, FSC, summary.json), local from its poses or, with ``global_search=True``,
     from scratch; settings as ``RefineSettings`` (symmetry, sigma_angle, search_angle,
     prior, max_shift, iterations, score, ctf, seed, chunk_size, initial_reference, ini_high,
     global_search, global_passes, global_sampling). Returns the summary."""
-    return run_refine(Path(particles), Path(map_path), Path(out),
-                      None if half_maps is None else (Path(half_maps[0]), Path(half_maps[1])),
-                      RefineSettings(**settings), apix=apix, device=device)
+    return run_refine(
+        Path(particles),
+        Path(map_path),
+        Path(out),
+        None if half_maps is None else (Path(half_maps[0]), Path(half_maps[1])),
+        RefineSettings(**settings),
+        apix=apix,
+        device=device,
+    )
 
 
-def train(particles: PathLike, out: PathLike, model: str = "grid", epochs: int | None = None, minutes: float | None = None,
-          image_size: int = DEFAULT_IMAGE_SIZE, ctf_correction: str = "phase_flip", symmetry: str = "C1",
-          halves: bool = False, val_fraction: float = 0.1, apix: float | None = None,
-          device: str | torch.device = "cpu", network: dict[str, Any] | None = None, sym: str | None = None,
-          **train_settings: Any) -> dict:
+def train(
+    particles: PathLike,
+    out: PathLike,
+    model: str = "grid",
+    epochs: int | None = None,
+    minutes: float | None = None,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    ctf_correction: str = "phase_flip",
+    symmetry: str = "C1",
+    halves: bool = False,
+    val_fraction: float = 0.1,
+    apix: float | None = None,
+    device: str | torch.device = "cpu",
+    network: dict[str, Any] | None = None,
+    sym: str | None = None,
+    **train_settings: Any,
+) -> dict:
     """Train a pose estimator ("grid" or "forum") on a particle file's poses into ``out``
     (model.pt, training.csv/png, summary.json; with ``halves`` one per half set). Without
     ``epochs`` or ``minutes`` it trains for ``learn.train.DEFAULT_EPOCHS`` (grid 60, forum
@@ -163,22 +233,38 @@ def train(particles: PathLike, out: PathLike, model: str = "grid", epochs: int |
     from cryopose.learn.train import TrainSettings
 
     net = {**default_network(model), **(network or {})}
-    settings = TrainJobSettings(train=TrainSettings(network=net, epochs=epochs, minutes=minutes,
-                                                    symmetry=_symmetry(symmetry, sym, "train"), **train_settings),
-                                image=ImageSettings(image_size=image_size, ctf_correction=ctf_correction),
-                                val_fraction=val_fraction, halves=halves)
+    settings = TrainJobSettings(
+        train=TrainSettings(
+            network=net, epochs=epochs, minutes=minutes, symmetry=_symmetry(symmetry, sym, "train"), **train_settings
+        ),
+        image=ImageSettings(image_size=image_size, ctf_correction=ctf_correction),
+        val_fraction=val_fraction,
+        halves=halves,
+    )
     return run_train(Path(particles), Path(out), settings, apix=apix, device=device)
 
 
-def predict(model: PathLike, particles: PathLike, out: PathLike, keep_fraction: float | None = None,
-            min_confidence: float | None = None, apix: float | None = None, device: str | torch.device = "cpu",
-            **settings: Any) -> dict:
+def predict(
+    model: PathLike,
+    particles: PathLike,
+    out: PathLike,
+    keep_fraction: float | None = None,
+    min_confidence: float | None = None,
+    apix: float | None = None,
+    device: str | torch.device = "cpu",
+    **settings: Any,
+) -> dict:
     """Predict a particle file's poses with a trained model (a model.pt, or a training
     folder; a ``halves`` folder predicts each half with the other half's model) into ``out``
     (particles.star, summary.json, and kept.star with a clean-up). Returns the summary."""
-    return run_predict(Path(model), Path(particles), Path(out),
-                       PredictSettings(keep_fraction=keep_fraction, min_confidence=min_confidence, **settings),
-                       apix=apix, device=device)
+    return run_predict(
+        Path(model),
+        Path(particles),
+        Path(out),
+        PredictSettings(keep_fraction=keep_fraction, min_confidence=min_confidence, **settings),
+        apix=apix,
+        device=device,
+    )
 
 
 def load_estimator(model: PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -190,9 +276,18 @@ def load_estimator(model: PathLike, device: str | torch.device = "cpu") -> torch
     return _load_estimator(read_model_file(Path(model)), device, Path(model))
 
 
-def particles_dataset(particles: PathLike, image_size: int | None = 64, ctf_correction: str = "none",
-                      crop_factor: float = 1.0, symmetry: str = "C1", augment: bool = False,
-                      apix: float | None = None, seed: int = 0, *, sym: str | None = None) -> ParticlesDataset:
+def particles_dataset(
+    particles: PathLike,
+    image_size: int | None = 64,
+    ctf_correction: str = "none",
+    crop_factor: float = 1.0,
+    symmetry: str = "C1",
+    augment: bool = False,
+    apix: float | None = None,
+    seed: int = 0,
+    *,
+    sym: str | None = None,
+) -> ParticlesDataset:
     """A PyTorch Dataset over a RELION STAR and its stacks (images read on demand; safe with
     DataLoader workers): each item holds the prepared image (1, s, s), pose matrix and
     quaternion, origin (Å), confidence, CTF parameters, half set and index. ``augment``
@@ -204,6 +299,11 @@ def particles_dataset(particles: PathLike, image_size: int | None = 64, ctf_corr
     group = _symmetry(symmetry, sym, "particles_dataset")
     ps = read_particles(Path(particles), apix)
     tensors = ps.to_tensors(ctf=ctf_correction != "none")
-    return ParticlesDataset(ParticleImages(ps), tensors,
-                            ImageSettings(image_size=image_size, crop_factor=crop_factor, ctf_correction=ctf_correction),
-                            augment=AugmentSettings() if augment else None, symmetry=group, seed=seed)
+    return ParticlesDataset(
+        ParticleImages(ps),
+        tensors,
+        ImageSettings(image_size=image_size, crop_factor=crop_factor, ctf_correction=ctf_correction),
+        augment=AugmentSettings() if augment else None,
+        symmetry=group,
+        seed=seed,
+    )

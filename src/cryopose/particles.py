@@ -23,8 +23,17 @@ from cryopose.errors import UserError
 from cryopose.geometry.rotations import euler_to_matrix, matrix_to_euler
 from cryopose.imaging.ctf import CTFParameters
 
-__all__ = ["ParticleSet", "ParticleTensors", "ANGLE_COLUMNS", "ORIGIN_ANGST_COLUMNS", "ORIGIN_PX_COLUMNS",
-           "OPTICS_COLUMNS", "TRUE_ANGLE_COLUMNS", "TRUE_ORIGIN_COLUMNS", "CONFIDENCE_COLUMN"]
+__all__ = [
+    "ParticleSet",
+    "ParticleTensors",
+    "ANGLE_COLUMNS",
+    "ORIGIN_ANGST_COLUMNS",
+    "ORIGIN_PX_COLUMNS",
+    "OPTICS_COLUMNS",
+    "TRUE_ANGLE_COLUMNS",
+    "TRUE_ORIGIN_COLUMNS",
+    "CONFIDENCE_COLUMN",
+]
 
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 ORIGIN_ANGST_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
@@ -238,12 +247,15 @@ class ParticleSet:
         """
         source = self._pixel_size_source()
         if source is None:
-            raise UserError(
-                f"{self._name()} has no pixel size (rlnImagePixelSize); give the pixel size", option="apix"
-            )
+            raise UserError(f"{self._name()} has no pixel size (rlnImagePixelSize); give the pixel size", option="apix")
         apix, column = source
-        self.reject_rows(~(np.isfinite(apix) & (apix > 0)), column, apix, "not a positive number",
-                     "give the right pixel size in the file")
+        self.reject_rows(
+            ~(np.isfinite(apix) & (apix > 0)),
+            column,
+            apix,
+            "not a positive number",
+            "give the right pixel size in the file",
+        )
         return apix
 
     def _name(self) -> str:
@@ -282,8 +294,13 @@ class ParticleSet:
         if "rlnImageSize" not in self.table.columns or len(self) == 0:
             return None
         size = self._column("rlnImageSize")[:1]
-        self.reject_rows(~(np.isfinite(size) & (size > 0) & (size == np.round(size))), "rlnImageSize", size,
-                     "not a positive whole number", "fix the box size")
+        self.reject_rows(
+            ~(np.isfinite(size) & (size > 0) & (size == np.round(size))),
+            "rlnImageSize",
+            size,
+            "not a positive whole number",
+            "fix the box size",
+        )
         return int(size[0])
 
     def ctf_parameters(self) -> dict[str, np.ndarray] | None:
@@ -367,8 +384,9 @@ class ParticleSet:
 
     def _whole_numbers(self, column: str) -> np.ndarray:
         values = self._column(column)
-        self.reject_rows(~np.isfinite(values) | (values != np.round(values)), column, values, "not a whole number",
-                         "fix")
+        self.reject_rows(
+            ~np.isfinite(values) | (values != np.round(values)), column, values, "not a whole number", "fix"
+        )
         return values.astype(np.int64)
 
     def confidence(self) -> np.ndarray:
@@ -502,8 +520,9 @@ class ParticleSet:
         particles["rlnOpticsGroup"] = np.ones(n, dtype=np.int64)
         table = pd.DataFrame(particles)
         for name, values in (extra_columns or {}).items():
-            table[name] = (np.broadcast_to(np.asarray(values), (n,)).copy() if np.ndim(values) == 0
-                           else np.asarray(values))
+            table[name] = (
+                np.broadcast_to(np.asarray(values), (n,)).copy() if np.ndim(values) == 0 else np.asarray(values)
+            )
         optics_df = pd.DataFrame(optics)
         merged = table.merge(optics_df, on="rlnOpticsGroup", how="left")
         pset = cls(table=merged, optics=optics_df, extra_blocks={}, source_dir=None)

@@ -122,8 +122,9 @@ def local_search(
         flat_rots, flat_centres = cand.reshape(-1, 3, 3), centres.reshape(-1, 2)
         for start in range(0, pidx.shape[0], max_candidates):
             sl = slice(start, start + max_candidates)
-            scores.append(score_poses(reference, particles, pidx[sl], flat_rots[sl], offsets, flat_centres[sl],
-                                      noise=noise))
+            scores.append(
+                score_poses(reference, particles, pidx[sl], flat_rots[sl], offsets, flat_centres[sl], noise=noise)
+            )
         table = torch.cat(scores).reshape(b, c * k, -1)  # (B, C*K, T)
         if prior is not None and (cone is not None or gaussian is not None):
             # cos of the angle to the prior = (trace(P^T A') - 1) / 2
@@ -149,6 +150,4 @@ def local_search(
         angle, angle_step = angle_step, angle_step / 2
         shift, shift_step = shift_step, shift_step / 2
     assert best_scores is not None  # at least one level ran
-    return LocalSearchResult(
-        rotations=rots[:, 0], shifts_angstrom=origins[:, 0] * apix, scores=best_scores[:, 0]
-    )
+    return LocalSearchResult(rotations=rots[:, 0], shifts_angstrom=origins[:, 0] * apix, scores=best_scores[:, 0])

@@ -392,8 +392,13 @@ def _refine(
         return -pearson_correlation(vol, lv.ref, lv.weights)[0]
 
     opt = torch.optim.LBFGS(
-        [rot_p, sh_p], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20,
+        [rot_p, sh_p],
+        lr=1.0,
+        max_iter=iterations,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
     )
 
     def closure():
@@ -404,8 +409,14 @@ def _refine(
 
     if bounded_angle and amax == 0:
         rot_p.requires_grad_(False)
-        opt = torch.optim.LBFGS([sh_p], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-9, tolerance_change=1e-12)
+        opt = torch.optim.LBFGS(
+            [sh_p],
+            lr=1.0,
+            max_iter=iterations,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+        )
     opt.step(closure)
     with torch.no_grad():
         loss = objective()
@@ -445,13 +456,15 @@ class MapAlignmentSettings:
 
     def __post_init__(self) -> None:
         if self.lowpass is not None and not (math.isfinite(self.lowpass) and self.lowpass > 0):
-            raise UserError(f"the low-pass resolution must be a positive number of Å, got {self.lowpass}",
-                            option="lowpass")
+            raise UserError(
+                f"the low-pass resolution must be a positive number of Å, got {self.lowpass}", option="lowpass"
+            )
         if self.max_shift is not None and not (math.isfinite(self.max_shift) and self.max_shift >= 0):
             raise UserError(f"the largest shift must be a number >= 0 Å, got {self.max_shift}", option="max-shift")
         if not (0 <= self.max_angle <= 180):
-            raise UserError(f"the largest rotation must be between 0 and 180 deg, got {self.max_angle}",
-                            option="max-angle")
+            raise UserError(
+                f"the largest rotation must be between 0 and 180 deg, got {self.max_angle}", option="max-angle"
+            )
 
     def resolution(self, pixel_size: float) -> float:
         """The comparison resolution (Å) for maps of ``pixel_size`` Å."""
@@ -518,8 +531,10 @@ def align_map(
     clock["global"] = time.perf_counter()
     picked = _pick_candidates(results, s.candidates * len(hands) // (2 if s.check_hands else 1), 2 * step, hands)
     if log:
-        log(f"global search: {len(results)} orientations on a {gsize}^3 box at {step:g} deg; "
-            f"best score {picked[0][0]:.4f}")
+        log(
+            f"global search: {len(results)} orientations on a {gsize}^3 box at {step:g} deg; "
+            f"best score {picked[0][0]:.4f}"
+        )
 
     # ---- refine candidates on the small box
     refined = []
@@ -559,6 +574,8 @@ def align_map(
     flipped = bool(np.linalg.det(m) < 0)
     res = MapAlignment(m, shift_A, flipped, float(score), apix, transform_angle_deg(m), timings)
     if log:
-        log(f"refined on a {fsize}^3 box: score {score:.4f}, angle {res.angle_deg:.2f} deg, "
-            f"shift {np.linalg.norm(shift_A):.2f} A, hand flipped: {flipped}")
+        log(
+            f"refined on a {fsize}^3 box: score {score:.4f}, angle {res.angle_deg:.2f} deg, "
+            f"shift {np.linalg.norm(shift_A):.2f} A, hand flipped: {flipped}"
+        )
     return res

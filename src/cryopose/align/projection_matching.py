@@ -90,15 +90,19 @@ class MatchSettings:
     def check(self, box: int, pixel_size: float) -> None:
         """UserError for settings that make no sense for ``box`` px images of ``pixel_size`` Å."""
         if not (0 < self.angular_sampling <= 90):
-            raise UserError(f"the angular sampling must be in (0, 90] deg, got {self.angular_sampling}",
-                            option="angular-sampling")
+            raise UserError(
+                f"the angular sampling must be in (0, 90] deg, got {self.angular_sampling}", option="angular-sampling"
+            )
         if not (self.resolution > 0 and math.isfinite(self.resolution)):
-            raise UserError(f"the comparison resolution must be a positive number of Å, got {self.resolution}",
-                            option="resolution")
+            raise UserError(
+                f"the comparison resolution must be a positive number of Å, got {self.resolution}", option="resolution"
+            )
         half_box = 0.5 * box * pixel_size
         if self.max_shift is not None and not (0 <= self.max_shift <= half_box):
-            raise UserError(f"the origin search radius must be between 0 and half the box ({half_box:.1f} A), "
-                            f"got {self.max_shift}", option="max-shift")
+            raise UserError(
+                f"the origin search radius must be between 0 and half the box ({half_box:.1f} A), got {self.max_shift}",
+                option="max-shift",
+            )
 
     def resolved(self, box: int, pixel_size: float) -> "MatchSettings":
         """These settings with xi and max_shift made concrete for ``box`` px of ``pixel_size`` Å."""
@@ -328,9 +332,7 @@ def _psi_of(gallery: Gallery, index: torch.Tensor) -> torch.Tensor:
     return torch.remainder(-2 * math.pi * index.float() / gallery.n_psi, 2 * math.pi)
 
 
-def match_images(
-    gallery: Gallery, images: torch.Tensor, ctf: CTFParameters | None = None
-) -> MatchResult:
+def match_images(gallery: Gallery, images: torch.Tensor, ctf: CTFParameters | None = None) -> MatchResult:
     """Search particle images (B, N, N) (with their CTF, or None) against the gallery."""
     s = gallery.settings
     prep = _prepare(gallery, images, ctf)

@@ -50,10 +50,24 @@ from cryopose.align.local_search import LocalSearchSettings
 from cryopose.align.projection_matching import MatchSettings
 from cryopose.imaging.fourier import radial_shell_index
 
-__all__ = ["fsc_reference_weights", "angular_step_for_resolution", "local_search_schedule", "shell_noise_power",
-           "resolution_improved", "poses_moving", "map_content_resolution", "halves_identical", "reference_resolution",
-           "comparison_band", "global_match_settings", "chance_reasons", "MAX_LEVELS", "PRIORS", "CONTENT_POWER",
-           "CHANCE_MARGIN"]
+__all__ = [
+    "fsc_reference_weights",
+    "angular_step_for_resolution",
+    "local_search_schedule",
+    "shell_noise_power",
+    "resolution_improved",
+    "poses_moving",
+    "map_content_resolution",
+    "halves_identical",
+    "reference_resolution",
+    "comparison_band",
+    "global_match_settings",
+    "chance_reasons",
+    "MAX_LEVELS",
+    "PRIORS",
+    "CONTENT_POWER",
+    "CHANCE_MARGIN",
+]
 
 MAX_LEVELS = 6  # levels of one search at most (the first step / 32)
 PRIORS = ("gaussian", "wall")
@@ -125,9 +139,11 @@ def map_content_resolution(volume: torch.Tensor, pixel_size: float, relative_pow
     nsh = n // 2 + 1
     keep = shell < nsh
     power = torch.zeros(nsh, dtype=torch.float64, device=v.device).index_add_(
-        0, shell[keep], (torch.fft.rfftn(v).abs() ** 2).reshape(-1)[keep])
+        0, shell[keep], (torch.fft.rfftn(v).abs() ** 2).reshape(-1)[keep]
+    )
     count = torch.zeros(nsh, dtype=torch.float64, device=v.device).index_add_(
-        0, shell[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=v.device))
+        0, shell[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=v.device)
+    )
     mean = (power / count.clamp_min(1))[1:]
     if float(mean.max()) <= 0:
         return math.inf
@@ -163,30 +179,46 @@ def comparison_band(resolution: float, box: int, pixel_size: float) -> float:
     return float(min(max(resolution, 2.0 * pixel_size), box * pixel_size / 4))
 
 
-def global_match_settings(resolution: float, angular_sampling: float, max_shift: float, symmetry: str,
-                          mask_radius: float) -> MatchSettings:
+def global_match_settings(
+    resolution: float, angular_sampling: float, max_shift: float, symmetry: str, mask_radius: float
+) -> MatchSettings:
     """Settings of one global pass at ``resolution`` Å: directions of the asymmetric unit of
     ``symmetry`` and psi every ``angular_sampling`` deg, integer origins within
     ``max_shift`` Å, references with each particle's CTF, the best pose kept; the two psi
     neighbours of each candidate direction are re-scored exactly."""
-    return MatchSettings(angular_sampling=angular_sampling, max_shift=max_shift, resolution=resolution, xi=1,
-                         symmetry=symmetry, ctf_references=True, mask_radius=mask_radius, refine_psi_neighbours=True)
+    return MatchSettings(
+        angular_sampling=angular_sampling,
+        max_shift=max_shift,
+        resolution=resolution,
+        xi=1,
+        symmetry=symmetry,
+        ctf_references=True,
+        mask_radius=mask_radius,
+        refine_psi_neighbours=True,
+    )
 
 
-def chance_reasons(resolution: float, ini_high: float, chance_resolution: float | None,
-                   margin: float = CHANCE_MARGIN) -> list[str]:
+def chance_reasons(
+    resolution: float, ini_high: float, chance_resolution: float | None, margin: float = CHANCE_MARGIN
+) -> list[str]:
     """Why a refinement that ended at ``resolution`` Å looks like chance (empty if it does
     not): no better than ``ini_high`` Å, or not finer than ``margin`` times
     ``chance_resolution`` (the FSC 0.143 of half maps from the same particles at random
     poses)."""
     reasons = []
     if not math.isfinite(resolution) or resolution >= ini_high:
-        reasons.append(f"the final resolution ({resolution:.1f} A) is no better than the initial low-pass "
-                       f"({ini_high:g} A)")
-    if (chance_resolution is not None and math.isfinite(chance_resolution)
-            and not resolution < margin * chance_resolution):
-        reasons.append(f"the half maps agree to {resolution:.1f} A, hardly better than half maps of the same "
-                       f"particles at random poses ({chance_resolution:.1f} A)")
+        reasons.append(
+            f"the final resolution ({resolution:.1f} A) is no better than the initial low-pass ({ini_high:g} A)"
+        )
+    if (
+        chance_resolution is not None
+        and math.isfinite(chance_resolution)
+        and not resolution < margin * chance_resolution
+    ):
+        reasons.append(
+            f"the half maps agree to {resolution:.1f} A, hardly better than half maps of the same "
+            f"particles at random poses ({chance_resolution:.1f} A)"
+        )
     return reasons
 
 

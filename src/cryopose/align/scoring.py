@@ -106,15 +106,20 @@ def make_reference(
 ) -> Reference:
     """A ``Reference`` of ``volume`` (N, N, N) at ``pixel_size`` Å, compared up to ``resolution`` Å."""
     device = torch.device(device)
-    vol = torch.as_tensor(np.asarray(volume) if not torch.is_tensor(volume) else volume, dtype=torch.float32,
-                          device=device)
+    vol = torch.as_tensor(
+        np.asarray(volume) if not torch.is_tensor(volume) else volume, dtype=torch.float32, device=device
+    )
     box = int(vol.shape[-1])
     work, radius = working_geometry(box, pixel_size, resolution)
     if work != box:
         vol = fourier_resize_volume(vol, work)
     return Reference(
-        volume=fourier_volume(vol), box=box, pixel_size=float(pixel_size), work_box=work,
-        work_pixel_size=box * float(pixel_size) / work, radius=radius,
+        volume=fourier_volume(vol),
+        box=box,
+        pixel_size=float(pixel_size),
+        work_box=work,
+        work_pixel_size=box * float(pixel_size) / work,
+        radius=radius,
     )
 
 
@@ -193,8 +198,9 @@ class GaussianNoise:
         return reference.band() / power[shell].clamp_min(1e-30)
 
 
-def _reference_spectra(reference: Reference, particles: PreparedParticles, particle_index: torch.Tensor,
-                       rotations: torch.Tensor) -> torch.Tensor:
+def _reference_spectra(
+    reference: Reference, particles: PreparedParticles, particle_index: torch.Tensor, rotations: torch.Tensor
+) -> torch.Tensor:
     """Band-limited projections (Q, n, n//2+1) at ``rotations`` (Q, 3, 3), times the CTF of
     particle ``particle_index[q]`` when the references carry it."""
     g = project_fourier(reference.volume, rotations.to(reference.device), max_frequency=reference.radius + 1)

@@ -16,7 +16,17 @@ import click
 
 from cryopose.errors import UserError
 
-__all__ = ["resolve_device", "device_option", "force_option", "cluster_options", "progress_bar", "Number", "POSITIVE", "NON_NEGATIVE", "COUNT"]
+__all__ = [
+    "resolve_device",
+    "device_option",
+    "force_option",
+    "cluster_options",
+    "progress_bar",
+    "Number",
+    "POSITIVE",
+    "NON_NEGATIVE",
+    "COUNT",
+]
 
 
 class Number(click.ParamType):
@@ -24,8 +34,14 @@ class Number(click.ParamType):
 
     name = "number"
 
-    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False,
-                 high_open: bool = False, allow_inf: bool = False) -> None:
+    def __init__(
+        self,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        allow_inf: bool = False,
+    ) -> None:
         self.low, self.high, self.low_open, self.high_open, self.allow_inf = low, high, low_open, high_open, allow_inf
 
     def _range(self) -> str:
@@ -90,7 +106,8 @@ device_option = click.option(
 )
 
 force_option = click.option(
-    "--force", is_flag=True,
+    "--force",
+    is_flag=True,
     help="Replace existing files in the output that cryopose did not write (inputs are never replaced).",
 )
 
@@ -102,10 +119,18 @@ def cluster_options(command: Callable) -> Callable:
     returns. Use it under ``@click.command`` on every per-particle command, and hand
     ``executor`` to the job."""
 
-    @click.option("--workers", type=click.IntRange(min=1), default=None,
-                  help="Run the chunks on a local Dask cluster of this many processes (cores shared among them).")
-    @click.option("--scheduler", metavar="ADDRESS", default=None,
-                  help="Run the chunks on a running Dask cluster (e.g. tcp://node:8786, from dask-jobqueue on SLURM).")
+    @click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Run the chunks on a local Dask cluster of this many processes (cores shared among them).",
+    )
+    @click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="Run the chunks on a running Dask cluster (e.g. tcp://node:8786, from dask-jobqueue on SLURM).",
+    )
     @functools.wraps(command)
     def wrapper(*args, workers: int | None, scheduler: str | None, **kwargs):
         if workers is not None and scheduler is not None:

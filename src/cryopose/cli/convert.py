@@ -14,14 +14,19 @@ from cryopose.cli.common import COUNT, POSITIVE, device_option, force_option, re
 @click.argument("target", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--apix", type=POSITIVE, default=None, help="Pixel size (A/px), used when IN has none.")
 @click.option(
-    "--to", "version", type=click.Choice(["3.0", "3.1"]), default="3.1", show_default=True,
+    "--to",
+    "version",
+    type=click.Choice(["3.0", "3.1"]),
+    default="3.1",
+    show_default=True,
     help="STAR version to write (3.1 is also read by RELION 4 and 5).",
 )
 @click.option("--image-size", type=COUNT, default=None, help="Box size (px) to record when IN has none.")
 @force_option
 @device_option
-def command(source: Path, target: Path, apix: float | None, version: str, image_size: int | None, force: bool,
-            device: str) -> None:
+def command(
+    source: Path, target: Path, apix: float | None, version: str, image_size: int | None, force: bool, device: str
+) -> None:
     """Convert particle metadata IN (.star or .cs) to a RELION STAR file OUT.
 
     Unknown columns and extra data blocks are kept; relative image paths are rewritten to

@@ -13,14 +13,24 @@ from cryopose.cli.common import POSITIVE, device_option, force_option, resolve_d
 @click.command("fsc")
 @click.argument("map1", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("map2", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Mask (same box) applied to both maps.")
+@click.option(
+    "--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Mask (same box) applied to both maps."
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for fsc.csv, fsc.png and summary.json.")
 @click.option("--apix", type=POSITIVE, help="Pixel size in Å of a map whose header has none.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (resolutions and curve) to stdout.")
 @force_option
 @device_option
-def command(map1: Path, map2: Path, mask: Path | None, out: Path | None, apix: float | None, as_json: bool, force: bool,
-            device: str) -> None:
+def command(
+    map1: Path,
+    map2: Path,
+    mask: Path | None,
+    out: Path | None,
+    apix: float | None,
+    as_json: bool,
+    force: bool,
+    device: str,
+) -> None:
     """Fourier shell correlation of MAP1 and MAP2, resolution at 0.143 and 0.5.
 
     Shells follow RELION (round(|k|)); the resolution is the first crossing, interpolated.

@@ -22,10 +22,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
-
-from functools import lru_cache
 
 from cryopose.geometry.distances import direction_distance_matrices, nearest_symmetry_mate, rotation_distance
 from cryopose.geometry.rotations import matrix_to_quaternion, super_fibonacci_rotations
@@ -113,8 +112,14 @@ def error_statistics(
     e, w = e[ok], w[ok]
     nan = math.nan
     if e.numel() == 0:
-        return {"n": 0, "mean": nan, "median": nan, "weighted_mean": nan, "rms": nan,
-                "fraction_below": {f"{t:g}": nan for t in thresholds}}
+        return {
+            "n": 0,
+            "mean": nan,
+            "median": nan,
+            "weighted_mean": nan,
+            "rms": nan,
+            "fraction_below": {f"{t:g}": nan for t in thresholds},
+        }
     total = float(w.sum())
     return {
         "n": int(e.numel()),
@@ -139,8 +144,9 @@ def _chance_errors(sym: str, n: int) -> torch.Tensor:
         k += 2
     truths = poses[(torch.arange(n) * k) % n]
     per_batch = max(1, _PAIRS_PER_BATCH // symmetry_order(sym))
-    errors = torch.cat([rotation_distance(poses[i:i + per_batch], truths[i:i + per_batch], sym)
-                        for i in range(0, n, per_batch)])
+    errors = torch.cat(
+        [rotation_distance(poses[i : i + per_batch], truths[i : i + per_batch], sym) for i in range(0, n, per_batch)]
+    )
     return errors.sort().values
 
 

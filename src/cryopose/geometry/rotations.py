@@ -48,9 +48,7 @@ def rotation_about_z(angle: torch.Tensor) -> torch.Tensor:
 
 def euler_to_matrix(rot: torch.Tensor, tilt: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
     """RELION Euler angles (rad) -> pose matrices A, shape (..., 3, 3)."""
-    rot, tilt, psi = torch.broadcast_tensors(
-        torch.as_tensor(rot), torch.as_tensor(tilt), torch.as_tensor(psi)
-    )
+    rot, tilt, psi = torch.broadcast_tensors(torch.as_tensor(rot), torch.as_tensor(tilt), torch.as_tensor(psi))
     return (_rz(rot) @ _ry(tilt) @ _rz(psi)).transpose(-1, -2)
 
 
@@ -91,18 +89,10 @@ def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
     choice = candidates.argmax(dim=-1, keepdim=True)
     t = candidates.gather(-1, choice).squeeze(-1).clamp_min(1e-12)
     s = 0.5 / torch.sqrt(t)
-    q_w = torch.stack(
-        [t, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1
-    )
-    q_x = torch.stack(
-        [m[..., 2, 1] - m[..., 1, 2], t, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1
-    )
-    q_y = torch.stack(
-        [m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], t, m[..., 1, 2] + m[..., 2, 1]], -1
-    )
-    q_z = torch.stack(
-        [m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], t], -1
-    )
+    q_w = torch.stack([t, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1)
+    q_x = torch.stack([m[..., 2, 1] - m[..., 1, 2], t, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1)
+    q_y = torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], t, m[..., 1, 2] + m[..., 2, 1]], -1)
+    q_z = torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], t], -1)
     all_q = torch.stack([q_w, q_x, q_y, q_z], dim=-2)  # (..., 4 cases, 4 comps)
     idx = choice.unsqueeze(-1).expand(*choice.shape[:-1], 1, 4)
     q = all_q.gather(-2, idx).squeeze(-2) * s.unsqueeze(-1)
@@ -116,9 +106,15 @@ def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     w, x, y, z = q.unbind(-1)
     return torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     ).reshape(*q.shape[:-1], 3, 3)

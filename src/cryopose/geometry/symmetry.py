@@ -55,9 +55,7 @@ __all__ = [
     "VALID_SYMMETRY_FORMS",
 ]
 
-VALID_SYMMETRY_FORMS = (
-    "C1, Cn, Ci, Cs, Cnv, Cnh, Sn (n even), Dn, Dnv, Dnh, T, Td, Th, O, Oh, I, I1-I4, Ih, I1h-I4h"
-)
+VALID_SYMMETRY_FORMS = "C1, Cn, Ci, Cs, Cnv, Cnh, Sn (n even), Dn, Dnv, Dnh, T, Td, Th, O, Oh, I, I1-I4, Ih, I1h-I4h"
 
 _PHI = (1 + math.sqrt(5)) / 2
 
@@ -120,8 +118,9 @@ def _canonical(name: str) -> str:
 
 
 def _bad(name: object) -> UserError:
-    return UserError(f"unknown symmetry {name!r}; give a RELION point group (valid forms: {VALID_SYMMETRY_FORMS})",
-                     option="sym")
+    return UserError(
+        f"unknown symmetry {name!r}; give a RELION point group (valid forms: {VALID_SYMMETRY_FORMS})", option="sym"
+    )
 
 
 def _generators(name: str) -> list[_Element]:

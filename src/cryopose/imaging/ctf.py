@@ -48,8 +48,9 @@ class CTFParameters:
             v = values.get(f.name, defaults.get(f.name))
             if v is None:
                 raise KeyError(f"missing CTF parameter {f.name}")
-            t = torch.as_tensor(np.array(v, dtype=np.float64) if not torch.is_tensor(v) else v, dtype=dtype,
-                                device=device)
+            t = torch.as_tensor(
+                np.array(v, dtype=np.float64) if not torch.is_tensor(v) else v, dtype=dtype, device=device
+            )
             kwargs[f.name] = t.expand(n).clone() if t.ndim == 0 else t
         return cls(**kwargs)
 

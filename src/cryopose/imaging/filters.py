@@ -33,14 +33,16 @@ def _soft_edge(r: torch.Tensor, radius: float, edge_width: float) -> torch.Tenso
     return 0.5 * (1 + torch.cos(math.pi * t))
 
 
-def soft_circular_mask(size: int, radius: float, edge_width: float = 3.0, device=None,
-                       dtype=torch.float32) -> torch.Tensor:
+def soft_circular_mask(
+    size: int, radius: float, edge_width: float = 3.0, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """Circular mask (N, N): 1 inside ``radius`` px, raised-cosine edge ``edge_width`` px wide."""
     return _soft_edge(radial_distance(size, 2, device, dtype), radius, edge_width)
 
 
-def soft_spherical_mask(size: int, radius: float, edge_width: float = 3.0, device=None,
-                        dtype=torch.float32) -> torch.Tensor:
+def soft_spherical_mask(
+    size: int, radius: float, edge_width: float = 3.0, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """Spherical mask (N, N, N): 1 inside ``radius`` px, raised-cosine edge."""
     return _soft_edge(radial_distance(size, 3, device, dtype), radius, edge_width)
 

@@ -72,9 +72,7 @@ def slice_coordinates(rotations: torch.Tensor, size: int, max_frequency: float |
     return coords, inside
 
 
-def project_fourier(
-    volume: FourierVolume, rotations: torch.Tensor, max_frequency: float | None = None
-) -> torch.Tensor:
+def project_fourier(volume: FourierVolume, rotations: torch.Tensor, max_frequency: float | None = None) -> torch.Tensor:
     """Half transforms (B, N, N//2+1) of projections at poses ``rotations`` (B, 3, 3).
 
     Frequencies beyond ``max_frequency`` (frequency index; default N/2) are zero.

@@ -50,8 +50,9 @@ def fourier_resize_volume(volume: torch.Tensor, new_size: int) -> torch.Tensor:
     return torch.fft.fftshift(out, dim=(-3, -2, -1))
 
 
-def resample_map(volume: torch.Tensor, pixel_size: float, new_pixel_size: float | None = None,
-                 box: int | None = None) -> tuple[torch.Tensor, float]:
+def resample_map(
+    volume: torch.Tensor, pixel_size: float, new_pixel_size: float | None = None, box: int | None = None
+) -> tuple[torch.Tensor, float]:
     """A map (N, N, N) of ``pixel_size`` Å resampled to about ``new_pixel_size`` Å (Fourier;
     the box is rounded to an integer, so the exact new pixel size is returned) and then
     cropped or zero-padded about its centre to ``box`` px. None keeps either as it is."""

@@ -6,8 +6,8 @@ checkpoints and stores of finished chunks (``checkpoints``). The numerical packa
 touch files; the jobs (``cryopose.jobs``) and the CLI read and write through here.
 """
 
-from cryopose.io.cryosparc import cryosparc_pose_to_matrix, matrix_to_cryosparc_pose, read_cryosparc
 from cryopose.io.atomic import atomic_path, atomic_write, write_json_atomic, write_text_atomic
+from cryopose.io.cryosparc import cryosparc_pose_to_matrix, matrix_to_cryosparc_pose, read_cryosparc
 from cryopose.io.mrc import (
     ArrayImages,
     ParticleImages,

@@ -21,8 +21,16 @@ from typing import IO, Any
 
 from cryopose.io.outputs import record_written
 
-__all__ = ["read_json", "make_output_folder", "temporary_path", "atomic_path", "atomic_write", "write_text_atomic",
-           "write_json_atomic", "json_safe"]
+__all__ = [
+    "read_json",
+    "make_output_folder",
+    "temporary_path",
+    "atomic_path",
+    "atomic_write",
+    "write_text_atomic",
+    "write_json_atomic",
+    "json_safe",
+]
 
 
 def make_output_folder(path: str | os.PathLike) -> Path:

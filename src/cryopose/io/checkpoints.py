@@ -55,17 +55,32 @@ def load_tensor_file(path: str | os.PathLike, map_location: str | torch.device =
     with a short reason (never torch's long text). Torch before 2.10 is refused: its
     ``weights_only`` unpickler could be made to run code (CVE-2025-32434, CVE-2026-24747)."""
     if _TORCH_VERSION < (2, 10):
-        raise UnreadableFile(f"torch {torch.__version__} cannot read it safely (its weights-only loader has known "
-                             "flaws); upgrade torch to 2.10 or newer")
+        raise UnreadableFile(
+            f"torch {torch.__version__} cannot read it safely (its weights-only loader has known "
+            "flaws); upgrade torch to 2.10 or newer"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
-        raise UnreadableFile("it holds Python objects other than tensors and numbers, which cryopose never "
-                             "writes (refused unread: loading them could run code)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError,
-            IndexError, ImportError, UnicodeDecodeError, MemoryError) as exc:
+        raise UnreadableFile(
+            "it holds Python objects other than tensors and numbers, which cryopose never "
+            "writes (refused unread: loading them could run code)"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        ImportError,
+        UnicodeDecodeError,
+        MemoryError,
+    ) as exc:
         kind = "it is empty or cut short" if isinstance(exc, EOFError) else "it is not a PyTorch file or is damaged"
         raise UnreadableFile(kind) from None
 
@@ -112,8 +127,11 @@ class ChunkStore:
                 old = None
             if old != self.signature:
                 self.restarted_because = _differences(old, self.signature)
-                log.info("discarding finished chunks in %s: the run's %s changed", self.folder,
-                         ", ".join(self.restarted_because))
+                log.info(
+                    "discarding finished chunks in %s: the run's %s changed",
+                    self.folder,
+                    ", ".join(self.restarted_because),
+                )
                 shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(sig_file, self.signature)
@@ -194,8 +212,11 @@ class Checkpoint:
             return None
         old = state.get("signature") if isinstance(state, dict) else None
         if old != self.signature:
-            log.info("discarding checkpoint %s: the run's %s changed", self.path,
-                     ", ".join(_differences(old, self.signature)))
+            log.info(
+                "discarding checkpoint %s: the run's %s changed",
+                self.path,
+                ", ".join(_differences(old, self.signature)),
+            )
             self.path.unlink(missing_ok=True)
             return None
         return state

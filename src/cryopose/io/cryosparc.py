@@ -46,8 +46,8 @@ import torch
 
 from cryopose.errors import UserError
 from cryopose.geometry.rotations import axis_angle_to_matrix, matrix_to_euler
-from cryopose.particles import ParticleSet
 from cryopose.io.star import locate_image_folder
+from cryopose.particles import ParticleSet
 
 __all__ = ["read_cryosparc", "cryosparc_pose_to_matrix", "matrix_to_cryosparc_pose"]
 
@@ -148,7 +148,10 @@ def read_cryosparc(path: str | os.PathLike, apix: float | None = None) -> Partic
         _set_origins(table, cs, "alignments2D", pixel, path)
 
     return ParticleSet(
-        table=table, optics=None, extra_blocks={}, source_dir=locate_image_folder(table, path),
+        table=table,
+        optics=None,
+        extra_blocks={},
+        source_dir=locate_image_folder(table, path),
         source_file=path.resolve(),
     )
 
@@ -163,7 +166,8 @@ def _set_origins(table: pd.DataFrame, cs: np.ndarray, kind: str, pixel: np.ndarr
     elif pixel is not None:
         scale = pixel
     else:
-        raise UserError(f"{path} has shifts in pixels but no pixel size (blob/psize_A); give the pixel size",
-                        option="apix")
+        raise UserError(
+            f"{path} has shifts in pixels but no pixel size (blob/psize_A); give the pixel size", option="apix"
+        )
     table["rlnOriginXAngst"] = shift_px[:, 0] * scale
     table["rlnOriginYAngst"] = shift_px[:, 1] * scale

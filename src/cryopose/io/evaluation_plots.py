@@ -52,7 +52,10 @@ def plot_pose_errors(
 
 
 def plot_error_vs_confidence(
-    errors_deg: np.ndarray, confidence: np.ndarray, path: str | os.PathLike, label: str = "confidence",
+    errors_deg: np.ndarray,
+    confidence: np.ndarray,
+    path: str | os.PathLike,
+    label: str = "confidence",
     title: str = "",
 ) -> None:
     """Angular error (deg) against a per-particle confidence, one point per particle, with
@@ -66,8 +69,15 @@ def plot_error_vs_confidence(
     if c.size >= 10:
         order = np.argsort(c, kind="stable")
         bins = np.array_split(order, 10)
-        ax.plot([np.median(c[b]) for b in bins], [np.median(e[b]) for b in bins], "o-", color="tab:red",
-                lw=1.5, ms=4, label="median error per decile of confidence")
+        ax.plot(
+            [np.median(c[b]) for b in bins],
+            [np.median(e[b]) for b in bins],
+            "o-",
+            color="tab:red",
+            lw=1.5,
+            ms=4,
+            label="median error per decile of confidence",
+        )
         ax.legend(frameon=False, fontsize=8)
     ax.set_xlabel(label)
     ax.set_ylabel("angular error (deg)")
@@ -78,7 +88,10 @@ def plot_error_vs_confidence(
 
 
 def plot_direction_distributions(
-    true_rot_tilt_deg: np.ndarray, predicted_rot_tilt_deg: np.ndarray, path: str | os.PathLike, title: str = "",
+    true_rot_tilt_deg: np.ndarray,
+    predicted_rot_tilt_deg: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "",
 ) -> None:
     """Density of viewing directions (rot, tilt in deg, (n, 2)) of the truth and of the
     prediction on equal-area Hammer projections: longitude rot, latitude 90° - tilt, bins of

@@ -25,9 +25,15 @@ MODEL_FORMAT = "cryopose-estimator"
 _VERSION = 1
 
 
-def write_model_file(path: str | os.PathLike, config: dict[str, Any], weights: dict[str, torch.Tensor],
-                     image_settings: dict[str, Any], pixel_size: float, symmetry: str,
-                     metadata: dict[str, Any] | None = None) -> None:
+def write_model_file(
+    path: str | os.PathLike,
+    config: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    image_settings: dict[str, Any],
+    pixel_size: float,
+    symmetry: str,
+    metadata: dict[str, Any] | None = None,
+) -> None:
     """Write a trained estimator to ``path`` atomically (see the module docstring)."""
     payload = {
         "format": MODEL_FORMAT,
@@ -54,20 +60,26 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     if not p.exists():
         raise UserError(f"model file {p} does not exist; train one with cryopose train")
     if not p.is_file():
-        raise UserError(f"{p} is not a regular file (a device, pipe or socket); give the model.pt that cryopose "
-                        "train wrote")
+        raise UserError(
+            f"{p} is not a regular file (a device, pipe or socket); give the model.pt that cryopose train wrote"
+        )
     try:
         payload = load_tensor_file(p)
     except UnreadableFile as exc:
-        raise UserError(f"{p} is not a cryopose model file: {exc}; give the model.pt that cryopose train "
-                        "wrote") from None
+        raise UserError(
+            f"{p} is not a cryopose model file: {exc}; give the model.pt that cryopose train wrote"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise UserError(f"{p} is not a cryopose model file (it holds no {MODEL_FORMAT}); give the model.pt that "
-                        "cryopose train wrote")
+        raise UserError(
+            f"{p} is not a cryopose model file (it holds no {MODEL_FORMAT}); give the model.pt that "
+            "cryopose train wrote"
+        )
     version = payload.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise UserError(f"{p} has a damaged header (model format version {version!r} is not a whole number >= 1); "
-                        "train the model again with cryopose train")
+        raise UserError(
+            f"{p} has a damaged header (model format version {version!r} is not a whole number >= 1); "
+            "train the model again with cryopose train"
+        )
     if version > _VERSION:
         raise UserError(f"{p} was written by a newer cryopose (model format {version}); upgrade cryopose")
     problem = _payload_problem(payload)

@@ -19,8 +19,16 @@ from cryopose.io.atomic import atomic_path, temporary_path
 from cryopose.io.outputs import record_written
 from cryopose.particles import ParticleSet
 
-__all__ = ["read_map", "write_map", "open_stack", "StackReader", "ParticleImages", "ArrayImages", "write_stack",
-           "StackWriter"]
+__all__ = [
+    "read_map",
+    "write_map",
+    "open_stack",
+    "StackReader",
+    "ParticleImages",
+    "ArrayImages",
+    "write_stack",
+    "StackWriter",
+]
 
 # Stack headers often carry 1.0 A/px (or 0) when the writer did not know the pixel size.
 _UNSET_PIXEL_SIZES = (0.0, 1.0)
@@ -111,8 +119,9 @@ def read_map(path: str | os.PathLike) -> tuple[np.ndarray, float]:
             "give a map (volume) file"
         )
     elif data.ndim == 2:
-        raise UserError(f"{path} is a single 2-D image ({data.shape[1]}x{data.shape[0]}), not a 3-D map; "
-                        "give a map file")
+        raise UserError(
+            f"{path} is a single 2-D image ({data.shape[1]}x{data.shape[0]}), not a 3-D map; give a map file"
+        )
     if data.ndim != 3:
         raise UserError(f"map {path} has {data.ndim} dimensions {data.shape}; cryopose needs a 3-D map")
     nz, ny, nx = data.shape
@@ -237,12 +246,15 @@ class ParticleImages:
                 mine = file_ids == fid
                 if len(reader) > 1 and bare[mine].any():
                     name = particles.table["rlnImageName"].to_numpy()[mine & bare][0]
-                    raise UserError(f"image name {name} has no NNN@ image number, so it names a single image, but "
-                                    f"{stack_path} holds {len(reader)}; write the image names as NNN@{name}")
+                    raise UserError(
+                        f"image name {name} has no NNN@ image number, so it names a single image, but "
+                        f"{stack_path} holds {len(reader)}; write the image names as NNN@{name}"
+                    )
                 idx = indices[mine]
                 if idx.min() < 0:
-                    raise UserError(f"star asks for image {int(idx.min()) + 1} of {stack_path}; "
-                                    "image numbers start at 1")
+                    raise UserError(
+                        f"star asks for image {int(idx.min()) + 1} of {stack_path}; image numbers start at 1"
+                    )
                 if idx.max() >= len(reader):
                     raise UserError(
                         f"star asks for image {int(idx.max()) + 1} of {stack_path}, which has {len(reader)}"

@@ -69,8 +69,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def check_output_file(path: Path, inputs: Iterable[Path] = (), force: bool = False, owned: dict | None = None,
-                      root: Path | None = None) -> None:
+def check_output_file(
+    path: Path, inputs: Iterable[Path] = (), force: bool = False, owned: dict | None = None, root: Path | None = None
+) -> None:
     """UserError if writing ``path`` would replace an input, a folder, or (without ``force``)
     an existing file that ``owned`` (a manifest of paths relative to ``root``, default the
     file's folder) does not record unchanged."""
@@ -85,7 +86,8 @@ def check_output_file(path: Path, inputs: Iterable[Path] = (), force: bool = Fal
         if owned is None or owned.get(key) != _stamp(path):
             raise UserError(
                 f"{path} exists and was not written by an earlier run of cryopose here; "
-                "move it away, choose another output, or replace it", option="force",
+                "move it away, choose another output, or replace it",
+                option="force",
             )
 
 
@@ -103,22 +105,26 @@ class OutputFolder:
     # ------------------------------------------------------------------ set-up
     def _make(self) -> None:
         if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"output path {self.path} exists and is not a folder; choose another output folder",
-                            option="out")
+            raise UserError(
+                f"output path {self.path} exists and is not a folder; choose another output folder", option="out"
+            )
         for source in self.inputs:
             if _same_file(self.path, source):
-                raise UserError(f"the output folder {self.path} is an input; choose another output folder",
-                                option="out")
+                raise UserError(
+                    f"the output folder {self.path} is an input; choose another output folder", option="out"
+                )
         if not self.path.exists():
             try:
                 self.path.mkdir(parents=True)
             except OSError as exc:
-                raise UserError(f"cannot create the output folder {self.path} ({exc.strerror}); choose another one",
-                                option="out") from None
+                raise UserError(
+                    f"cannot create the output folder {self.path} ({exc.strerror}); choose another one", option="out"
+                ) from None
             self.created = True
         if not os.access(self.path, os.W_OK | os.X_OK):
-            raise UserError(f"cannot write into the output folder {self.path} (permission denied); choose another one",
-                            option="out")
+            raise UserError(
+                f"cannot write into the output folder {self.path} (permission denied); choose another one", option="out"
+            )
         manifest = self.path / MANIFEST
         if manifest.is_file():
             try:
@@ -148,8 +154,10 @@ class OutputFolder:
                     option="out",
                 ) from None
             except OSError as exc:
-                raise UserError(f"cannot write into the output folder {self.path} ({exc.strerror}); choose another one",
-                                option="out") from None
+                raise UserError(
+                    f"cannot write into the output folder {self.path} ({exc.strerror}); choose another one",
+                    option="out",
+                ) from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             return
@@ -182,8 +190,9 @@ class OutputFolder:
 
 
 @contextmanager
-def output_folder(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), outputs: Iterable[str] = (),
-                  force: bool = False) -> Iterator[OutputFolder]:
+def output_folder(
+    path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), outputs: Iterable[str] = (), force: bool = False
+) -> Iterator[OutputFolder]:
     """Check, create and lock a job's output folder; see the module docstring."""
     folder = OutputFolder(Path(path), [Path(p) for p in inputs], force)
     folder._make()

@@ -17,8 +17,16 @@ from cryopose.io.atomic import atomic_path, atomic_write  # noqa: E402
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["save_figure", "plot_fsc_curves", "plot_difference_slices", "plot_central_slices", "plot_image_row",
-           "write_fsc_csv", "write_table_csv", "plot_training_curves"]
+__all__ = [
+    "save_figure",
+    "plot_fsc_curves",
+    "plot_difference_slices",
+    "plot_central_slices",
+    "plot_image_row",
+    "write_fsc_csv",
+    "write_table_csv",
+    "plot_training_curves",
+]
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
@@ -60,8 +68,11 @@ def plot_fsc_curves(
     save_figure(fig, path)
 
 
-def write_fsc_csv(path: str | os.PathLike, frequency: Sequence[float] | np.ndarray | torch.Tensor,
-                  fsc: Sequence[float] | np.ndarray | torch.Tensor) -> None:
+def write_fsc_csv(
+    path: str | os.PathLike,
+    frequency: Sequence[float] | np.ndarray | torch.Tensor,
+    fsc: Sequence[float] | np.ndarray | torch.Tensor,
+) -> None:
     """Write shell, frequency (1/Å), resolution (Å) and FSC as CSV."""
     with atomic_write(path) as fh:
         fh.write("shell,frequency_per_A,resolution_A,fsc\n")
@@ -133,8 +144,9 @@ def write_table_csv(path: str | os.PathLike, records: Sequence[dict]) -> None:
             fh.write(",".join(cell(record.get(c)) for c in columns) + "\n")
 
 
-def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, title: str,
-                         chance: dict | None = None) -> None:
+def plot_training_curves(
+    history: Sequence[dict], path: str | os.PathLike, title: str, chance: dict | None = None
+) -> None:
     """Training loss and validation angular error (median and mean, deg) per epoch; with
     ``chance`` ({"chance_median_deg", "chance_threshold_deg"}) the error of random poses and
     the threshold a learned model's median is below."""

@@ -90,8 +90,7 @@ def _pick_particle_block(blocks: dict[str, Any], path: Path) -> str:
     if len(frames) == 1 and "optics" not in frames:
         return next(iter(frames))
     raise UserError(
-        f"{path} has no particle block (data_particles, data_ or data_images); "
-        "give a RELION particle star file"
+        f"{path} has no particle block (data_particles, data_ or data_images); give a RELION particle star file"
     )
 
 
@@ -163,9 +162,13 @@ def read_star(path: str | os.PathLike, apix: float | None = None) -> ParticleSet
         table = particles.copy()
 
     pset = ParticleSet(
-        table=table, optics=optics, extra_blocks=blocks, source_dir=locate_image_folder(table, path),
+        table=table,
+        optics=optics,
+        extra_blocks=blocks,
+        source_dir=locate_image_folder(table, path),
         source_file=path.resolve(),
-        particle_block=block_name, star_blocks=tuple(block_name if n == particle_name else n for n in order),
+        particle_block=block_name,
+        star_blocks=tuple(block_name if n == particle_name else n for n in order),
     )
     if apix is not None and pset.pixel_size_or_none() is None:
         pset = _set_pixel_size(pset, float(apix))
@@ -209,7 +212,11 @@ def _constant_within(table: pd.DataFrame, column: str, groups: pd.Series) -> boo
 
 # What RELION needs as one value per optics group.
 _GROUP_SETTINGS = (
-    "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality", "rlnVoltage", "rlnSphericalAberration",
+    "rlnImagePixelSize",
+    "rlnImageSize",
+    "rlnImageDimensionality",
+    "rlnVoltage",
+    "rlnSphericalAberration",
     "rlnAmplitudeContrast",
 )
 
@@ -222,15 +229,17 @@ def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
         apix = pset.pixel_size_or_none()
         if apix is not None:
             table["rlnImagePixelSize"] = apix
-    table = table.drop(columns=[c for c in ("rlnMagnification", "rlnDetectorPixelSize", "rlnPixelSize")
-                                if c in table.columns])
+    table = table.drop(
+        columns=[c for c in ("rlnMagnification", "rlnDetectorPixelSize", "rlnPixelSize") if c in table.columns]
+    )
     if "rlnImageDimensionality" not in table.columns and ("rlnImageSize" in table.columns or pset.optics is None):
         table["rlnImageDimensionality"] = 2
 
     if pset.optics is not None and "rlnOpticsGroup" in table.columns:
         base = pset.optics.copy()
-        candidates = [c for c in dict.fromkeys([*base.columns, *OPTICS_COLUMNS])
-                      if c != "rlnOpticsGroup" and c in table.columns]
+        candidates = [
+            c for c in dict.fromkeys([*base.columns, *OPTICS_COLUMNS]) if c != "rlnOpticsGroup" and c in table.columns
+        ]
         groups = table["rlnOpticsGroup"]
         movable = [c for c in candidates if _constant_within(table, c, groups)]
         # Refresh optics values from the table for the groups that have particles.
@@ -258,9 +267,7 @@ def _split_optics(pset: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     # within a group stay per particle.
     candidates = [c for c in OPTICS_COLUMNS if c in table.columns]
     settings = [c for c in candidates if c in _GROUP_SETTINGS]
-    if "rlnOpticsGroup" in table.columns and all(
-        _constant_within(table, c, table["rlnOpticsGroup"]) for c in settings
-    ):
+    if "rlnOpticsGroup" in table.columns and all(_constant_within(table, c, table["rlnOpticsGroup"]) for c in settings):
         group_ids = table["rlnOpticsGroup"].to_numpy()
     elif settings:
         group_ids = table.groupby(settings, sort=False, dropna=False).ngroup().to_numpy() + 1
@@ -457,5 +464,3 @@ def relink_image_names(particles: ParticleSet, folder: str | os.PathLike) -> Par
     table = particles.table.copy()
     table["rlnImageName"] = (prefix + paths.map(mapping)).to_numpy(dtype=object)
     return replace(particles, table=table, source_dir=target)
-
-

@@ -41,16 +41,49 @@ _SPECIAL = ("#", '"', "'")
 # Columns cryopose reads as numbers: a value that is not a number here is always an error.
 NUMERIC_COLUMNS = frozenset(
     {
-        "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst",
-        "rlnOriginYAngst", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
-        "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPhaseShift", "rlnCtfBfactor",
-        "rlnCtfScalefactor", "rlnImagePixelSize", "rlnPixelSize", "rlnDetectorPixelSize",
-        "rlnMagnification", "rlnImageSize", "rlnImageDimensionality", "rlnOpticsGroup", "rlnRandomSubset",
-        "rlnClassNumber", "rlnCoordinateX", "rlnCoordinateY", "rlnGroupNumber", "rlnNormCorrection",
-        "rlnMicrographOriginalPixelSize", "rlnBeamTiltX", "rlnBeamTiltY", "rlnCtfMaxResolution",
-        "rlnCtfFigureOfMerit", "rlnLogLikeliContribution", "rlnMaxValueProbDistribution",
-        "rlnNrOfSignificantSamples", "rlnAutopickFigureOfMerit", "rlnCtfDataAreCtfPremultiplied",
-        "rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11",
+        "rlnAngleRot",
+        "rlnAngleTilt",
+        "rlnAnglePsi",
+        "rlnOriginX",
+        "rlnOriginY",
+        "rlnOriginXAngst",
+        "rlnOriginYAngst",
+        "rlnDefocusU",
+        "rlnDefocusV",
+        "rlnDefocusAngle",
+        "rlnVoltage",
+        "rlnSphericalAberration",
+        "rlnAmplitudeContrast",
+        "rlnPhaseShift",
+        "rlnCtfBfactor",
+        "rlnCtfScalefactor",
+        "rlnImagePixelSize",
+        "rlnPixelSize",
+        "rlnDetectorPixelSize",
+        "rlnMagnification",
+        "rlnImageSize",
+        "rlnImageDimensionality",
+        "rlnOpticsGroup",
+        "rlnRandomSubset",
+        "rlnClassNumber",
+        "rlnCoordinateX",
+        "rlnCoordinateY",
+        "rlnGroupNumber",
+        "rlnNormCorrection",
+        "rlnMicrographOriginalPixelSize",
+        "rlnBeamTiltX",
+        "rlnBeamTiltY",
+        "rlnCtfMaxResolution",
+        "rlnCtfFigureOfMerit",
+        "rlnLogLikeliContribution",
+        "rlnMaxValueProbDistribution",
+        "rlnNrOfSignificantSamples",
+        "rlnAutopickFigureOfMerit",
+        "rlnCtfDataAreCtfPremultiplied",
+        "rlnMagMat00",
+        "rlnMagMat01",
+        "rlnMagMat10",
+        "rlnMagMat11",
     }
 )
 
@@ -151,8 +184,11 @@ def _read_text(path: Path) -> str:
         line = _first_line_with(text, r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
         raise _fail(path, line, "contains a control character; a STAR file is plain text (is it corrupted?)")
     if "\r" in text and text.count("\r") != text.count("\r\n"):
-        raise _fail(path, _first_line_with(text, r"\r(?!\n)"),
-                    "contains a lone carriage return (\\r); save it with \\n line ends")
+        raise _fail(
+            path,
+            _first_line_with(text, r"\r(?!\n)"),
+            "contains a lone carriage return (\\r); save it with \\n line ends",
+        )
     return text
 
 
@@ -172,8 +208,9 @@ def _tokens(line: str) -> list[str]:
             out.append(inner)
         elif plain is not None:
             if any(c in plain for c in _SPECIAL):
-                raise ValueError(f"value {plain[:40]!r} holds a quote or '#' (quote whole values only, "
-                                 "with a blank after)")
+                raise ValueError(
+                    f"value {plain[:40]!r} holds a quote or '#' (quote whole values only, with a blank after)"
+                )
             out.append(plain)
     return out
 
@@ -211,15 +248,19 @@ def _check_count(path: Path, loop: LoopLayout, line_no: int, n: int | None, line
         return
     s = line.strip()
     if s.startswith("_"):
-        raise _fail(path, line_no, f"column name {s.split()[0]} after the rows of data_{loop.name} began; "
-                    "move it up to the other _name lines")
+        raise _fail(
+            path,
+            line_no,
+            f"column name {s.split()[0]} after the rows of data_{loop.name} began; move it up to the other _name lines",
+        )
     if s.startswith(("loop_", "data")):
         raise _fail(path, line_no, f"{s[:20]!r} inside the rows of data_{loop.name}; is a line missing?")
     if n < n_cols:
         what = f"{n} values where data_{loop.name} has {n_cols} columns: no value for {loop.columns[n]}"
     else:
-        what = (f"{n} values where data_{loop.name} has {n_cols} columns (last {loop.columns[-1]}): "
-                f"{n - n_cols} too many")
+        what = (
+            f"{n} values where data_{loop.name} has {n_cols} columns (last {loop.columns[-1]}): {n - n_cols} too many"
+        )
     raise _fail(path, line_no, f"{what}; fix or remove this row")
 
 
@@ -274,8 +315,9 @@ def scan_star(path: Path) -> StarLayout:
         block_line = line_no
         name = data_line.strip()[5:]
         if name in seen:
-            raise _fail(path, line_no,
-                        f"data_{name} appears twice (first at line {seen[name]}); give each block its own name")
+            raise _fail(
+                path, line_no, f"data_{name} appears twice (first at line {seen[name]}); give each block its own name"
+            )
         seen[name] = line_no
         line_no += 1
         line = ""
@@ -285,37 +327,48 @@ def scan_star(path: Path) -> StarLayout:
                 break
             pos, line_no = nxt, line_no + 1
         else:
-            raise _fail(path, block_line,
-                        f"data_{name} is empty (no loop_ and no _name value lines); remove it or fill it")
+            raise _fail(
+                path, block_line, f"data_{name} is empty (no loop_ and no _name value lines); remove it or fill it"
+            )
         first = line.strip()
         if first.startswith("loop_"):
             layout.blocks.append(_scan_loop(path, walk, name, block_line, pos, line_no, end))
         elif first.startswith("_"):
             layout.blocks.append(_scan_simple(path, walk, name, block_line, pos, line_no, end))
         else:
-            raise _fail(path, line_no,
-                        f"unexpected text {first[:40]!r} in data_{name}; expected loop_ or _name value lines")
+            raise _fail(
+                path, line_no, f"unexpected text {first[:40]!r} in data_{name}; expected loop_ or _name value lines"
+            )
         if k + 1 < len(offsets):
             line_no = block_line + text.count("\n", start, end)
     return layout
 
 
-def _scan_simple(path: Path, walk: _Lines, name: str, block_line: int, pos: int, line_no: int,
-                 end: int) -> SimpleLayout:
+def _scan_simple(
+    path: Path, walk: _Lines, name: str, block_line: int, pos: int, line_no: int, end: int
+) -> SimpleLayout:
     keys: list[str] = []
     while pos < end:
         line, nxt = walk.line(pos)
         s = line.strip()
         if s and not s.startswith("#"):
             if s.startswith("loop_"):
-                raise _fail(path, line_no,
-                            f"a loop_ after _name value lines in data_{name}; put the loop in its own data block")
+                raise _fail(
+                    path, line_no, f"a loop_ after _name value lines in data_{name}; put the loop in its own data block"
+                )
             if not s.startswith("_"):
-                raise _fail(path, line_no, f"unexpected text {s[:40]!r} in data_{name}; expected _name value lines "
-                            "(is a loop_ line missing?)")
+                raise _fail(
+                    path,
+                    line_no,
+                    f"unexpected text {s[:40]!r} in data_{name}; expected _name value lines (is a loop_ line missing?)",
+                )
             if nxt == len(walk.text) and not walk.text.endswith("\n"):
-                raise _fail(path, line_no, "the file ends in the middle of this line (no final newline); "
-                            "it looks truncated, re-copy or re-export it")
+                raise _fail(
+                    path,
+                    line_no,
+                    "the file ends in the middle of this line (no final newline); "
+                    "it looks truncated, re-copy or re-export it",
+                )
             try:
                 parts = shlex.split(s)
             except ValueError:
@@ -351,11 +404,17 @@ def _scan_loop(path: Path, walk: _Lines, name: str, block_line: int, pos: int, l
         if not column:
             raise _fail(path, line_no, "a column name is empty ('_' alone)")
         if len(parts) > 1 and not parts[1].startswith("#"):
-            raise _fail(path, line_no, f"_{column} is followed by {parts[1][:30]!r}; "
-                        "a loop header line holds one _name (and a # comment)")
+            raise _fail(
+                path,
+                line_no,
+                f"_{column} is followed by {parts[1][:30]!r}; a loop header line holds one _name (and a # comment)",
+            )
         if column in where:
-            raise _fail(path, line_no,
-                        f"column {column} appears twice in data_{name} (also at line {where[column]}); remove one")
+            raise _fail(
+                path,
+                line_no,
+                f"column {column} appears twice in data_{name} (also at line {where[column]}); remove one",
+            )
         where[column] = line_no
         columns.append(column)
         pos, line_no = nxt, line_no + 1
@@ -372,8 +431,9 @@ def _scan_loop(path: Path, walk: _Lines, name: str, block_line: int, pos: int, l
         if not _is_blank_or_comment(text[begin:stop]):
             break
         stop = begin
-    loop = LoopLayout(name=name, line=block_line, columns=columns, rows=np.zeros(0, dtype=np.int64), start=pos,
-                      stop=stop)
+    loop = LoopLayout(
+        name=name, line=block_line, columns=columns, rows=np.zeros(0, dtype=np.int64), start=pos, stop=stop
+    )
     if stop == pos:
         return loop
     n_lines = text.count("\n", pos, stop) + (text[stop - 1] != "\n")
@@ -381,8 +441,12 @@ def _scan_loop(path: Path, walk: _Lines, name: str, block_line: int, pos: int, l
         last = text[walk.previous(stop, pos) : stop]
         n = len(last.split())
         cut = columns[min(max(n, 1), len(columns)) - 1]
-        raise _fail(path, line_no + n_lines - 1, f"the file ends in the middle of this row of data_{name} (no final "
-                    f"newline; the value of {cut} may be cut); it looks truncated, re-copy or re-export it")
+        raise _fail(
+            path,
+            line_no + n_lines - 1,
+            f"the file ends in the middle of this row of data_{name} (no final "
+            f"newline; the value of {cut} may be cut); it looks truncated, re-copy or re-export it",
+        )
     has = {c: text.find(c, pos, stop) >= 0 for c in _SPECIAL}
     ascii_text = text.isascii() or text[pos:stop].isascii()
     if any(has.values()) or not ascii_text or _BLANK_LINE.search(text, pos, stop):
@@ -454,7 +518,8 @@ def check_values(blocks: dict, layout: StarLayout, string_columns: set[str]) -> 
             if n_bad and (column in NUMERIC_COLUMNS or n_bad < 0.5 * len(values)):
                 i = int(np.argmax(bad))
                 raise _fail(
-                    path, int(spec.rows[i]),
+                    path,
+                    int(spec.rows[i]),
                     f"{column} is {str(values.iloc[i])[:40]!r}, not a number (data_{spec.name}); "
                     "fix or remove this row",
                 )

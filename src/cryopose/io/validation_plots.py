@@ -38,8 +38,15 @@ def soft_validation_figure(
         ax = axes[0]
         lo = min(-0.5, float(np.nanmin(np.r_[qp[ok], qa[ok], 0.0])))
         hi = max(1.5, float(np.nanmax(np.r_[qp[ok], qa[ok], 1.0])))
-        ax.axvspan(precision_threshold, hi, ymin=(accuracy_threshold - lo) / (hi - lo), ymax=1, color="tab:blue",
-                   alpha=0.15, label="aligned")
+        ax.axvspan(
+            precision_threshold,
+            hi,
+            ymin=(accuracy_threshold - lo) / (hi - lo),
+            ymax=1,
+            color="tab:blue",
+            alpha=0.15,
+            label="aligned",
+        )
         ax.scatter(qp[ok], qa[ok], s=6, c="tab:red", alpha=0.6, lw=0)
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)

@@ -8,5 +8,16 @@ The chunk loop (``chunks``) runs in this process or, given an executor from ``ex
 as Dask tasks on a local or remote cluster.
 """
 
-__all__ = ["align_maps", "chunks", "convert", "demo", "evaluate", "executor", "fsc", "reconstruct", "refine",
-           "simulate", "validate"]
+__all__ = [
+    "align_maps",
+    "chunks",
+    "convert",
+    "demo",
+    "evaluate",
+    "executor",
+    "fsc",
+    "reconstruct",
+    "refine",
+    "simulate",
+    "validate",
+]

@@ -84,12 +84,18 @@ def _read_mask(path: Path, grid: tuple[np.ndarray, float], device) -> torch.Tens
     t = torch.as_tensor(mask, device=device)
     if mask.shape == vol.shape:
         if header > 0 and abs(header - apix) > 0.01 * apix:
-            log.info("note: mask %s has the box of its map but says %.4f A/px; it is used on the map's grid "
-                     "(%.4f A/px)", path, header, apix)
+            log.info(
+                "note: mask %s has the box of its map but says %.4f A/px; it is used on the map's grid (%.4f A/px)",
+                path,
+                header,
+                apix,
+            )
         return t.clamp(0, 1)
     if header <= 0:
-        raise UserError(f"mask {path} is {mask.shape[-1]}^3 but its map is {vol.shape[-1]}^3 and the mask has no pixel "
-                        "size to resample it by; give a mask on the map's grid")
+        raise UserError(
+            f"mask {path} is {mask.shape[-1]}^3 but its map is {vol.shape[-1]}^3 and the mask has no pixel "
+            "size to resample it by; give a mask on the map's grid"
+        )
     return resample_to_grid(t, header, vol.shape[-1], apix, device=device).clamp(0, 1)
 
 
@@ -150,8 +156,11 @@ def run_align_maps(
     ref, ref_apix = _read_checked(reference, "reference", apix)
     volumes = {p: _read_checked(p, "map", apix) for p in everything}
     rmask = None if ref_mask is None else _read_mask(ref_mask, (ref, ref_apix), device)
-    mask_of = {p: masks[0] if len(masks) == 1 else masks[i]
-               for i, p in enumerate(maps) if p in leads and masks and (len(masks) == 1 or i < len(masks))}
+    mask_of = {
+        p: masks[0] if len(masks) == 1 else masks[i]
+        for i, p in enumerate(maps)
+        if p in leads and masks and (len(masks) == 1 or i < len(masks))
+    }
     mask_volumes = {p: _read_mask(m, volumes[p], device) for p, m in mask_of.items()}
     stars = {}
     for star in particles:
@@ -177,10 +186,12 @@ def run_align_maps(
         ref_t = torch.as_tensor(ref, device=device)
         n = ref.shape[-1]
         resolution = settings.resolution(apix)
-        say(f"reference {reference}: {n}^3 voxels, {apix:.4f} A/px; low-pass {resolution:.2f} A; "
+        say(
+            f"reference {reference}: {n}^3 voxels, {apix:.4f} A/px; low-pass {resolution:.2f} A; "
             f"max shift {settings.max_shift if settings.max_shift is not None else 0.25 * n * apix:.1f} A; "
             f"max angle {settings.max_angle:g} deg; check hands {settings.check_hands}; "
-            f"apply mask {settings.apply_mask}")
+            f"apply mask {settings.apply_mask}"
+        )
         entries: list[dict[str, Any]] = []
         curves = []
         results: dict[Path, MapAlignment] = {}
@@ -188,12 +199,15 @@ def run_align_maps(
             vol, mapix = volumes[path]
             mmask = mask_volumes.get(path)
             say(f"aligning {path} ({vol.shape[-1]}^3, {mapix:.4f} A/px)")
-            res = align_map(ref_t, vol, apix, mapix, ref_mask=rmask, moving_mask=mmask, settings=settings,
-                            device=device, log=say)
-            say(f"{map_name(path)}: rotation M (aligned map V'(y) = V(M y + t)), "
+            res = align_map(
+                ref_t, vol, apix, mapix, ref_mask=rmask, moving_mask=mmask, settings=settings, device=device, log=say
+            )
+            say(
+                f"{map_name(path)}: rotation M (aligned map V'(y) = V(M y + t)), "
                 f"det {np.linalg.det(res.rotation):+.0f}:\n"
                 f"{_format_matrix(res.rotation)}\n    t = [{', '.join(f'{v:+.3f}' for v in res.shift_A)}] A; "
-                f"hand flipped: {res.hand_flipped}; angle {res.angle_deg:.3f} deg; score {res.score:.4f}")
+                f"hand flipped: {res.hand_flipped}; angle {res.angle_deg:.3f} deg; score {res.score:.4f}"
+            )
             for mpath in [path, *followers.get(path, [])]:
                 mvol, mv_apix = volumes[mpath]
                 aligned = apply_transform(mvol, res.rotation, res.shift_A, mv_apix, n, apix, device=device)
@@ -201,8 +215,11 @@ def run_align_maps(
                 write_map(out / f"aligned_{name}.mrc", aligned.cpu().numpy().astype(np.float32), apix)
                 fsc = fourier_shell_correlation(ref_t.float(), aligned.float(), apix)
                 curves.append((name, fsc))
-                plot_difference_slices(_difference(ref_t, aligned, apix, resolution), out / f"difference_{name}.png",
-                                       f"{name}: difference after low-pass to {resolution:.1f} A")
+                plot_difference_slices(
+                    _difference(ref_t, aligned, apix, resolution),
+                    out / f"difference_{name}.png",
+                    f"{name}: difference after low-pass to {resolution:.1f} A",
+                )
                 entry = {"map": str(mpath), **res.to_dict(), "fsc_resolution_0143": float(fsc.resolution_0143)}
                 if mpath != path:
                     entry["follows"] = str(path)
@@ -210,15 +227,19 @@ def run_align_maps(
                 entries.append(entry)
             if mmask is not None:
                 amask = apply_transform(mmask, res.rotation, res.shift_A, mapix, n, apix, oversample=1, device=device)
-                write_map(out / f"aligned_{map_name(mask_of[path])}.mrc",
-                          amask.clamp(0, 1).cpu().numpy().astype(np.float32), apix)
+                write_map(
+                    out / f"aligned_{map_name(mask_of[path])}.mrc",
+                    amask.clamp(0, 1).cpu().numpy().astype(np.float32),
+                    apix,
+                )
             results[path] = res
         for i, (star, ps) in enumerate(stars.items()):
             path = positional[i]
             res = results[member_of.get(path, path)]
             new_rot, new_sh = transform_poses(ps.rotations, ps.shifts_angstrom, res.rotation, res.shift_A)
-            write_star(ps.with_poses(rotations=new_rot, shifts_angstrom=new_sh),
-                       out / f"particles_{map_name(path)}.star")
+            write_star(
+                ps.with_poses(rotations=new_rot, shifts_angstrom=new_sh), out / f"particles_{map_name(path)}.star"
+            )
             say(f"updated the poses of {len(ps)} particles from {star} (following {map_name(path)})")
         plot_fsc_curves(
             [(f"{name} ({r.resolution_0143:.1f} A)", r.frequency.numpy(), r.fsc.numpy()) for name, r in curves],

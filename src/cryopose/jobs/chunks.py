@@ -105,9 +105,15 @@ def run_chunks(
     return assemble(n, parts)
 
 
-def _compute(n: int, todo: list[tuple[int, int]], compute: Callable[[np.ndarray], dict[str, np.ndarray]],
-             store: ChunkStore | None, progress: Callable[[int, int], None] | None, executor: Any,
-             parts: dict[tuple[int, int], dict[str, np.ndarray]]) -> list[tuple[int, int]]:
+def _compute(
+    n: int,
+    todo: list[tuple[int, int]],
+    compute: Callable[[np.ndarray], dict[str, np.ndarray]],
+    store: ChunkStore | None,
+    progress: Callable[[int, int], None] | None,
+    executor: Any,
+    parts: dict[tuple[int, int], dict[str, np.ndarray]],
+) -> list[tuple[int, int]]:
     """Compute the ranges ``todo`` (here or on the executor) into ``parts``, storing each as
     it arrives (``progress(k, n)`` after each); returns the ranges computed."""
     if executor is None:

@@ -12,8 +12,14 @@ from cryopose.io.star import write_star
 __all__ = ["run_convert"]
 
 
-def run_convert(source: Path, target: Path, apix: float | None = None, version: str = "3.1",
-                image_size: int | None = None, force: bool = False) -> int:
+def run_convert(
+    source: Path,
+    target: Path,
+    apix: float | None = None,
+    version: str = "3.1",
+    image_size: int | None = None,
+    force: bool = False,
+) -> int:
     """Convert ``source`` to a RELION ``version`` STAR file ``target``; returns the number of
     particles. ``apix`` (Å/px) and ``image_size`` (px) fill in what the source lacks; when
     the source has its own pixel size, that one is used (``read_particles`` logs a note).

@@ -55,8 +55,8 @@ from cryopose.io.checkpoints import Checkpoint, file_identity
 from cryopose.io.mrc import ParticleImages, read_map
 from cryopose.io.outputs import output_folder
 from cryopose.jobs.evaluation_report import write_evaluation
-from cryopose.jobs.prediction_matching import Matched, describe, match_predictions, truth_from_predictions
 from cryopose.jobs.inputs import half_set_labels, particle_pixel_size, require_reconstruction_memory
+from cryopose.jobs.prediction_matching import Matched, describe, match_predictions, truth_from_predictions
 from cryopose.jobs.reconstruct import ReconstructSettings, reconstruct_halves
 from cryopose.particles import (
     ANGLE_COLUMNS,
@@ -133,10 +133,14 @@ class EvaluateSettings:
         for name in ("mask_lowpass", "mask_extend", "mask_soft_edge"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise UserError(f"the {name.replace('_', ' ')} must be a finite number >= 0 Å, got {value}",
-                                option=name.replace("_", "-"))
+                raise UserError(
+                    f"the {name.replace('_', ' ')} must be a finite number >= 0 Å, got {value}",
+                    option=name.replace("_", "-"),
+                )
         if self.mask_threshold is not None and not math.isfinite(self.mask_threshold):
-            raise UserError(f"the mask threshold must be a finite number, got {self.mask_threshold}", option="mask-threshold")
+            raise UserError(
+                f"the mask threshold must be a finite number, got {self.mask_threshold}", option="mask-threshold"
+            )
 
 
 @dataclass
@@ -159,7 +163,9 @@ class Evaluation:
 
 # ---------------------------------------------------------------------------- helpers
 def _without_origins(ps: ParticleSet) -> ParticleSet:
-    return ps.with_table(ps.table.drop(columns=[c for c in (*ORIGIN_ANGST_COLUMNS, *ORIGIN_PX_COLUMNS) if c in ps.table.columns]))
+    return ps.with_table(
+        ps.table.drop(columns=[c for c in (*ORIGIN_ANGST_COLUMNS, *ORIGIN_PX_COLUMNS) if c in ps.table.columns])
+    )
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -173,8 +179,9 @@ def _halves(truth_m: ParticleSet, matched: Matched, n_sets: int, seed: int) -> t
     if truth_m.half_sets is not None:
         return half_set_labels(truth_m, seed)[0], "rlnRandomSubset of the ground truth"
     if matched.half_sets is not None:
-        return half_set_labels(truth_m.with_columns(rlnRandomSubset=matched.half_sets), seed)[0], \
-            "rlnRandomSubset of the predictions"
+        return half_set_labels(truth_m.with_columns(rlnRandomSubset=matched.half_sets), seed)[
+            0
+        ], "rlnRandomSubset of the predictions"
     if n_sets == 2:
         return matched.source + 1, "the two prediction files (first = half 1)"
     return half_set_labels(truth_m, seed)[0], f"a random balanced split (seed {seed})"
@@ -184,8 +191,9 @@ def _degrees(x: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(x.double().cpu())
 
 
-def _pose_metrics(errors, truth_conf: np.ndarray, matched: Matched, halves: np.ndarray,
-                  settings: EvaluateSettings) -> dict:
+def _pose_metrics(
+    errors, truth_conf: np.ndarray, matched: Matched, halves: np.ndarray, settings: EvaluateSettings
+) -> dict:
     ang = _degrees(errors.angular)
     stats = error_statistics(ang, torch.from_numpy(truth_conf), settings.thresholds)
     out: dict = {
@@ -216,14 +224,28 @@ def _pose_metrics(errors, truth_conf: np.ndarray, matched: Matched, halves: np.n
     for h in (1, 2):
         sel = torch.from_numpy(halves == h)
         s = error_statistics(ang[sel], torch.from_numpy(truth_conf)[sel])
-        out["by_half"][str(h)] = {"n": s["n"], "MAnE_deg": s["mean"], "wMAnE_deg": s["weighted_mean"],
-                                  "median_angular_error_deg": s["median"]}
+        out["by_half"][str(h)] = {
+            "n": s["n"],
+            "MAnE_deg": s["mean"],
+            "wMAnE_deg": s["weighted_mean"],
+            "median_angular_error_deg": s["median"],
+        }
     return out
 
 
-def _reconstruct_stage(name: str, tensors, images, halves: np.ndarray, pixel_size: float, rsettings: ReconstructSettings,
-                       device: torch.device, checkpoint_dir: Path | None, signature: dict | None,
-                       progress: Callable[[int, int], None] | None, executor) -> tuple[torch.Tensor, torch.Tensor]:
+def _reconstruct_stage(
+    name: str,
+    tensors,
+    images,
+    halves: np.ndarray,
+    pixel_size: float,
+    rsettings: ReconstructSettings,
+    device: torch.device,
+    checkpoint_dir: Path | None,
+    signature: dict | None,
+    progress: Callable[[int, int], None] | None,
+    executor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Half maps of one stage; finished maps and running sums checkpointed in ``checkpoint_dir``."""
     if checkpoint_dir is None or signature is None:
         h1, h2, _ = reconstruct_halves(tensors, images, halves, pixel_size, rsettings, device, None, progress, executor)
@@ -245,8 +267,10 @@ def _reconstruct_stage(name: str, tensors, images, halves: np.ndarray, pixel_siz
 def _on_grid(volume: np.ndarray | torch.Tensor, box: int, what: str) -> torch.Tensor:
     v = torch.as_tensor(np.asarray(volume, dtype=np.float32))
     if tuple(v.shape) != (box, box, box):
-        raise UserError(f"{what} is {'x'.join(map(str, v.shape))} but the particles are {box} px; "
-                        f"resample {what} onto the particles' {box}^3 grid")
+        raise UserError(
+            f"{what} is {'x'.join(map(str, v.shape))} but the particles are {box} px; "
+            f"resample {what} onto the particles' {box}^3 grid"
+        )
     return v
 
 
@@ -282,23 +306,35 @@ def evaluate_predictions(
     truth_m = truth.subset(matched.truth_rows)
     n = len(truth_m)
     if truth_m.rotations is None:
-        raise UserError(f"{describe(truth, 'the ground truth')} has no angles (rlnAngleRot/Tilt/Psi); give ground-truth poses")
+        raise UserError(
+            f"{describe(truth, 'the ground truth')} has no angles (rlnAngleRot/Tilt/Psi); give ground-truth poses"
+        )
     truth_conf = np.array(truth_m.confidence(), dtype=np.float64)
-    truth_m.reject_rows(~(np.isfinite(truth_conf) & (truth_conf >= 0)), "rlnMaxValueProbDistribution", truth_conf,
-                    "not a number >= 0", "fix the confidence (the wMAnE weight)")
+    truth_m.reject_rows(
+        ~(np.isfinite(truth_conf) & (truth_conf >= 0)),
+        "rlnMaxValueProbDistribution",
+        truth_conf,
+        "not a number >= 0",
+        "fix the confidence (the wMAnE weight)",
+    )
     true_rot = torch.from_numpy(truth_m.rotations)
     true_shift = torch.from_numpy(truth_m.shifts_angstrom)
     halves, halves_from = _halves(truth_m, matched, len(predictions), settings.seed)
     if settings.reconstruct:
         for h in (1, 2):
             if not np.any(halves == h):
-                raise UserError(f"half set {h} has no particles ({halves_from}); give both halves particles to "
-                                "reconstruct, or evaluate the poses only", option="no-maps")
+                raise UserError(
+                    f"half set {h} has no particles ({halves_from}); give both halves particles to "
+                    "reconstruct, or evaluate the poses only",
+                    option="no-maps",
+                )
         pixel_size = particle_pixel_size(truth_m)
         true_tensors = truth_m.to_tensors(ctf=settings.ctf)
         if settings.ctf and true_tensors.ctf is None:
-            raise UserError(f"{describe(truth, 'the ground truth')} has no CTF columns (rlnDefocusU ...); evaluate without CTF",
-                            option="no-ctf")
+            raise UserError(
+                f"{describe(truth, 'the ground truth')} has no CTF columns (rlnDefocusU ...); evaluate without CTF",
+                option="no-ctf",
+            )
         images_m = (ParticleImages(truth) if images is None else images).take(matched.truth_rows)
         box = images_m.image_shape[0]
         require_reconstruction_memory(box, device, extra_volumes=8)
@@ -307,9 +343,16 @@ def evaluate_predictions(
         if mask_given is not None and not bool((mask_given > 0).any()):
             raise UserError("the mask is all zeros; give a mask that covers the particle")
     if n < len(truth):
-        log.info("note: %d of the %d ground-truth particles have no prediction and are left out", len(truth) - n, len(truth))
-    errors = pose_errors(torch.from_numpy(matched.rotations).to(device), true_rot.to(device), settings.symmetry,
-                         torch.from_numpy(matched.shifts).to(device), true_shift.to(device))
+        log.info(
+            "note: %d of the %d ground-truth particles have no prediction and are left out", len(truth) - n, len(truth)
+        )
+    errors = pose_errors(
+        torch.from_numpy(matched.rotations).to(device),
+        true_rot.to(device),
+        settings.symmetry,
+        torch.from_numpy(matched.shifts).to(device),
+        true_shift.to(device),
+    )
     metrics: dict = {
         "n_particles": n,
         "n_half1": int((halves == 1).sum()),
@@ -330,55 +373,106 @@ def evaluate_predictions(
     maps: dict[str, np.ndarray] = {}
     comparisons: dict[str, MapComparison] = {}
     if settings.reconstruct:
-        rsettings = ReconstructSettings(symmetry=settings.symmetry, ctf=settings.ctf, seed=settings.seed,
-                                        chunk_size=settings.chunk_size)
-        pred_tensors = replace(true_tensors, rotations=torch.from_numpy(matched.rotations),
-                               shifts_angstrom=torch.from_numpy(matched.shifts))
+        rsettings = ReconstructSettings(
+            symmetry=settings.symmetry, ctf=settings.ctf, seed=settings.seed, chunk_size=settings.chunk_size
+        )
+        pred_tensors = replace(
+            true_tensors,
+            rotations=torch.from_numpy(matched.rotations),
+            shifts_angstrom=torch.from_numpy(matched.shifts),
+        )
         total = 2 * n
         step = None if progress is None else (lambda advance, _n: progress(advance, total))
         base = None
         if signature is not None:
-            base = {**signature, "symmetry": settings.symmetry, "ctf": settings.ctf, "halves": _digest(halves),
-                    "rows": _digest(matched.truth_rows)}
+            base = {
+                **signature,
+                "symmetry": settings.symmetry,
+                "ctf": settings.ctf,
+                "halves": _digest(halves),
+                "rows": _digest(matched.truth_rows),
+            }
         t1 = time.perf_counter()
-        gt1, gt2 = _reconstruct_stage("gt", true_tensors, images_m, halves, pixel_size, rsettings, device, checkpoint_dir,
-                                      None if base is None else {**base, "predictions": None, "stage": "gt"}, step,
-                                      executor)
-        v1, v2 = _reconstruct_stage("pred", pred_tensors, images_m, halves, pixel_size, rsettings, device, checkpoint_dir,
-                                    None if base is None else {**base, "stage": "pred",
-                                                               "poses": _digest(matched.rotations, matched.shifts)},
-                                    step, executor)
+        gt1, gt2 = _reconstruct_stage(
+            "gt",
+            true_tensors,
+            images_m,
+            halves,
+            pixel_size,
+            rsettings,
+            device,
+            checkpoint_dir,
+            None if base is None else {**base, "predictions": None, "stage": "gt"},
+            step,
+            executor,
+        )
+        v1, v2 = _reconstruct_stage(
+            "pred",
+            pred_tensors,
+            images_m,
+            halves,
+            pixel_size,
+            rsettings,
+            device,
+            checkpoint_dir,
+            None if base is None else {**base, "stage": "pred", "poses": _digest(matched.rotations, matched.shifts)},
+            step,
+            executor,
+        )
         t_rec = time.perf_counter() - t1
         gt = gt_given if gt_given is not None else ground_truth_map(gt1, gt2)
         mask_info: dict
         if mask_given is None:
             try:
-                mask_t, thr = soft_mask_from_map(gt, pixel_size, settings.mask_threshold, settings.mask_lowpass,
-                                                 settings.mask_extend, settings.mask_soft_edge)
+                mask_t, thr = soft_mask_from_map(
+                    gt,
+                    pixel_size,
+                    settings.mask_threshold,
+                    settings.mask_lowpass,
+                    settings.mask_extend,
+                    settings.mask_soft_edge,
+                )
             except ValueError as exc:
-                raise UserError(f"cannot make a mask from the ground-truth map: {exc}; give a lower threshold or a mask",
-                                option="mask-threshold") from None
-            mask_info = {"source": "automatic from the GT map", "threshold": thr, "lowpass_angstrom": settings.mask_lowpass,
-                         "extend_angstrom": settings.mask_extend, "soft_edge_angstrom": settings.mask_soft_edge}
+                raise UserError(
+                    f"cannot make a mask from the ground-truth map: {exc}; give a lower threshold or a mask",
+                    option="mask-threshold",
+                ) from None
+            mask_info = {
+                "source": "automatic from the GT map",
+                "threshold": thr,
+                "lowpass_angstrom": settings.mask_lowpass,
+                "extend_angstrom": settings.mask_extend,
+                "soft_edge_angstrom": settings.mask_soft_edge,
+            }
         else:
             mask_t = mask_given
             mask_info = {"source": "given"}
         mask_info["fraction_of_box_above_half"] = float((mask_t > 0.5).float().mean())
-        comparisons = {"unmasked": compare_maps(gt, gt1, gt2, v1, v2, pixel_size),
-                       "masked": compare_maps(gt, gt1, gt2, v1, v2, pixel_size, mask_t)}
+        comparisons = {
+            "unmasked": compare_maps(gt, gt1, gt2, v1, v2, pixel_size),
+            "masked": compare_maps(gt, gt1, gt2, v1, v2, pixel_size, mask_t),
+        }
         freq = comparisons["unmasked"].fsc["gt_v"].frequency
         metrics["maps"] = {
             "pixel_size": pixel_size,
             "box": box,
             "ctf": settings.ctf,
             "gt_map": "given" if gt_given is not None else "(GT0 + GT1) / 2 from ground-truth poses",
-            "origins": ("predicted" if matched.shifts_predicted.all() else
-                        "ground truth" if not matched.shifts_predicted.any() else "predicted where given, else ground truth"),
+            "origins": (
+                "predicted"
+                if matched.shifts_predicted.all()
+                else "ground truth"
+                if not matched.shifts_predicted.any()
+                else "predicted where given, else ground truth"
+            ),
             "mask": mask_info,
             **{kind: c.to_dict() for kind, c in comparisons.items()},
             "fsc_curves": {
                 "frequency_per_angstrom": [float(f) for f in freq],
-                **{kind: {pair: [float(v) for v in r.fsc] for pair, r in c.fsc.items()} for kind, c in comparisons.items()},
+                **{
+                    kind: {pair: [float(v) for v in r.fsc] for pair, r in c.fsc.items()}
+                    for kind, c in comparisons.items()
+                },
             },
         }
         volumes = {"gt_half1": gt1, "gt_half2": gt2, "pred_half1": v1, "pred_half2": v2, "pred": 0.5 * (v1 + v2)}
@@ -406,8 +500,17 @@ def _per_particle(truth_m: ParticleSet, matched: Matched, errors, halves: np.nda
     cols = {c: matched.angles_deg[:, j] for j, c in enumerate(ANGLE_COLUMNS)}
     cols.update({c: true_angles[:, j] for j, c in enumerate(TRUE_ANGLE_COLUMNS)})
     cols.update({c: true_shifts[:, j] for j, c in enumerate(TRUE_ORIGIN_COLUMNS)})
-    cols.update(zip(ERROR_COLUMNS, (_degrees(errors.angular).numpy(), _degrees(errors.direction).numpy(),
-                                    _degrees(errors.in_plane).numpy(), shift_err)))
+    cols.update(
+        zip(
+            ERROR_COLUMNS,
+            (
+                _degrees(errors.angular).numpy(),
+                _degrees(errors.direction).numpy(),
+                _degrees(errors.in_plane).numpy(),
+                shift_err,
+            ),
+        )
+    )
     if np.isfinite(matched.confidence).any():
         cols[CONFIDENCE_COLUMN] = matched.confidence
     cols["rlnRandomSubset"] = halves.astype(np.int64)
@@ -441,7 +544,9 @@ def run_evaluate(
     else:
         truth_ps = truth_from_predictions(preds)
         # without cryoposeTrueOrigin* the truth's origins are the prediction's: no shift error to report
-        preds = [ps if all(c in ps.table.columns for c in TRUE_ORIGIN_COLUMNS) else _without_origins(ps) for ps in preds]
+        preds = [
+            ps if all(c in ps.table.columns for c in TRUE_ORIGIN_COLUMNS) else _without_origins(ps) for ps in preds
+        ]
     if len(truth_ps) == 0:
         raise UserError(f"{truth} has no particles; nothing to evaluate")
     gt_vol = mask_vol = None
@@ -459,18 +564,28 @@ def run_evaluate(
         inputs += [Path(p) for p in images.paths]
         apix_particles = particle_pixel_size(truth_ps.subset(matched.truth_rows))
         if gt_map is not None and gt_apix > 0 and abs(gt_apix - apix_particles) > 0.01 * apix_particles:
-            raise UserError(f"the ground-truth map {gt_map} has {gt_apix:.4f} A/px but the particles {apix_particles:.4f} "
-                            "A/px; resample the map to the particles' pixel size")
-    signature = {"truth": None if truth is None else file_identity(truth),
-                 "predictions": [file_identity(p) for p in predictions], "apix": apix,
-                 "map": None if gt_map is None else file_identity(gt_map), "seed": settings.seed}
+            raise UserError(
+                f"the ground-truth map {gt_map} has {gt_apix:.4f} A/px but the particles {apix_particles:.4f} "
+                "A/px; resample the map to the particles' pixel size"
+            )
+    signature = {
+        "truth": None if truth is None else file_identity(truth),
+        "predictions": [file_identity(p) for p in predictions],
+        "apix": apix,
+        "map": None if gt_map is None else file_identity(gt_map),
+        "seed": settings.seed,
+    }
     with output_folder(out, inputs=inputs, outputs=OUTPUTS, force=force):
-        ev = evaluate_predictions(truth_ps, preds, images, settings, gt_vol, mask_vol, device, progress, out, signature,
-                                  executor)
-        ev.metrics["inputs"] = {"truth": None if truth is None else str(truth), "predictions": [str(p) for p in predictions],
-                                "map": None if gt_map is None else str(gt_map), "mask": None if mask is None else str(mask)}
+        ev = evaluate_predictions(
+            truth_ps, preds, images, settings, gt_vol, mask_vol, device, progress, out, signature, executor
+        )
+        ev.metrics["inputs"] = {
+            "truth": None if truth is None else str(truth),
+            "predictions": [str(p) for p in predictions],
+            "map": None if gt_map is None else str(gt_map),
+            "mask": None if mask is None else str(mask),
+        }
         write_evaluation(ev, out)
         for stage in STAGES:
             Checkpoint(out / f".evaluate_{stage}_maps.pt", {}).remove()
     return ev.metrics
-

@@ -41,83 +41,140 @@ def evaluation_report(ev: Evaluation, title: str, written: set[str]) -> str:
     """report.md of an evaluation, naming the figures in ``written``."""
     m = ev.metrics
     pose = m["pose"]
-    lines = [f"# {title}", "",
-             f"{m['n_particles']} particles ({m['n_half1']} in half 1, {m['n_half2']} in half 2; halves from "
-             f"{m['half_sets_from']}), symmetry {m['symmetry']}. Metrics of CESPED (Sanchez-Garcia et al.): "
-             "MAnE and wMAnE (weights: the ground truth's rlnMaxValueProbDistribution), dPCC = PCC(GT0, GT1) - "
-             "PCC(GT, V), dFSCR = FSCR(GT, V) - FSCR(GT0, GT1) (Å; positive: V is worse).", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"{m['n_particles']} particles ({m['n_half1']} in half 1, {m['n_half2']} in half 2; halves from "
+        f"{m['half_sets_from']}), symmetry {m['symmetry']}. Metrics of CESPED (Sanchez-Garcia et al.): "
+        "MAnE and wMAnE (weights: the ground truth's rlnMaxValueProbDistribution), dPCC = PCC(GT0, GT1) - "
+        "PCC(GT, V), dFSCR = FSCR(GT, V) - FSCR(GT0, GT1) (Å; positive: V is worse).",
+        "",
+    ]
     mt = m["matching"]
     if mt["n_truth_without_prediction"]:
-        lines += [f"**{mt['n_truth_without_prediction']} of {mt['n_truth']} ground-truth particles have no prediction "
-                  "and are left out.**", ""]
-    lines += ["## Pose errors", "", "| error | median | mean | weighted mean (wMAnE) | "
-              + " | ".join(f"< {t:g}°" for t in map(float, pose["angular_error_deg"]["fraction_below"])) + " |",
-              "| --- | --- | --- | --- |" + " --- |" * len(pose["angular_error_deg"]["fraction_below"])]
-    for label, key in (("angular (°)", "angular_error_deg"), ("viewing direction (°)", "direction_error_deg"),
-                       ("in-plane (°)", "in_plane_error_deg")):
+        lines += [
+            f"**{mt['n_truth_without_prediction']} of {mt['n_truth']} ground-truth particles have no prediction "
+            "and are left out.**",
+            "",
+        ]
+    lines += [
+        "## Pose errors",
+        "",
+        "| error | median | mean | weighted mean (wMAnE) | "
+        + " | ".join(f"< {t:g}°" for t in map(float, pose["angular_error_deg"]["fraction_below"]))
+        + " |",
+        "| --- | --- | --- | --- |" + " --- |" * len(pose["angular_error_deg"]["fraction_below"]),
+    ]
+    for label, key in (
+        ("angular (°)", "angular_error_deg"),
+        ("viewing direction (°)", "direction_error_deg"),
+        ("in-plane (°)", "in_plane_error_deg"),
+    ):
         s = pose[key]
         wm = _fmt(s["weighted_mean"]) if key == "angular_error_deg" else ""
         fr = " | ".join(f"{100 * v:.1f}%" for v in s["fraction_below"].values())
         lines.append(f"| {label} | {_fmt(s['median'])} | {_fmt(s['mean'])} | {wm} | {fr} |")
     sh = pose["shift_error_angstrom"]
     if sh is not None:
-        lines.append(f"| shift (Å) | {_fmt(sh['median'])} | {_fmt(sh['mean'])} | | "
-                     + " | ".join("" for _ in pose["angular_error_deg"]["fraction_below"]) + " |")
-    lines += ["", f"MAnE {_fmt(pose['MAnE_deg'])}°, wMAnE {_fmt(pose['wMAnE_deg'])}°, median "
-              f"{_fmt(pose['median_angular_error_deg'])}°."
-              + ("" if sh is not None
-                 else " The predictions have no origins: no shift error; maps use the true origins."),
-              "", "| half | particles | median (°) | MAnE (°) | wMAnE (°) |", "| --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| shift (Å) | {_fmt(sh['median'])} | {_fmt(sh['mean'])} | | "
+            + " | ".join("" for _ in pose["angular_error_deg"]["fraction_below"])
+            + " |"
+        )
+    lines += [
+        "",
+        f"MAnE {_fmt(pose['MAnE_deg'])}°, wMAnE {_fmt(pose['wMAnE_deg'])}°, median "
+        f"{_fmt(pose['median_angular_error_deg'])}°."
+        + ("" if sh is not None else " The predictions have no origins: no shift error; maps use the true origins."),
+        "",
+        "| half | particles | median (°) | MAnE (°) | wMAnE (°) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for h, s in pose["by_half"].items():
-        lines.append(f"| {h} | {s['n']} | {_fmt(s['median_angular_error_deg'])} | {_fmt(s['MAnE_deg'])} | "
-                     f"{_fmt(s['wMAnE_deg'])} |")
+        lines.append(
+            f"| {h} | {s['n']} | {_fmt(s['median_angular_error_deg'])} | {_fmt(s['MAnE_deg'])} | "
+            f"{_fmt(s['wMAnE_deg'])} |"
+        )
     conf = pose["confidence"]
     if conf is not None:
         top = conf["most_confident"]
-        lines += ["", f"Predicted confidence (cryoposeConfidence, {conf['n']} particles): Spearman correlation with "
-                  f"the angular error {_fmt(conf['spearman_confidence_vs_error'], 3)} (negative: confident predictions "
-                  f"are better); the most confident {100 * top['fraction']:.0f}% ({top['n']}) have median error "
-                  f"{_fmt(top['median'])}° and mean {_fmt(top['mean'])}°."]
-    lines += ["", "![errors](errors.png)", "",
-              "`errors.png`: histograms of the per-particle angular error (geodesic, minimised over the symmetry "
-              "group), viewing-direction error, in-plane error and shift error, with the median (black) and mean "
-              "(red dashed)."]
+        lines += [
+            "",
+            f"Predicted confidence (cryoposeConfidence, {conf['n']} particles): Spearman correlation with "
+            f"the angular error {_fmt(conf['spearman_confidence_vs_error'], 3)} (negative: confident predictions "
+            f"are better); the most confident {100 * top['fraction']:.0f}% ({top['n']}) have median error "
+            f"{_fmt(top['median'])}° and mean {_fmt(top['mean'])}°.",
+        ]
+    lines += [
+        "",
+        "![errors](errors.png)",
+        "",
+        "`errors.png`: histograms of the per-particle angular error (geodesic, minimised over the symmetry "
+        "group), viewing-direction error, in-plane error and shift error, with the median (black) and mean "
+        "(red dashed).",
+    ]
     if "confidence.png" in written:
         what = "the predicted confidence" if conf is not None else "the ground truth's rlnMaxValueProbDistribution"
-        lines += ["", "![confidence](confidence.png)", "",
-                  f"`confidence.png`: angular error against {what}, with the median error per decile of confidence; "
-                  "a useful confidence makes the red line fall from left to right."]
-    lines += ["", "![directions](directions.png)", "",
-              "`directions.png`: how the true and the predicted viewing directions (moved into the asymmetric unit) "
-              "cover the sphere (Hammer equal-area projection, longitude rot, latitude 90° - tilt). A predictor that "
-              "collapses views onto a few directions shows bright spots the truth lacks."]
+        lines += [
+            "",
+            "![confidence](confidence.png)",
+            "",
+            f"`confidence.png`: angular error against {what}, with the median error per decile of confidence; "
+            "a useful confidence makes the red line fall from left to right.",
+        ]
+    lines += [
+        "",
+        "![directions](directions.png)",
+        "",
+        "`directions.png`: how the true and the predicted viewing directions (moved into the asymmetric unit) "
+        "cover the sphere (Hammer equal-area projection, longitude rot, latitude 90° - tilt). A predictor that "
+        "collapses views onto a few directions shows bright spots the truth lacks.",
+    ]
     if "maps" in m:
         mp = m["maps"]
-        lines += ["", "## Maps", "",
-                  f"Reconstructed with CTF weighting ({'on' if mp['ctf'] else 'off'}) and symmetry {m['symmetry']} at "
-                  f"{mp['pixel_size']:.3f} Å/px, box {mp['box']}; GT: {mp['gt_map']}; V = (V0 + V1)/2 from the "
-                  f"predicted poses; origins: {mp['origins']}. Mask: {mp['mask']['source']}"
-                  + (f" (threshold {mp['mask']['threshold']:.4g})" if "threshold" in mp["mask"] else "")
-                  + f", {100 * mp['mask']['fraction_of_box_above_half']:.1f}% of the box above 0.5.", "",
-                  "| | PCC(GT, V) | PCC(V0, V1) | PCC(GT0, GT1) | dPCC | FSCR0.143 (GT, V) | (V0, V1) | (GT0, GT1) "
-                  "| dFSCR0.143 (Å) | FSCR0.5 (GT, V) | (V0, V1) | (GT0, GT1) | dFSCR0.5 (Å) |",
-                  "| --- |" + " --- |" * 12]
+        lines += [
+            "",
+            "## Maps",
+            "",
+            f"Reconstructed with CTF weighting ({'on' if mp['ctf'] else 'off'}) and symmetry {m['symmetry']} at "
+            f"{mp['pixel_size']:.3f} Å/px, box {mp['box']}; GT: {mp['gt_map']}; V = (V0 + V1)/2 from the "
+            f"predicted poses; origins: {mp['origins']}. Mask: {mp['mask']['source']}"
+            + (f" (threshold {mp['mask']['threshold']:.4g})" if "threshold" in mp["mask"] else "")
+            + f", {100 * mp['mask']['fraction_of_box_above_half']:.1f}% of the box above 0.5.",
+            "",
+            "| | PCC(GT, V) | PCC(V0, V1) | PCC(GT0, GT1) | dPCC | FSCR0.143 (GT, V) | (V0, V1) | (GT0, GT1) "
+            "| dFSCR0.143 (Å) | FSCR0.5 (GT, V) | (V0, V1) | (GT0, GT1) | dFSCR0.5 (Å) |",
+            "| --- |" + " --- |" * 12,
+        ]
         for kind in ("unmasked", "masked"):
             c = mp[kind]
             lines.append(
                 f"| {kind} | {_fmt(c['pcc_gt_v'], 4)} | {_fmt(c['pcc_v0_v1'], 4)} | {_fmt(c['pcc_gt0_gt1'], 4)} | "
                 f"{_fmt(c['delta_pcc'], 4)} | {_fmt(c['fscr_0143_gt_v'])} | {_fmt(c['fscr_0143_v0_v1'])} | "
                 f"{_fmt(c['fscr_0143_gt0_gt1'])} | {_fmt(c['delta_fscr_0143'])} | {_fmt(c['fscr_05_gt_v'])} | "
-                f"{_fmt(c['fscr_05_v0_v1'])} | {_fmt(c['fscr_05_gt0_gt1'])} | {_fmt(c['delta_fscr_05'])} |")
-        lines += ["", "Resolutions in Å (Nyquist when the FSC never falls below the threshold). Perfect predictions "
-                  "give PCC(GT, V) = 1, so dPCC = PCC(GT0, GT1) - 1: how far the ground truth's own halves "
-                  "disagree.", "",
-                  "![fsc](fsc.png) ![fsc masked](fsc_masked.png)", "",
-                  "`fsc.png`, `fsc_masked.png`: FSC of (GT, V), (V0, V1) and (GT0, GT1), without and with the mask. "
-                  "The gap between GT-V and GT0-GT1 is what the predicted poses lose.", "",
-                  "![slices](slices.png)", "", "`slices.png`: central slices of GT and V."]
-    lines += ["", f"Computed on {m['device']} in {m['seconds']:.1f} s. All numbers are in `metrics.json`, the "
-              "per-particle errors in `per_particle.star`.", ""]
+                f"{_fmt(c['fscr_05_v0_v1'])} | {_fmt(c['fscr_05_gt0_gt1'])} | {_fmt(c['delta_fscr_05'])} |"
+            )
+        lines += [
+            "",
+            "Resolutions in Å (Nyquist when the FSC never falls below the threshold). Perfect predictions "
+            "give PCC(GT, V) = 1, so dPCC = PCC(GT0, GT1) - 1: how far the ground truth's own halves "
+            "disagree.",
+            "",
+            "![fsc](fsc.png) ![fsc masked](fsc_masked.png)",
+            "",
+            "`fsc.png`, `fsc_masked.png`: FSC of (GT, V), (V0, V1) and (GT0, GT1), without and with the mask. "
+            "The gap between GT-V and GT0-GT1 is what the predicted poses lose.",
+            "",
+            "![slices](slices.png)",
+            "",
+            "`slices.png`: central slices of GT and V.",
+        ]
+    lines += [
+        "",
+        f"Computed on {m['device']} in {m['seconds']:.1f} s. All numbers are in `metrics.json`, the "
+        "per-particle errors in `per_particle.star`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -138,35 +195,56 @@ def write_evaluation(ev: Evaluation, out: Path, title: str = "Pose evaluation") 
     written.append("per_particle.star")
     table = pp.table
     shift = table["cryoposeShiftError"].to_numpy(dtype=float)
-    plot_pose_errors(table["cryoposeAngularError"].to_numpy(dtype=float),
-                     table["cryoposeDirectionError"].to_numpy(dtype=float),
-                     table["cryoposeInPlaneError"].to_numpy(dtype=float), shift if np.isfinite(shift).any() else None,
-                     out / "errors.png", f"{len(pp)} particles, {sym}")
+    plot_pose_errors(
+        table["cryoposeAngularError"].to_numpy(dtype=float),
+        table["cryoposeDirectionError"].to_numpy(dtype=float),
+        table["cryoposeInPlaneError"].to_numpy(dtype=float),
+        shift if np.isfinite(shift).any() else None,
+        out / "errors.png",
+        f"{len(pp)} particles, {sym}",
+    )
     written.append("errors.png")
     if CONFIDENCE_COLUMN in table.columns:
-        plot_error_vs_confidence(table["cryoposeAngularError"].to_numpy(dtype=float),
-                                 table[CONFIDENCE_COLUMN].to_numpy(dtype=float), out / "confidence.png",
-                                 "predicted confidence (cryoposeConfidence)")
+        plot_error_vs_confidence(
+            table["cryoposeAngularError"].to_numpy(dtype=float),
+            table[CONFIDENCE_COLUMN].to_numpy(dtype=float),
+            out / "confidence.png",
+            "predicted confidence (cryoposeConfidence)",
+        )
         written.append("confidence.png")
-    elif ("rlnMaxValueProbDistribution" in table.columns
-          and np.ptp(table["rlnMaxValueProbDistribution"].to_numpy(dtype=float)) > 0):
-        plot_error_vs_confidence(table["cryoposeAngularError"].to_numpy(dtype=float),
-                                 table["rlnMaxValueProbDistribution"].to_numpy(dtype=float), out / "confidence.png",
-                                 "ground-truth confidence (rlnMaxValueProbDistribution)")
+    elif (
+        "rlnMaxValueProbDistribution" in table.columns
+        and np.ptp(table["rlnMaxValueProbDistribution"].to_numpy(dtype=float)) > 0
+    ):
+        plot_error_vs_confidence(
+            table["cryoposeAngularError"].to_numpy(dtype=float),
+            table["rlnMaxValueProbDistribution"].to_numpy(dtype=float),
+            out / "confidence.png",
+            "ground-truth confidence (rlnMaxValueProbDistribution)",
+        )
         written.append("confidence.png")
     true_angles = torch.deg2rad(torch.from_numpy(pp.finite_columns(TRUE_ANGLE_COLUMNS)))
     true_rot = euler_to_matrix(*true_angles.unbind(1)).numpy()
     predicted_rot = pp.rotations
     assert predicted_rot is not None  # the evaluated particles have their predicted poses
-    plot_direction_distributions(_rot_tilt(true_rot, sym), _rot_tilt(predicted_rot, sym), out / "directions.png",
-                                 f"viewing directions in the asymmetric unit of {sym}")
+    plot_direction_distributions(
+        _rot_tilt(true_rot, sym),
+        _rot_tilt(predicted_rot, sym),
+        out / "directions.png",
+        f"viewing directions in the asymmetric unit of {sym}",
+    )
     written.append("directions.png")
     if ev.comparisons:
         for kind, name in (("unmasked", "fsc.png"), ("masked", "fsc_masked.png")):
             c = ev.comparisons[kind]
-            curves = [(f"{a} vs {b}" if pair != "gt_v" else "GT vs V (predicted)", c.fsc[pair].frequency.numpy(),
-                       c.fsc[pair].fsc.numpy()) for pair, (a, b) in (("gt_v", ("GT", "V")), ("v0_v1", ("V0", "V1")),
-                                                                     ("gt0_gt1", ("GT0", "GT1")))]
+            curves = [
+                (
+                    f"{a} vs {b}" if pair != "gt_v" else "GT vs V (predicted)",
+                    c.fsc[pair].frequency.numpy(),
+                    c.fsc[pair].fsc.numpy(),
+                )
+                for pair, (a, b) in (("gt_v", ("GT", "V")), ("v0_v1", ("V0", "V1")), ("gt0_gt1", ("GT0", "GT1")))
+            ]
             plot_fsc_curves(curves, out / name, title=f"FSC, {kind}")
             written.append(name)
         gt = ev.maps.get("gt")

@@ -82,9 +82,8 @@ class TorchThreads(WorkerPlugin):
         self.threads = threads
 
     def setup(self, worker: Any) -> None:
-        import torch
-
         import dask
+        import torch
 
         tasks_at_once = max(1, int(getattr(worker.state, "nthreads", 1)))
         # the value Dask's nanny gave this worker (its configuration), not one the user exported
@@ -144,8 +143,9 @@ class DaskExecutor:
     # ------------------------------------------------------------------ map
     def _submit_chunk(self, work: "ChunkWork", shared: Any, rng: Range) -> Any:
         a, b = rng
-        return self.client.submit(work.run, shared, work.part(np.arange(a, b)), key=self._key(f"chunk-{a}-{b}"),
-                                  pure=False)
+        return self.client.submit(
+            work.run, shared, work.part(np.arange(a, b)), key=self._key(f"chunk-{a}-{b}"), pure=False
+        )
 
     def map(self, work: "ChunkWork", ranges: list[Range]) -> Generator[tuple[Range, Any], None, None]:
         """Run ``work`` on each [start, stop) of ``ranges``; yield (range, result) as tasks
@@ -262,8 +262,14 @@ class DaskExecutor:
 
 
 def _quiet_distributed() -> None:
-    for name in ("distributed", "distributed.worker", "distributed.nanny", "distributed.scheduler",
-                 "distributed.core", "distributed.comm"):
+    for name in (
+        "distributed",
+        "distributed.worker",
+        "distributed.nanny",
+        "distributed.scheduler",
+        "distributed.core",
+        "distributed.comm",
+    ):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -281,8 +287,9 @@ def open_executor(
         yield None
         return
     if workers is not None and scheduler is not None:
-        raise UserError("give either a number of workers (a local cluster) or a scheduler address, not both",
-                        option="scheduler")
+        raise UserError(
+            "give either a number of workers (a local cluster) or a scheduler address, not both", option="scheduler"
+        )
     _quiet_distributed()
     if workers is not None:
         if workers < 1:
@@ -295,8 +302,13 @@ def open_executor(
         # of the MALLOC_TRIM_THRESHOLD_ that Dask's nanny would give them.
         environ = {"MALLOC_TRIM_THRESHOLD_": None, **allocator_environment()}
         with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                                   dashboard_address=":0", silence_logs=logging.CRITICAL)
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=threads,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.CRITICAL,
+            )
         try:
             client = Client(cluster)
         except BaseException:
@@ -309,8 +321,11 @@ def open_executor(
         try:
             client = Client(scheduler, timeout=dask.config.get("distributed.comm.timeouts.connect", "30s"))
         except OSError as exc:
-            raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); check the address and that "
-                            "the scheduler is running", option="scheduler") from None
+            raise UserError(
+                f"cannot reach the Dask scheduler at {scheduler} ({exc}); check the address and that "
+                "the scheduler is running",
+                option="scheduler",
+            ) from None
         torch_n = torch_threads
     executor = DaskExecutor(client, cluster)
     try:

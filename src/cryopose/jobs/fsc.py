@@ -36,8 +36,10 @@ def load_map_pair(map1: Path, map2: Path, apix: float | None = None) -> tuple[np
     a1 = map_pixel_size(p1, apix if apix is not None or p1 > 0 else (p2 if p2 > 0 else None), map1)
     a2 = map_pixel_size(p2, apix if apix is not None or p2 > 0 else a1, map2)
     if abs(a1 - a2) > 0.01 * a1:
-        raise UserError(f"pixel sizes disagree: {map1} has {a1:.4f} A, {map2} has {a2:.4f} A; "
-                        "resample one map onto the other's grid")
+        raise UserError(
+            f"pixel sizes disagree: {map1} has {a1:.4f} A, {map2} has {a2:.4f} A; "
+            "resample one map onto the other's grid"
+        )
     return v1, v2, a1
 
 
@@ -58,8 +60,9 @@ def run_fsc(
     if mask is not None:
         m, _ = read_map(mask)
         if m.shape != v1.shape:
-            raise UserError(f"mask {mask} is {m.shape[0]}^3 but the maps are {v1.shape[0]}^3; resample the mask onto "
-                            "the maps' grid")
+            raise UserError(
+                f"mask {mask} is {m.shape[0]}^3 but the maps are {v1.shape[0]}^3; resample the mask onto the maps' grid"
+            )
         if not np.any(m > 0):
             raise UserError(f"mask {mask} is all zeros; give a mask that covers the particle")
         mask_t = torch.from_numpy(m).to(device)
@@ -78,7 +81,9 @@ def run_fsc(
         if out is not None:
             out = Path(out)
             write_fsc_csv(out / "fsc.csv", result.frequency, result.fsc)
-            plot_fsc_curves([(f"{Path(map1).name} vs {Path(map2).name}", result.frequency.numpy(), result.fsc.numpy())],
-                            out / "fsc.png")
+            plot_fsc_curves(
+                [(f"{Path(map1).name} vs {Path(map2).name}", result.frequency.numpy(), result.fsc.numpy())],
+                out / "fsc.png",
+            )
             write_json_atomic(out / "summary.json", summary)
     return result, summary

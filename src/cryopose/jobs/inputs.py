@@ -24,8 +24,13 @@ from cryopose.errors import UserError
 from cryopose.jobs.resources import require_memory
 from cryopose.particles import ParticleSet
 
-__all__ = ["particle_pixel_size", "map_pixel_size", "check_map_fits_particles", "half_set_labels",
-           "require_reconstruction_memory"]
+__all__ = [
+    "particle_pixel_size",
+    "map_pixel_size",
+    "check_map_fits_particles",
+    "half_set_labels",
+    "require_reconstruction_memory",
+]
 
 log = logging.getLogger("cryopose")
 
@@ -35,8 +40,10 @@ def particle_pixel_size(ps: ParticleSet) -> float:
     are a UserError."""
     apix = ps.pixel_size
     if np.ptp(apix) > 1e-3 * apix.max():
-        raise UserError(f"particles have different pixel sizes ({apix.min():.4f}-{apix.max():.4f} A); "
-                        "process one optics group at a time or rescale the particles")
+        raise UserError(
+            f"particles have different pixel sizes ({apix.min():.4f}-{apix.max():.4f} A); "
+            "process one optics group at a time or rescale the particles"
+        )
     return float(apix[0])
 
 
@@ -45,8 +52,9 @@ def map_pixel_size(header: float, apix: float | None, path: str | Path, what: st
     UserError when neither; a note on the log when both are given and differ by over 1%."""
     if header > 0:
         if apix is not None and abs(header - apix) > 0.01 * header:
-            log.info("note: %s %s has its own pixel size (%.4f A); it is used, not the given %g A", what, path, header,
-                     apix)
+            log.info(
+                "note: %s %s has its own pixel size (%.4f A); it is used, not the given %g A", what, path, header, apix
+            )
         return float(header)
     if apix is None:
         raise UserError(f"{what} {path} has no pixel size in its header; give the pixel size", option="apix")
@@ -57,11 +65,14 @@ def check_map_fits_particles(volume: np.ndarray, header: float, box: int, apix: 
     """UserError unless the map ``volume`` (header pixel size ``header``, 0 if none) has the
     particles' ``box`` and, when its header has one, their pixel size ``apix`` within 1%."""
     if volume.shape[-1] != box:
-        raise UserError(f"{path} is {volume.shape[-1]} px but the particles are {box} px; "
-                        "resample the map to the particles' box")
+        raise UserError(
+            f"{path} is {volume.shape[-1]} px but the particles are {box} px; resample the map to the particles' box"
+        )
     if header > 0 and abs(header - apix) > 0.01 * apix:
-        raise UserError(f"{path} has {header:.4f} A/px but the particles {apix:.4f} A/px; "
-                        "resample the map to the particles' pixel size")
+        raise UserError(
+            f"{path} has {header:.4f} A/px but the particles {apix:.4f} A/px; "
+            "resample the map to the particles' pixel size"
+        )
     if not np.any(volume):
         raise UserError(f"{path} is all zeros; give a map of the particles' structure")
 

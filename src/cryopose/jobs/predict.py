@@ -51,8 +51,11 @@ __all__ = ["PredictSettings", "run_predict", "model_files", "load_estimator", "p
 
 log = logging.getLogger("cryopose")
 STORE = ".cryopose_predict"
-EXTRA_COLUMNS = {"lambda_max": "cryoposeLambdaMax", "lambda_trace": "cryoposeLambdaTrace",
-                 "grid_probability": "cryoposeGridProbability"}
+EXTRA_COLUMNS = {
+    "lambda_max": "cryoposeLambdaMax",
+    "lambda_trace": "cryoposeLambdaTrace",
+    "grid_probability": "cryoposeGridProbability",
+}
 
 
 @dataclass
@@ -87,13 +90,16 @@ def model_files(path: str | Path) -> list[tuple[Path, int | None]]:
             return [(h1, 2), (h2, 1)]
         if (p / "model.pt").is_file():
             return [(p / "model.pt", None)]
-        raise UserError(f"{p} holds no model.pt (nor half1/model.pt and half2/model.pt); give a model file that "
-                        "cryopose train wrote")
+        raise UserError(
+            f"{p} holds no model.pt (nor half1/model.pt and half2/model.pt); give a model file that "
+            "cryopose train wrote"
+        )
     return [(p, None)]  # read (with a clear error for a missing or foreign file) by the caller
 
 
-def load_estimator(payload: dict[str, Any], device: torch.device | str = "cpu", source: str | Path = "the model file"
-                   ) -> _Estimator:
+def load_estimator(
+    payload: dict[str, Any], device: torch.device | str = "cpu", source: str | Path = "the model file"
+) -> _Estimator:
     """The trained estimator of a model file's contents (``io.models.read_model_file``), in
     eval mode. The config is checked before anything is built (ranges, network size), and
     the weights against the network it describes; ``source`` names the file in the
@@ -113,8 +119,9 @@ def load_estimator(payload: dict[str, Any], device: torch.device | str = "cpu", 
         model = build_estimator(payload["config"])
         problem = weights_problem(model, payload["weights"])
     if problem is not None:
-        raise UserError(f"{source} is a damaged cryopose model file: {problem}; train the model again with "
-                        "cryopose train")
+        raise UserError(
+            f"{source} is a damaged cryopose model file: {problem}; train the model again with cryopose train"
+        )
     model.load_state_dict(payload["weights"])
     return model.to(device).eval()
 
@@ -152,7 +159,8 @@ def _check_compatible(payload: dict[str, Any], box: int, pixel_size: float, path
             f"model {path} was trained on {meta.get('input_box', '?')} px images of "
             f"{meta.get('input_pixel_size', float('nan')):.3f} A/px ({trained:.3f} A/px as the network sees them) "
             f"but these particles are {box} px of {pixel_size:.3f} A/px ({mine:.3f} A/px at {size} px); "
-            "resample the particles to the training pixel size or train a model on them")
+            "resample the particles to the training pixel size or train a model on them"
+        )
 
 
 def predict_particles(
@@ -181,8 +189,10 @@ def chance_level_warning(payload: dict[str, Any], path: Path) -> str | None:
         return None
     median = meta.get("validation", {}).get("val_median_deg", math.nan)
     chance = (meta.get("chance") or {}).get("chance_median_deg", math.nan)
-    return (f"WARNING: model {path} did not learn the poses (its validation median error, {median:.1f} deg, was at "
-            f"chance level: {chance:.1f} deg for random poses); its predictions are no better than random poses")
+    return (
+        f"WARNING: model {path} did not learn the poses (its validation median error, {median:.1f} deg, was at "
+        f"chance level: {chance:.1f} deg for random poses); its predictions are no better than random poses"
+    )
 
 
 def _cleanup(confidence: np.ndarray, settings: PredictSettings) -> np.ndarray | None:
@@ -234,8 +244,10 @@ def run_predict(
     groups: list[tuple[dict, Path, np.ndarray]] = []
     if len(payloads) == 2:
         if tensors.half_sets is None:
-            raise UserError(f"the models in {model} were trained per half set, but {particles} has no rlnRandomSubset; "
-                            "give one model file, or particles with their half sets")
+            raise UserError(
+                f"the models in {model} were trained per half set, but {particles} has no rlnRandomSubset; "
+                "give one model file, or particles with their half sets"
+            )
         halves = tensors.half_sets.numpy()
         for payload, f, half in payloads:
             groups.append((payload, f, np.nonzero(halves == half)[0]))
@@ -250,6 +262,7 @@ def run_predict(
         origins = np.zeros((n, 2))
         confidence = np.zeros(n)
         extras: dict[str, np.ndarray] = {}
+
         def step(k: int, total: int) -> None:  # each group's chunks count toward all n particles
             if progress is not None:
                 progress(k, n)
@@ -258,11 +271,25 @@ def run_predict(
         for i, (payload, f, idx) in enumerate(groups):
             if len(idx) == 0:
                 continue
-            signature = {"particles": file_identity(particles), "model": file_identity(f), "apix": apix,
-                         "indices": [int(idx[0]), int(idx[-1]), int(len(idx))], "part": i}
+            signature = {
+                "particles": file_identity(particles),
+                "model": file_identity(f),
+                "apix": apix,
+                "indices": [int(idx[0]), int(idx[-1]), int(len(idx))],
+                "part": i,
+            }
             store = ChunkStore(out / STORE / f"part{i}", signature)
-            result = predict_particles(payload, images.take(idx), tensors[idx], settings.batch_size,
-                                       settings.chunk_size, device, store, step, executor)
+            result = predict_particles(
+                payload,
+                images.take(idx),
+                tensors[idx],
+                settings.batch_size,
+                settings.chunk_size,
+                device,
+                store,
+                step,
+                executor,
+            )
             rotations[idx], origins[idx] = result["rotations"], result["origins_angstrom"]
             confidence[idx] = result["confidence"]
             for key, column in EXTRA_COLUMNS.items():
@@ -276,8 +303,9 @@ def run_predict(
             keep_truth.update({t: table[c].to_numpy() for t, c in zip(TRUE_ANGLE_COLUMNS, ANGLE_COLUMNS)})
         if all(c in table.columns for c in ORIGIN_ANGST_COLUMNS):
             keep_truth.update({t: table[c].to_numpy() for t, c in zip(TRUE_ORIGIN_COLUMNS, ORIGIN_ANGST_COLUMNS)})
-        predicted = ps.with_poses(rotations, origins).with_columns(**keep_truth, cryoposeConfidence=confidence,
-                                                                   **extras)
+        predicted = ps.with_poses(rotations, origins).with_columns(
+            **keep_truth, cryoposeConfidence=confidence, **extras
+        )
         write_star(predicted, out / "particles.star")
         keep = _cleanup(confidence, settings)
         summary: dict[str, Any] = {
@@ -298,10 +326,12 @@ def run_predict(
         if truth is not None:
             errors = angular_errors_deg(torch.from_numpy(rotations), truth, payloads[0][0]["symmetry"]).numpy()
             origin_errors = np.linalg.norm(origins - tensors.shifts_angstrom.numpy(), axis=1)
-            summary["against_input_poses"] = {"median_deg": float(np.median(errors)),
-                                              "mean_deg": float(np.mean(errors)),
-                                              "under_10_deg": float(np.mean(errors < 10)),
-                                              "origin_median_angstrom": float(np.median(origin_errors))}
+            summary["against_input_poses"] = {
+                "median_deg": float(np.median(errors)),
+                "mean_deg": float(np.mean(errors)),
+                "under_10_deg": float(np.mean(errors < 10)),
+                "origin_median_angstrom": float(np.median(origin_errors)),
+            }
         if keep is not None:
             write_star(predicted.subset(keep), out / "kept.star")
             summary["kept"] = int(keep.sum())

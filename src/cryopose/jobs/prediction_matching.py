@@ -65,7 +65,9 @@ def _names(ps: ParticleSet, what: str) -> np.ndarray:
         raise UserError(f"{what} has no rlnImageName column; particles are matched by image name")
     names = ps.table["rlnImageName"]
     if names.isna().any():
-        raise UserError(f"{what} has particles without an image name (rlnImageName, row {int(np.argmax(names.isna())) + 1})")
+        raise UserError(
+            f"{what} has particles without an image name (rlnImageName, row {int(np.argmax(names.isna())) + 1})"
+        )
     return names.astype(str).to_numpy()
 
 
@@ -96,8 +98,10 @@ def match_predictions(truth: ParticleSet, predictions: list[ParticleSet]) -> Mat
     dup = _first_duplicate(t_names)
     if dup is not None:
         listed = ", ".join(str(r + 1) for r in dup[1][:3])
-        raise UserError(f"{describe(truth, 'the ground truth')} lists image {dup[0]} {len(dup[1])} times (rows {listed}); "
-                        "each particle must appear once")
+        raise UserError(
+            f"{describe(truth, 'the ground truth')} lists image {dup[0]} {len(dup[1])} times (rows {listed}); "
+            "each particle must appear once"
+        )
     lookup = pd.Series(np.arange(len(t_names)), index=t_names)
     truth_keys: pd.Series | None = None
     rows_all: list[np.ndarray] = []
@@ -116,7 +120,9 @@ def match_predictions(truth: ParticleSet, predictions: list[ParticleSet]) -> Mat
         names = _names(ps, what)
         missing = [c for c in ANGLE_COLUMNS if c not in ps.table.columns]
         if missing:
-            raise UserError(f"{what} has no predicted angles ({', '.join(missing)} missing); give a file with predicted poses")
+            raise UserError(
+                f"{what} has no predicted angles ({', '.join(missing)} missing); give a file with predicted poses"
+            )
         rows = lookup.reindex(names).to_numpy(dtype=np.float64, copy=True)
         unmatched = np.isnan(rows)
         if unmatched.any():
@@ -129,12 +135,15 @@ def match_predictions(truth: ParticleSet, predictions: list[ParticleSet]) -> Mat
             still = np.isnan(rows)
             if still.any():
                 first = names[int(np.argmax(still))]
-                raise UserError(f"{int(still.sum())} of the {len(ps)} particles of {what} are not in the ground truth "
-                                f"(first: {first}); predictions are matched to the truth by rlnImageName")
+                raise UserError(
+                    f"{int(still.sum())} of the {len(ps)} particles of {what} are not in the ground truth "
+                    f"(first: {first}); predictions are matched to the truth by rlnImageName"
+                )
         rows_all.append(rows.astype(np.int64))
         angles.append(ps.finite_columns(ANGLE_COLUMNS))
         own_origins = all(c in ps.table.columns for c in ORIGIN_ANGST_COLUMNS) or all(
-            c in ps.table.columns for c in ORIGIN_PX_COLUMNS)
+            c in ps.table.columns for c in ORIGIN_PX_COLUMNS
+        )
         shifts.append(ps.shifts_angstrom if own_origins else np.full((len(ps), 2), np.nan))
         has_shift.append(np.full(len(ps), own_origins))
         if CONFIDENCE_COLUMN in ps.table.columns:
@@ -152,8 +161,10 @@ def match_predictions(truth: ParticleSet, predictions: list[ParticleSet]) -> Mat
     if dup is not None:
         src = np.concatenate(source)[dup[1]]
         files = sorted({describe(predictions[s], f"prediction set {s + 1}") for s in src})
-        raise UserError(f"image {t_names[int(dup[0])]} is predicted {len(dup[1])} times (in {', '.join(files)}); "
-                        "give one prediction per particle")
+        raise UserError(
+            f"image {t_names[int(dup[0])]} is predicted {len(dup[1])} times (in {', '.join(files)}); "
+            "give one prediction per particle"
+        )
     order = np.argsort(rows, kind="stable")
     angles_deg = np.concatenate(angles)[order]
     t = torch.from_numpy(np.deg2rad(angles_deg))
@@ -185,9 +196,14 @@ def truth_from_predictions(predictions: list[ParticleSet]) -> ParticleSet:
         what = describe(ps, f"prediction set {k + 1}")
         missing = [c for c in TRUE_ANGLE_COLUMNS if c not in ps.table.columns]
         if missing:
-            raise UserError(f"{what} has no ground-truth columns ({', '.join(missing)} missing); give the ground truth "
-                            "as a separate file", option="truth")
-        truth = ps.with_columns(**{rln: ps.table[true].to_numpy() for rln, true in zip(ANGLE_COLUMNS, TRUE_ANGLE_COLUMNS)})
+            raise UserError(
+                f"{what} has no ground-truth columns ({', '.join(missing)} missing); give the ground truth "
+                "as a separate file",
+                option="truth",
+            )
+        truth = ps.with_columns(
+            **{rln: ps.table[true].to_numpy() for rln, true in zip(ANGLE_COLUMNS, TRUE_ANGLE_COLUMNS)}
+        )
         if all(c in ps.table.columns for c in TRUE_ORIGIN_COLUMNS):
             truth = truth.with_poses(shifts_angstrom=ps.finite_columns(TRUE_ORIGIN_COLUMNS))
         parts.append(truth)

@@ -24,8 +24,8 @@ from cryopose.io.atomic import write_json_atomic
 from cryopose.io.outputs import output_folder
 from cryopose.io.star import write_star
 from cryopose.jobs.evaluate import EvaluateSettings, run_evaluate
-from cryopose.jobs.predict import PredictSettings, run_predict
 from cryopose.jobs.inputs import half_set_labels
+from cryopose.jobs.predict import PredictSettings, run_predict
 from cryopose.jobs.train import TrainJobSettings, run_train
 
 __all__ = ["run_protocol"]
@@ -55,21 +55,42 @@ def run_protocol(
     out.mkdir(parents=True, exist_ok=True)
     if drawn:  # the halves every step uses, drawn as the evaluation would draw them
         if stage is not None:
-            stage(f"{truth} has no rlnRandomSubset: half sets drawn at random (seed {evaluation.seed}) into "
-                  f"{out / 'truth_halves.star'}")
+            stage(
+                f"{truth} has no rlnRandomSubset: half sets drawn at random (seed {evaluation.seed}) into "
+                f"{out / 'truth_halves.star'}"
+            )
         write_star(ps.with_columns(rlnRandomSubset=labels), out / "truth_halves.star")
         truth = out / "truth_halves.star"
-    trained = run_train(truth, out / "train", training, apix=apix, device=device, progress=progress, stage=stage,
-                        force=force)
+    trained = run_train(
+        truth, out / "train", training, apix=apix, device=device, progress=progress, stage=stage, force=force
+    )
     if stage is not None:
         stage("predicting each half with the other half's model")
-    predicted = run_predict(out / "train", truth, out / "predict", PredictSettings(), apix=apix, device=device,
-                            force=force, executor=executor)
+    predicted = run_predict(
+        out / "train",
+        truth,
+        out / "predict",
+        PredictSettings(),
+        apix=apix,
+        device=device,
+        force=force,
+        executor=executor,
+    )
     if stage is not None:
         stage("evaluating")
-    metrics = run_evaluate([out / "predict" / "particles.star"], out, truth=truth, gt_map=gt_map, mask=mask,
-                           settings=evaluation, apix=apix, device=device, progress=progress, force=force,
-                           executor=executor)
+    metrics = run_evaluate(
+        [out / "predict" / "particles.star"],
+        out,
+        truth=truth,
+        gt_map=gt_map,
+        mask=mask,
+        settings=evaluation,
+        apix=apix,
+        device=device,
+        progress=progress,
+        force=force,
+        executor=executor,
+    )
     metrics["protocol"] = {"training": trained, "prediction": predicted}
     with output_folder(out, inputs=[truth], outputs=["protocol.json"], force=force):
         write_json_atomic(out / "protocol.json", metrics["protocol"])

@@ -23,12 +23,12 @@ import torch
 from cryopose.errors import UserError
 from cryopose.geometry.symmetry import Symmetry, symmetry_matrices
 from cryopose.imaging.ctf import CTFParameters
+from cryopose.io import read_particles
 from cryopose.io.atomic import write_json_atomic
 from cryopose.io.checkpoints import Checkpoint, file_identity
 from cryopose.io.mrc import ParticleImages, write_map
 from cryopose.io.outputs import output_folder
 from cryopose.io.plots import plot_fsc_curves, write_fsc_csv
-from cryopose.io import read_particles
 from cryopose.jobs.chunks import ChunkWork, pending_ranges
 from cryopose.jobs.inputs import half_set_labels, particle_pixel_size, require_reconstruction_memory
 from cryopose.particles import ParticleTensors
@@ -115,8 +115,15 @@ def _insert_part(shared: _InsertShared, part: tuple) -> torch.Tensor:
     try:
         for lo in range(0, len(halves), shared.chunk_size):
             sl = np.arange(lo, min(lo + shared.chunk_size, len(halves)))
-            _insert_range(accs, images.read(sl), rows[sl], halves[sl], shared.pixel_size, symmetry,
-                          None if ctf is None else ctf[torch.from_numpy(sl)])
+            _insert_range(
+                accs,
+                images.read(sl),
+                rows[sl],
+                halves[sl],
+                shared.pixel_size,
+                symmetry,
+                None if ctf is None else ctf[torch.from_numpy(sl)],
+            )
     finally:
         images.close()
     return torch.stack([accs[0].sums, accs[1].sums]).cpu()
@@ -160,8 +167,9 @@ def reconstruct_halves(
     ctf_all = None
     if settings.ctf:
         if tensors.ctf is None:
-            raise UserError("the particles have no CTF columns (rlnDefocusU ...); reconstruct without CTF",
-                            option="no-ctf")
+            raise UserError(
+                "the particles have no CTF columns (rlnDefocusU ...); reconstruct without CTF", option="no-ctf"
+            )
         ctf_all = tensors.ctf.to(dtype=torch.float32)
     n = len(tensors)
     box = images.image_shape[0]
@@ -185,8 +193,15 @@ def reconstruct_halves(
     if executor is None:
         for lo, hi in pending_ranges(n, settings.chunk_size, done):
             idx = np.arange(lo, hi)
-            _insert_range(accs, images.read(idx), tensors[idx], halves[idx], pixel_size, symmetry,
-                          None if ctf_all is None else ctf_all[torch.from_numpy(idx)])
+            _insert_range(
+                accs,
+                images.read(idx),
+                tensors[idx],
+                halves[idx],
+                pixel_size,
+                symmetry,
+                None if ctf_all is None else ctf_all[torch.from_numpy(idx)],
+            )
             done.append((lo, hi))
             if progress is not None:
                 progress(hi - lo, n)
@@ -197,14 +212,19 @@ def reconstruct_halves(
         shared = _InsertShared(box, pixel_size, symmetry.cpu(), settings.chunk_size, str(device))
 
         def part(idx: np.ndarray) -> tuple:
-            return (images.take(idx), tensors[idx], halves[idx],
-                    None if ctf_all is None else ctf_all[torch.from_numpy(idx)])
+            return (
+                images.take(idx),
+                tensors[idx],
+                halves[idx],
+                None if ctf_all is None else ctf_all[torch.from_numpy(idx)],
+            )
 
         size = task_size(n - sum(b - a for a, b in done), settings.chunk_size, executor.n_workers)
         on_chunk = None if progress is None else (lambda r: progress(r[1] - r[0], n))
         flush = CHECKPOINT_SECONDS if checkpoint is not None else None
-        partials = executor.map_reduce(ChunkWork(_insert_part, shared, part), pending_ranges(n, size, done), _add,
-                                       flush, on_chunk)
+        partials = executor.map_reduce(
+            ChunkWork(_insert_part, shared, part), pending_ranges(n, size, done), _add, flush, on_chunk
+        )
         try:
             for covered, sums in partials:
                 accs[0].sums += sums[0].to(device)
@@ -258,23 +278,29 @@ def run_reconstruct(
     halves, drawn = half_set_labels(ps, settings.seed)
     for h in (1, 2):
         if not np.any(halves == h):
-            raise UserError(f"half set {h} of {particles} is empty (rlnRandomSubset); give both halves particles "
-                            "or drop the column to split at random")
+            raise UserError(
+                f"half set {h} of {particles} is empty (rlnRandomSubset); give both halves particles "
+                "or drop the column to split at random"
+            )
     box = images.image_shape[0]
     require_reconstruction_memory(box, device)
     signature = {"particles": file_identity(particles), "apix": apix, **asdict(settings)}
     signature.pop("chunk_size")
     with output_folder(out, inputs=[particles, *images.paths], outputs=OUTPUTS, force=force):
         checkpoint = Checkpoint(out / CHECKPOINT, signature)
-        half1, half2, full = reconstruct_halves(tensors, images, halves, pixel_size, settings, device, checkpoint,
-                                                progress, executor)
+        half1, half2, full = reconstruct_halves(
+            tensors, images, halves, pixel_size, settings, device, checkpoint, progress, executor
+        )
         elapsed = time.perf_counter() - t0
         for name, vol in (("map.mrc", full), ("half1.mrc", half1), ("half2.mrc", half2)):
             write_map(out / name, vol.cpu().numpy(), pixel_size)
         result = fourier_shell_correlation(half1, half2, pixel_size)
         write_fsc_csv(out / "fsc.csv", result.frequency, result.fsc)
-        plot_fsc_curves([("half1 vs half2", result.frequency.numpy(), result.fsc.numpy())], out / "fsc.png",
-                        title=f"Half-map FSC ({len(ps)} particles, {settings.symmetry})")
+        plot_fsc_curves(
+            [("half1 vs half2", result.frequency.numpy(), result.fsc.numpy())],
+            out / "fsc.png",
+            title=f"Half-map FSC ({len(ps)} particles, {settings.symmetry})",
+        )
         summary = {
             "particles": str(particles),
             "n_particles": len(ps),

@@ -155,44 +155,61 @@ class RefineSettings:
         if self.prior not in PRIORS:
             raise UserError(f"unknown prior {self.prior!r}; use gaussian or wall", option="prior")
         if self.initial_reference not in INITIAL_REFERENCES:
-            raise UserError(f"unknown initial reference {self.initial_reference!r}; use map or poses",
-                            option="initial-reference")
+            raise UserError(
+                f"unknown initial reference {self.initial_reference!r}; use map or poses", option="initial-reference"
+            )
         if not (math.isfinite(self.sigma_angle) and 0 < self.sigma_angle <= 90):
             raise UserError(f"the angular prior must be in (0, 90] deg, got {self.sigma_angle}", option="sigma-angle")
         if self.search_angle is not None and not (math.isfinite(self.search_angle) and 0 < self.search_angle <= 90):
-            raise UserError(f"the angular search range must be in (0, 90] deg, got {self.search_angle}",
-                            option="search-angle")
+            raise UserError(
+                f"the angular search range must be in (0, 90] deg, got {self.search_angle}", option="search-angle"
+            )
         if not (math.isfinite(self.max_shift) and self.max_shift >= 0):
-            raise UserError(f"the origin neighbourhood must be a non-negative number of A, got {self.max_shift}",
-                            option="max-shift")
+            raise UserError(
+                f"the origin neighbourhood must be a non-negative number of A, got {self.max_shift}", option="max-shift"
+            )
         if not (math.isfinite(self.ini_high) and self.ini_high > 0):
-            raise UserError(f"the initial low-pass must be a positive number of A, got {self.ini_high}",
-                            option="ini-high")
+            raise UserError(
+                f"the initial low-pass must be a positive number of A, got {self.ini_high}", option="ini-high"
+            )
         if not (math.isfinite(self.global_sampling) and 0 < self.global_sampling <= 30):
-            raise UserError(f"the global angular sampling must be in (0, 30] deg, got {self.global_sampling}",
-                            option="global-sampling")
+            raise UserError(
+                f"the global angular sampling must be in (0, 30] deg, got {self.global_sampling}",
+                option="global-sampling",
+            )
         for name in ("iterations", "chunk_size", "global_passes"):
             if int(getattr(self, name)) < 1:
-                raise UserError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}",
-                                option=name.replace("_", "-"))
+                raise UserError(
+                    f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}",
+                    option=name.replace("_", "-"),
+                )
         if not (math.isfinite(self.min_improvement) and 0 <= self.min_improvement < 1):
-            raise UserError(f"the minimum improvement must be in [0, 1), got {self.min_improvement}",
-                            option="min-improvement")
+            raise UserError(
+                f"the minimum improvement must be in [0, 1), got {self.min_improvement}", option="min-improvement"
+            )
         if self.global_search and self.initial_reference == "poses":
-            raise UserError("a global search starts from the map, not from poses; drop the initial reference "
-                            "from poses", option="initial-reference")
+            raise UserError(
+                "a global search starts from the map, not from poses; drop the initial reference from poses",
+                option="initial-reference",
+            )
         self.symmetry = Symmetry(self.symmetry)  # a bad name fails here, before any work
 
     def check(self, box: int, pixel_size: float) -> None:
         """UserError for settings that do not fit particles of ``box`` px at ``pixel_size`` Å."""
         quarter = 0.25 * box * pixel_size
         if self.max_shift > quarter:
-            raise UserError(f"the origin neighbourhood ({self.max_shift:g} A) must be at most a quarter of the box "
-                            f"({quarter:.1f} A); a local refinement moves particles less", option="max-shift")
+            raise UserError(
+                f"the origin neighbourhood ({self.max_shift:g} A) must be at most a quarter of the box "
+                f"({quarter:.1f} A); a local refinement moves particles less",
+                option="max-shift",
+            )
         nyquist = 2.0 * pixel_size
         if self.ini_high <= nyquist:
-            raise UserError(f"the initial low-pass ({self.ini_high:g} A) must be coarser than Nyquist ({nyquist:.2f} A "
-                            f"at {pixel_size:g} A/px); RELION starts at 30-60 A", option="ini-high")
+            raise UserError(
+                f"the initial low-pass ({self.ini_high:g} A) must be coarser than Nyquist ({nyquist:.2f} A "
+                f"at {pixel_size:g} A/px); RELION starts at 30-60 A",
+                option="ini-high",
+            )
 
     def reconstruct_settings(self) -> ReconstructSettings:
         return ReconstructSettings(symmetry=self.symmetry, ctf=self.ctf, seed=self.seed)
@@ -272,8 +289,11 @@ def _noise_part(shared: _SearchShared, part: tuple) -> dict[str, np.ndarray]:
     poses, half sets)."""
     imgs, ctf = _chunk_images(shared.device, part)
     rows, halves = part[1], part[2]
-    return _numpy(residual_power_chunk(shared.references, imgs, ctf, torch.from_numpy(halves), rows.rotations,
-                                       rows.shifts_angstrom, MASK_RADIUS))
+    return _numpy(
+        residual_power_chunk(
+            shared.references, imgs, ctf, torch.from_numpy(halves), rows.rotations, rows.shifts_angstrom, MASK_RADIUS
+        )
+    )
 
 
 def _search_part(shared: _SearchShared, part: tuple) -> dict[str, np.ndarray]:
@@ -282,9 +302,22 @@ def _search_part(shared: _SearchShared, part: tuple) -> dict[str, np.ndarray]:
     origins Å, amplitude scales or None)."""
     _, rows, halves, prior_rot, prior_shift, scale = part
     imgs, ctf = _chunk_images(shared.device, part)
-    return _numpy(local_search_chunk(shared.references, shared.search, imgs, ctf, torch.from_numpy(halves),
-                                     rows.rotations, rows.shifts_angstrom, prior_rot, prior_shift, MASK_RADIUS,
-                                     shared.noise_power, None if scale is None else torch.from_numpy(scale)))
+    return _numpy(
+        local_search_chunk(
+            shared.references,
+            shared.search,
+            imgs,
+            ctf,
+            torch.from_numpy(halves),
+            rows.rotations,
+            rows.shifts_angstrom,
+            prior_rot,
+            prior_shift,
+            MASK_RADIUS,
+            shared.noise_power,
+            None if scale is None else torch.from_numpy(scale),
+        )
+    )
 
 
 def _global_part(shared: _GlobalShared, part: tuple) -> dict[str, np.ndarray]:
@@ -296,8 +329,12 @@ def _global_part(shared: _GlobalShared, part: tuple) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- iterations
 def _fsc_record(fsc: FSCResult) -> dict:
-    return {"resolution_0143": fsc.resolution_0143, "resolution_05": fsc.resolution_05,
-            "frequency": fsc.frequency.tolist(), "fsc": fsc.fsc.tolist()}
+    return {
+        "resolution_0143": fsc.resolution_0143,
+        "resolution_05": fsc.resolution_05,
+        "frequency": fsc.frequency.tolist(),
+        "fsc": fsc.fsc.tolist(),
+    }
 
 
 def _packed(state: dict) -> dict:
@@ -310,8 +347,12 @@ def _unpacked(state: dict | None) -> dict | None:
         return None
     try:
         f = state["fsc"]
-        fsc = FSCResult(torch.tensor(f["frequency"], dtype=torch.float64), torch.tensor(f["fsc"], dtype=torch.float64),
-                        float(f["resolution_0143"]), float(f["resolution_05"]))
+        fsc = FSCResult(
+            torch.tensor(f["frequency"], dtype=torch.float64),
+            torch.tensor(f["fsc"], dtype=torch.float64),
+            float(f["resolution_0143"]),
+            float(f["resolution_05"]),
+        )
     except (KeyError, TypeError, ValueError):
         return None  # not a state this job wrote: the iteration is recomputed
     return {**state, "fsc": fsc}
@@ -345,8 +386,10 @@ def _initial_state(
         content = max(map_content_resolution(h1, apix), map_content_resolution(h2, apix))
     elif s.initial_reference == "map":
         if reference_map is None:
-            raise UserError("a refinement from the map needs a map; give one or start from the input poses",
-                            option="initial-reference")
+            raise UserError(
+                "a refinement from the map needs a map; give one or start from the input poses",
+                option="initial-reference",
+            )
         h1 = lowpass_volume(torch.as_tensor(np.asarray(reference_map), dtype=torch.float32), s.ini_high, apix)
         h2, full = h1.clone(), h1.clone()
         source = f"the map low-passed to {s.ini_high:g} A"
@@ -359,8 +402,16 @@ def _initial_state(
         resolution, identical = fsc.resolution_0143, False
     else:
         resolution, identical = reference_resolution(fsc.fsc, fsc.resolution_0143, content, s.ini_high, box, apix)
-    return {"half1": h1, "half2": h2, "full": full, "fsc": fsc, "resolution": resolution, "identical": identical,
-            "source": source, "content": content}
+    return {
+        "half1": h1,
+        "half2": h2,
+        "full": full,
+        "fsc": fsc,
+        "resolution": resolution,
+        "identical": identical,
+        "source": source,
+        "content": content,
+    }
 
 
 def refine_particles(
@@ -438,22 +489,37 @@ def refine_particles(
     state = load(cp0)
     if state is None:
         t0 = time.perf_counter()
+
         def reconstruct_input() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             assert prior_rot is not None  # RefineSettings: no references from poses with a global search
             return reconstruct(prior_rot, prior_shift, "iteration_00_reconstruct.pt")
 
         state = _initial_state(half_maps, reference_map, s, apix, box, reconstruct_input)
-        state.update(rotations=None if prior_rot is None else prior_rot.float(), shifts=prior_shift.float(),
-                     scores=torch.full((n,), math.nan))
-        state["record"] = {"iteration": 0, "search": None, "references": state.pop("source"),
-                           **_fsc_record(state["fsc"]), "resolution_0143": state["resolution"],
-                           "fsc_0143_of_the_halves": state["fsc"].resolution_0143,
-                           "halves_identical": state["identical"], "content_resolution": state.pop("content"),
-                           **compare(state["full"]), "seconds": time.perf_counter() - t0}
+        state.update(
+            rotations=None if prior_rot is None else prior_rot.float(),
+            shifts=prior_shift.float(),
+            scores=torch.full((n,), math.nan),
+        )
+        state["record"] = {
+            "iteration": 0,
+            "search": None,
+            "references": state.pop("source"),
+            **_fsc_record(state["fsc"]),
+            "resolution_0143": state["resolution"],
+            "fsc_0143_of_the_halves": state["fsc"].resolution_0143,
+            "halves_identical": state["identical"],
+            "content_resolution": state.pop("content"),
+            **compare(state["full"]),
+            "seconds": time.perf_counter() - t0,
+        }
         save(cp0, state)
     records = [state["record"]]
-    log.info("iteration 0 (%s): references hold %.2f A%s", state["record"]["references"], state["resolution"],
-             " (one map for both halves)" if state["identical"] else " (FSC 0.143 of the half maps)")
+    log.info(
+        "iteration 0 (%s): references hold %.2f A%s",
+        state["record"]["references"],
+        state["resolution"],
+        " (one map for both halves)" if state["identical"] else " (FSC 0.143 of the half maps)",
+    )
     total = n * s.total_iterations
     step = None if progress is None else (lambda k, _n: progress(k, total))
     passes = s.global_passes if s.global_search else 0
@@ -482,8 +548,14 @@ def refine_particles(
         records.append(state["record"])
         r = state["record"]
         change = "-" if r["pose_change_median_deg"] is None else f"{r['pose_change_median_deg']:.2f} deg"
-        log.info("iteration %d (%s): %.2f A (FSC 0.143), median pose change %s, %.1f particles/s", i, r["search"],
-                 r["resolution_0143"], change, r["particles_per_second"])
+        log.info(
+            "iteration %d (%s): %.2f A (FSC 0.143), median pose change %s, %.1f particles/s",
+            i,
+            r["search"],
+            r["resolution_0143"],
+            change,
+            r["particles_per_second"],
+        )
         if i == passes:  # the local iterations keep the poses of the last global pass as their prior
             prior_rot = state["rotations"].double()
         best_resolution = min(best_resolution, state["resolution"])
@@ -491,9 +563,11 @@ def refine_particles(
             best = state
         if i > passes and not resolution_improved(prev["resolution"], state["resolution"], s.min_improvement):
             if not poses_moving(r["pose_change_median_deg"], r.get("angle_step_finest_deg")):
-                stop_reason = (f"the resolution stopped improving ({prev['resolution']:.2f} -> "
-                               f"{state['resolution']:.2f} A) and the poses settled (median change "
-                               f"{r['pose_change_median_deg']:.2f} deg)")
+                stop_reason = (
+                    f"the resolution stopped improving ({prev['resolution']:.2f} -> "
+                    f"{state['resolution']:.2f} A) and the poses settled (median change "
+                    f"{r['pose_change_median_deg']:.2f} deg)"
+                )
                 break
         prev = state
     assert best is not None  # the first iteration is within the tolerance of the best so far
@@ -512,10 +586,21 @@ def refine_particles(
     for reason in reasons:
         log.warning("warning: this refinement looks like chance: %s", reason)
     return RefineResult(
-        rotations=b["rotations"].double(), shifts_angstrom=b["shifts"].double(), scores=b["scores"].double(),
-        halves=halves, halves_drawn=drawn, half1=b["half1"], half2=b["half2"], full=b["full"], fsc=b["fsc"],
-        iterations=records, best_iteration=b["record"]["iteration"], stop_reason=stop_reason,
-        resolution=b["resolution"], chance_resolution=chance["resolution_0143"], chance_reasons=reasons,
+        rotations=b["rotations"].double(),
+        shifts_angstrom=b["shifts"].double(),
+        scores=b["scores"].double(),
+        halves=halves,
+        halves_drawn=drawn,
+        half1=b["half1"],
+        half2=b["half2"],
+        full=b["full"],
+        fsc=b["fsc"],
+        iterations=records,
+        best_iteration=b["record"]["iteration"],
+        stop_reason=stop_reason,
+        resolution=b["resolution"],
+        chance_resolution=chance["resolution_0143"],
+        chance_reasons=reasons,
     )
 
 
@@ -523,11 +608,17 @@ def _moves(rotations: torch.Tensor, shifts: torch.Tensor, prev: dict) -> dict:
     """Median and mean pose change (deg) and median origin change (Å) from ``prev``'s poses."""
     moved = (shifts.double() - prev["shifts"].double()).norm(dim=-1)
     if prev["rotations"] is None:
-        return {"pose_change_median_deg": None, "pose_change_mean_deg": None,
-                "origin_change_median_angstrom": float(moved.median())}
+        return {
+            "pose_change_median_deg": None,
+            "pose_change_mean_deg": None,
+            "origin_change_median_angstrom": float(moved.median()),
+        }
     change = _degrees(rotations, prev["rotations"])
-    return {"pose_change_median_deg": float(change.median()), "pose_change_mean_deg": float(change.mean()),
-            "origin_change_median_angstrom": float(moved.median())}
+    return {
+        "pose_change_median_deg": float(change.median()),
+        "pose_change_mean_deg": float(change.mean()),
+        "origin_change_median_angstrom": float(moved.median()),
+    }
 
 
 @dataclass
@@ -557,8 +648,11 @@ def _searched(ctx: _Context, name: str, work: ChunkWork, prev: dict, record: dic
     raw = run_chunks(n, ctx.settings.chunk_size, work, store, ctx.progress, ctx.executor)
     seconds = time.perf_counter() - t0
     rotations, shifts = torch.from_numpy(raw["rotations"]), torch.from_numpy(raw["shifts"])
-    record.update(**_moves(rotations, shifts, prev), search_seconds=seconds,
-                  particles_per_second=(n - resumed) / max(seconds, 1e-9))
+    record.update(
+        **_moves(rotations, shifts, prev),
+        search_seconds=seconds,
+        particles_per_second=(n - resumed) / max(seconds, 1e-9),
+    )
     return {"rotations": rotations, "shifts": shifts, "scores": torch.from_numpy(raw["scores"]), "record": record}
 
 
@@ -571,12 +665,22 @@ def _global_pass(i: int, prev: dict, ctx: _Context) -> dict:
     t0 = time.perf_counter()
     half1, half2 = _references(prev, ctx.device)
     galleries = (build_gallery(half1, ctx.apix, match, ctx.device), build_gallery(half2, ctx.apix, match, ctx.device))
-    work = ChunkWork(_global_part, _GlobalShared(galleries, str(ctx.device)),
-                     lambda idx: (ctx.images.take(idx), ctx.tensors[idx], ctx.halves[idx]))
+    work = ChunkWork(
+        _global_part,
+        _GlobalShared(galleries, str(ctx.device)),
+        lambda idx: (ctx.images.take(idx), ctx.tensors[idx], ctx.halves[idx]),
+    )
     g = galleries[0]
-    record = {"iteration": i, "search": "global", "comparison_resolution": band, "working_box": g.work_box,
-              "angular_sampling_deg": s.global_sampling, "directions": g.n_directions, "psi_steps": g.n_psi,
-              "shift_step_angstrom": g.work_pixel_size}
+    record = {
+        "iteration": i,
+        "search": "global",
+        "comparison_resolution": band,
+        "working_box": g.work_box,
+        "angular_sampling_deg": s.global_sampling,
+        "directions": g.n_directions,
+        "psi_steps": g.n_psi,
+        "shift_step_angstrom": g.work_pixel_size,
+    }
     return _searched(ctx, f"iteration_{i:02d}_global", work, prev, record, t0)
 
 
@@ -594,9 +698,16 @@ def _iterate(i: int, prev: dict, ctx: _Context, prior_rot: torch.Tensor, prior_s
     noise_power: tuple[torch.Tensor, torch.Tensor] | None = None
     scale = None
     finest = 2 ** (search.levels - 1)
-    record = {"iteration": i, "search": "local", "comparison_resolution": band, "working_box": references[0].work_box,
-              "angle_step_first_deg": search.angle_step, "angle_step_finest_deg": search.angle_step / finest,
-              "shift_step_finest_angstrom": search.shift_step / finest, "levels": search.levels}
+    record = {
+        "iteration": i,
+        "search": "local",
+        "comparison_resolution": band,
+        "working_box": references[0].work_box,
+        "angle_step_first_deg": search.angle_step,
+        "angle_step_finest_deg": search.angle_step / finest,
+        "shift_step_finest_angstrom": search.shift_step / finest,
+        "levels": search.levels,
+    }
     if s.score == "likelihood":
         shared = _SearchShared(references, search, None, str(ctx.device))
         work = ChunkWork(_noise_part, shared, lambda idx: (images.take(idx), current[idx], halves[idx]))
@@ -611,8 +722,14 @@ def _iterate(i: int, prev: dict, ctx: _Context, prior_rot: torch.Tensor, prior_s
 
     def part(idx: np.ndarray) -> tuple:
         t = torch.from_numpy(idx)
-        return (images.take(idx), current[idx], halves[idx], prior_rot[t], prior_shift[t],
-                None if scale is None else scale[t].numpy())
+        return (
+            images.take(idx),
+            current[idx],
+            halves[idx],
+            prior_rot[t],
+            prior_shift[t],
+            None if scale is None else scale[t].numpy(),
+        )
 
     return _searched(ctx, f"iteration_{i:02d}_search", ChunkWork(_search_part, shared, part), prev, record, t0)
 
@@ -626,16 +743,20 @@ def _checked_particles(
         raise UserError(f"{name} has no particles; nothing to refine")
     tensors = ps.to_tensors(ctf=s.ctf)
     if tensors.rotations is None and not s.global_search:
-        raise UserError(f"{name} has no angles (rlnAngleRot/Tilt/Psi); a local refinement starts from poses: "
-                        "search globally", option="global")
+        raise UserError(
+            f"{name} has no angles (rlnAngleRot/Tilt/Psi); a local refinement starts from poses: search globally",
+            option="global",
+        )
     if s.ctf and tensors.ctf is None:
         raise UserError(f"{name} has no CTF columns (rlnDefocusU ...); refine without CTF", option="no-ctf")
     apix = particle_pixel_size(ps)
     halves, drawn = half_set_labels(ps, s.seed)
     for h in (1, 2):
         if not np.any(halves == h):
-            raise UserError(f"half set {h} of {name} is empty (rlnRandomSubset); give both halves particles "
-                            "or drop the column to split at random")
+            raise UserError(
+                f"half set {h} of {name} is empty (rlnRandomSubset); give both halves particles "
+                "or drop the column to split at random"
+            )
     return tensors, apix, halves, drawn
 
 
@@ -674,8 +795,11 @@ def run_refine(
     box = images.image_shape[0]
     s.check(box, pixel_size)
     if half_maps is not None and s.initial_reference == "poses":
-        raise UserError("the first references are either the half maps given or reconstructed from the input poses; "
-                        "drop one of them", option="initial-reference")
+        raise UserError(
+            "the first references are either the half maps given or reconstructed from the input poses; "
+            "drop one of them",
+            option="initial-reference",
+        )
     volume, map_apix = read_map(map_path)
     check_map_fits_particles(volume, map_apix, box, pixel_size, map_path)
     halves_given = None
@@ -688,12 +812,17 @@ def run_refine(
         halves_given = (given[0], given[1])
     require_reconstruction_memory(box, device)
     inputs = [particles, map_path, *(half_maps or ()), *images.paths]
-    signature = {"particles": file_identity(particles), "map": file_identity(map_path),
-                 "half_maps": [file_identity(p) for p in half_maps] if half_maps else None, "apix": apix,
-                 **{k: v for k, v in asdict(s).items() if k not in ("iterations", "chunk_size")}}
+    signature = {
+        "particles": file_identity(particles),
+        "map": file_identity(map_path),
+        "half_maps": [file_identity(p) for p in half_maps] if half_maps else None,
+        "apix": apix,
+        **{k: v for k, v in asdict(s).items() if k not in ("iterations", "chunk_size")},
+    }
     with output_folder(out, inputs=inputs, outputs=OUTPUTS, force=force):
-        result = refine_particles(ps, images, s, halves_given, volume, device, progress, out / STORE, signature,
-                                  executor)
+        result = refine_particles(
+            ps, images, s, halves_given, volume, device, progress, out / STORE, signature, executor
+        )
         columns = {"rlnRandomSubset": result.halves.astype(np.int64), "cryoposeRefineScore": result.scores.numpy()}
         change = moved = None
         if tensors.rotations is not None:  # a global search reports how far its poses are from the input's
@@ -705,13 +834,21 @@ def run_refine(
         for name, vol in (("half1.mrc", result.half1), ("half2.mrc", result.half2), ("map.mrc", result.full)):
             write_map(out / name, vol.numpy(), pixel_size)
         write_fsc_csv(out / "fsc.csv", result.fsc.frequency, result.fsc.fsc)
-        curves = [(f"iteration {r['iteration']}" + (" (start)" if r["iteration"] == 0 else "")
-                   + (f" ({r['search']})" if r["search"] == "global" else "")
-                   + (" (best)" if r["iteration"] == result.best_iteration else ""),
-                   np.asarray(r["frequency"]), np.asarray(r["fsc"]))
-                  for r in result.iterations if not r.get("halves_identical")]  # one map twice has FSC 1: no curve
-        plot_fsc_curves(curves, out / "fsc.png",
-                        title=f"Half-map FSC per iteration ({len(ps)} particles, {s.symmetry})")
+        curves = [
+            (
+                f"iteration {r['iteration']}"
+                + (" (start)" if r["iteration"] == 0 else "")
+                + (f" ({r['search']})" if r["search"] == "global" else "")
+                + (" (best)" if r["iteration"] == result.best_iteration else ""),
+                np.asarray(r["frequency"]),
+                np.asarray(r["fsc"]),
+            )
+            for r in result.iterations
+            if not r.get("halves_identical")
+        ]  # one map twice has FSC 1: no curve
+        plot_fsc_curves(
+            curves, out / "fsc.png", title=f"Half-map FSC per iteration ({len(ps)} particles, {s.symmetry})"
+        )
         best = result.iterations[result.best_iteration]
         summary = {
             "particles": str(particles),

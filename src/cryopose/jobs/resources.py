@@ -34,13 +34,15 @@ def total_memory(device: torch.device | str = "cpu") -> int:
         return 16 << 30
 
 
-def require_memory(nbytes: float, what: str, fix: str, device: torch.device | str = "cpu",
-                   option: str | None = None) -> None:
+def require_memory(
+    nbytes: float, what: str, fix: str, device: torch.device | str = "cpu", option: str | None = None
+) -> None:
     """UserError when ``what`` would need more than MEMORY_FRACTION of the device's memory;
     the message gives both numbers and ``fix`` (what to do)."""
     total = total_memory(device)
     if nbytes > MEMORY_FRACTION * total:
         raise UserError(
             f"{what} would need about {format_bytes(nbytes)} of memory but {torch.device(device).type} has "
-            f"{format_bytes(total)}; {fix}", option=option,
+            f"{format_bytes(total)}; {fix}",
+            option=option,
         )

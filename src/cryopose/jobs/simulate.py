@@ -24,10 +24,10 @@ from cryopose.geometry.symmetry import Symmetry
 from cryopose.imaging.projection import FourierVolume, fourier_volume
 from cryopose.imaging.resample import resample_map
 from cryopose.imaging.simulation import add_noise, clean_particle_images, draw_simulation_parameters
+from cryopose.io import read_particles
 from cryopose.io.checkpoints import Checkpoint, file_identity
 from cryopose.io.mrc import StackWriter, read_map
 from cryopose.io.outputs import output_folder
-from cryopose.io import read_particles
 from cryopose.io.star import write_star
 from cryopose.jobs.chunks import ChunkWork, torch_threads
 from cryopose.jobs.resources import require_memory
@@ -46,10 +46,28 @@ PROGRESS = ".simulate_progress.pt"
 
 # Columns a --from-star template's values are replaced by (or that belong to its optics).
 _REPLACED = {
-    "rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
-    "rlnOriginX", "rlnOriginY", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",
-    "rlnCtfBfactor", "rlnCtfScalefactor", "rlnOpticsGroup", "rlnVoltage", "rlnSphericalAberration",
-    "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize", "rlnDetectorPixelSize", "rlnMagnification",
+    "rlnImageName",
+    "rlnAngleRot",
+    "rlnAngleTilt",
+    "rlnAnglePsi",
+    "rlnOriginXAngst",
+    "rlnOriginYAngst",
+    "rlnOriginX",
+    "rlnOriginY",
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnPhaseShift",
+    "rlnCtfBfactor",
+    "rlnCtfScalefactor",
+    "rlnOpticsGroup",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnImagePixelSize",
+    "rlnImageSize",
+    "rlnDetectorPixelSize",
+    "rlnMagnification",
 }
 
 
@@ -98,8 +116,10 @@ class SimulateSettings:
         if self.box is not None and int(self.box) < 8:
             raise bad(f"a box of {self.box} px is too small; give at least 8 px", "box")
         if self.particle_diameter is not None and not (finite(self.particle_diameter) and self.particle_diameter > 0):
-            raise bad(f"the particle diameter must be a positive number of Å, got {self.particle_diameter}",
-                      "particle-diameter")
+            raise bad(
+                f"the particle diameter must be a positive number of Å, got {self.particle_diameter}",
+                "particle-diameter",
+            )
         if not (finite(self.voltage) and self.voltage > 0):
             raise bad(f"the voltage must be a positive number of kV, got {self.voltage}", "voltage")
         if not (finite(self.cs) and self.cs >= 0):
@@ -188,24 +208,39 @@ def run_simulate(
         map_apix = apix
     size = box if box is not None else int(round(volume.shape[-1] * map_apix / (apix or map_apix)))
     resampled = int(round(volume.shape[-1] * map_apix / (apix or map_apix)))
-    require_memory(24.0 * max(size, resampled) ** 3 * 8, f"a {max(size, resampled)}^3 map (the map resampled to "
-                   f"{apix or map_apix:g} A/px)", "choose a larger pixel size or a smaller box", device)
+    require_memory(
+        24.0 * max(size, resampled) ** 3 * 8,
+        f"a {max(size, resampled)}^3 map (the map resampled to {apix or map_apix:g} A/px)",
+        "choose a larger pixel size or a smaller box",
+        device,
+    )
     if size < 8:
         raise UserError(f"a box of {size} px is too small to simulate particles; give at least 8 px", option="box")
     vol, pixel_size = resample_map(torch.from_numpy(volume).double(), map_apix, apix, box)
     vol = vol.float()
     if template is None:
         draw = draw_simulation_parameters(
-            n, torch.Generator().manual_seed(s.seed), s.max_shift, (s.defocus[0], s.defocus[1]) if s.ctf else None,
-            voltage=s.voltage, spherical_aberration=s.cs, amplitude_contrast=s.amplitude_contrast,
+            n,
+            torch.Generator().manual_seed(s.seed),
+            s.max_shift,
+            (s.defocus[0], s.defocus[1]) if s.ctf else None,
+            voltage=s.voltage,
+            spherical_aberration=s.cs,
+            amplitude_contrast=s.amplitude_contrast,
         )
         rotations = poses_in_asymmetric_unit(draw.rotations, s.symmetry)
         shifts_a, ctf_params = draw.shifts_angstrom, draw.ctf
     size = vol.shape[-1]
     fv = fourier_volume(vol.to(device))
     mask_radius = None if s.particle_diameter is None else s.particle_diameter / 2 / pixel_size
-    signature = {"map": file_identity(map_path), **asdict(s), "apix": pixel_size, "box": size, "n": n,
-                 "mask": mask_radius}
+    signature = {
+        "map": file_identity(map_path),
+        **asdict(s),
+        "apix": pixel_size,
+        "box": size,
+        "n": n,
+        "mask": mask_radius,
+    }
     with output_folder(out, inputs=inputs, outputs=OUTPUTS, force=force):
         shifts_px = shifts_a / pixel_size
         checkpoint = Checkpoint(out / PROGRESS, signature)
@@ -221,8 +256,9 @@ def run_simulate(
             state = checkpoint.load() if writer.resumed else None
             done: set[int] = set()
             if state is not None:
-                done = (set(range(int(state["done_blocks"]))) if "done_blocks" in state
-                        else {int(b) for b in state["done"]})
+                done = (
+                    set(range(int(state["done_blocks"]))) if "done_blocks" in state else {int(b) for b in state["done"]}
+                )
                 held = sum(min((b + 1) * BLOCK, n) - b * BLOCK for b in done)
                 log.info("resuming: %d of %d particles already simulated", held, n)
                 if progress is not None:
@@ -254,8 +290,16 @@ def run_simulate(
         if template is not None:
             skip = (set(template.optics.columns) if template.optics is not None else set()) | _REPLACED
             extra = {c: template.table[c].to_numpy() for c in template.table.columns if c not in skip}
-        ps = ParticleSet.from_arrays(rotations.double().numpy(), shifts_a.double().numpy(), pixel_size, size, names,
-                                     ctf_dict, extra)
+        ps = ParticleSet.from_arrays(
+            rotations.double().numpy(), shifts_a.double().numpy(), pixel_size, size, names, ctf_dict, extra
+        )
         write_star(ps, out / "particles.star")
-    return {"n_particles": n, "box": size, "pixel_size": pixel_size, "snr": s.snr, "ctf": ctf_params is not None,
-            "star": str(out / "particles.star"), "stack": str(out / "particles.mrcs")}
+    return {
+        "n_particles": n,
+        "box": size,
+        "pixel_size": pixel_size,
+        "snr": s.snr,
+        "ctf": ctf_params is not None,
+        "star": str(out / "particles.star"),
+        "stack": str(out / "particles.mrcs"),
+    }

@@ -68,8 +68,10 @@ def training_parts(n: int, halves: np.ndarray | None, by_half: bool) -> list[tup
     if not by_half:
         return [("", np.arange(n))]
     if halves is None:
-        raise UserError("training one model per half set needs rlnRandomSubset in the particles; add it "
-                        "(e.g. cryopose refine writes it) or train one model on all particles")
+        raise UserError(
+            "training one model per half set needs rlnRandomSubset in the particles; add it "
+            "(e.g. cryopose refine writes it) or train one model on all particles"
+        )
     parts = [(f"half{h}", np.nonzero(halves == h)[0]) for h in (1, 2)]
     for name, idx in parts:
         if len(idx) == 0:
@@ -121,23 +123,34 @@ def run_train(
     for name, idx in parts:
         n_train = len(idx) - int(round(settings.val_fraction * len(idx)))
         if n_train < settings.train.batch_size:
-            raise UserError(f"{n_train} training particles{' in ' + name if name else ''} are fewer than one batch of "
-                            f"{settings.train.batch_size}; use a smaller batch, a smaller validation fraction or more "
-                            "particles", option="batch-size")
-    signature_base = {"particles": file_identity(particles), "apix": apix, "image": asdict(settings.image),
-                      "augment": asdict(settings.augment), "val_fraction": settings.val_fraction,
-                      # the budget is not part of it: a rerun with more epochs or minutes continues
-                      "train": {k: v for k, v in asdict(settings.train).items() if k not in ("epochs", "minutes")}}
+            raise UserError(
+                f"{n_train} training particles{' in ' + name if name else ''} are fewer than one batch of "
+                f"{settings.train.batch_size}; use a smaller batch, a smaller validation fraction or more "
+                "particles",
+                option="batch-size",
+            )
+    signature_base = {
+        "particles": file_identity(particles),
+        "apix": apix,
+        "image": asdict(settings.image),
+        "augment": asdict(settings.augment),
+        "val_fraction": settings.val_fraction,
+        # the budget is not part of it: a rerun with more epochs or minutes continues
+        "train": {k: v for k, v in asdict(settings.train).items() if k not in ("epochs", "minutes")},
+    }
     summaries = []
     with distributed_context(device) as ctx:
-        folder = (output_folder(out, inputs=[particles, *images.paths], outputs=_outputs([p[0] for p in parts]),
-                                force=force)
-                  if ctx.is_main else nullcontext())
+        folder = (
+            output_folder(out, inputs=[particles, *images.paths], outputs=_outputs([p[0] for p in parts]), force=force)
+            if ctx.is_main
+            else nullcontext()
+        )
         with folder:
             ctx.barrier()
             for name, idx in parts:
-                summaries.append(_train_one(name, idx, ps, tensors, images, box, settings, signature_base, out, ctx,
-                                            progress, stage))
+                summaries.append(
+                    _train_one(name, idx, ps, tensors, images, box, settings, signature_base, out, ctx, progress, stage)
+                )
             summary = {
                 "particles": str(particles),
                 "n_particles": len(ps),
@@ -155,8 +168,20 @@ def run_train(
     return summary
 
 
-def _train_one(name: str, idx: np.ndarray, ps, tensors, images: ParticleImages, box: int, settings: TrainJobSettings,
-               signature_base: dict, out: Path, ctx, progress, stage) -> dict[str, Any]:
+def _train_one(
+    name: str,
+    idx: np.ndarray,
+    ps,
+    tensors,
+    images: ParticleImages,
+    box: int,
+    settings: TrainJobSettings,
+    signature_base: dict,
+    out: Path,
+    ctx,
+    progress,
+    stage,
+) -> dict[str, Any]:
     label = name or "model"
     where = out / name if name else out
     if ctx.is_main and name:
@@ -169,9 +194,11 @@ def _train_one(name: str, idx: np.ndarray, ps, tensors, images: ParticleImages, 
     pixel_size = float(dataset.pixel_size)
     train_idx, val_idx = _split(len(idx), settings.val_fraction, settings.train.seed)
     if len(train_idx) < settings.train.batch_size:
-        raise UserError(f"{len(train_idx)} training particles in {label} are fewer than one batch of "
-                        f"{settings.train.batch_size}; use a smaller batch, a smaller validation fraction or more "
-                        "particles")
+        raise UserError(
+            f"{len(train_idx)} training particles in {label} are fewer than one batch of "
+            f"{settings.train.batch_size}; use a smaller batch, a smaller validation fraction or more "
+            "particles"
+        )
     train = _data(prepared, subset, train_idx, pixel_size)
     val = _data(prepared, subset, val_idx, pixel_size) if len(val_idx) else None
     checkpoint = Checkpoint(out / STORE / f"{label}.pt", {**signature_base, "part": name})
@@ -183,8 +210,10 @@ def _train_one(name: str, idx: np.ndarray, ps, tensors, images: ParticleImages, 
     def augment(images_, rotations, origins, generator):
         return augment_batch(images_, rotations, origins, pixel_size, augment_settings, generator)
 
-    title = (f"{settings.train.network.get('model')} estimator{' ' + name if name else ''}: "
-             f"{len(train_idx)} training, {len(val_idx)} validation particles")
+    title = (
+        f"{settings.train.network.get('model')} estimator{' ' + name if name else ''}: "
+        f"{len(train_idx)} training, {len(val_idx)} validation particles"
+    )
 
     def save(st: dict) -> None:
         (out / STORE).mkdir(exist_ok=True)
@@ -202,22 +231,35 @@ def _train_one(name: str, idx: np.ndarray, ps, tensors, images: ParticleImages, 
     best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] > 0 else {}
     last = state["history"][-1] if state["history"] else {}
     if ctx.is_main and state.get("at_chance"):
-        log.warning("%s", chance_warning(label, best.get("val_median_deg", math.nan), state["chance"],
-                                         settings.train.symmetry))
-    return {"name": label, "n_train": int(len(train_idx)), "n_validation": int(len(val_idx)),
-            "epochs": int(state["epoch"]), "planned_epochs": state.get("planned_epochs"),
-            "best_epoch": int(state["best_epoch"]), "training_seconds": float(state["elapsed"]),
-            "pixel_size": pixel_size, "image_size": int(prepared.shape[-1]),
-            **(state.get("chance") or {}), "at_chance": state.get("at_chance"), "best": best, "last": last}
+        log.warning(
+            "%s", chance_warning(label, best.get("val_median_deg", math.nan), state["chance"], settings.train.symmetry)
+        )
+    return {
+        "name": label,
+        "n_train": int(len(train_idx)),
+        "n_validation": int(len(val_idx)),
+        "epochs": int(state["epoch"]),
+        "planned_epochs": state.get("planned_epochs"),
+        "best_epoch": int(state["best_epoch"]),
+        "training_seconds": float(state["elapsed"]),
+        "pixel_size": pixel_size,
+        "image_size": int(prepared.shape[-1]),
+        **(state.get("chance") or {}),
+        "at_chance": state.get("at_chance"),
+        "best": best,
+        "last": last,
+    }
 
 
 def chance_warning(label: str, median_deg: float, chance: dict, sym: str) -> str:
     """The warning for a model whose best validation median is at chance level."""
-    return (f"WARNING: {label} has not learned the poses: its best validation median error, {median_deg:.1f} deg, "
-            f"is not clearly better than chance ({chance['chance_median_deg']:.1f} deg for random poses in {sym}; a "
-            f"model that learned is below {chance['chance_threshold_deg']:.1f} deg). Do not use its predictions; "
-            "check the poses and --sym of the training particles, or train longer (--epochs) or at another "
-            "--image-size.")
+    return (
+        f"WARNING: {label} has not learned the poses: its best validation median error, {median_deg:.1f} deg, "
+        f"is not clearly better than chance ({chance['chance_median_deg']:.1f} deg for random poses in {sym}; a "
+        f"model that learned is below {chance['chance_threshold_deg']:.1f} deg). Do not use its predictions; "
+        "check the poses and --sym of the training particles, or train longer (--epochs) or at another "
+        "--image-size."
+    )
 
 
 def _report_epoch(label: str, state: dict, settings: TrainSettings) -> None:
@@ -225,22 +267,48 @@ def _report_epoch(label: str, state: dict, settings: TrainSettings) -> None:
     still at chance level."""
     epoch, planned = int(state["epoch"]), state.get("planned_epochs")
     if epoch == 1 and settings.minutes is not None and planned is not None:
-        log.info("%s: the first epoch took %.1f s, so the %g-minute budget runs %d epochs (the schedule is fixed in "
-                 "epochs from now on; a busier machine takes longer, not fewer epochs)", label,
-                 state["first_epoch_seconds"], settings.minutes, planned)
+        log.info(
+            "%s: the first epoch took %.1f s, so the %g-minute budget runs %d epochs (the schedule is fixed in "
+            "epochs from now on; a busier machine takes longer, not fewer epochs)",
+            label,
+            state["first_epoch_seconds"],
+            settings.minutes,
+            planned,
+        )
     if planned and planned >= 4 and epoch == planned // 2 and state.get("at_chance"):
         best = state["history"][state["best_epoch"] - 1].get("val_median_deg", math.nan)
-        log.warning("%s: after %d of %d epochs the best validation median error (%.1f deg) is still at chance level "
-                    "(%.1f deg for random poses)", label, epoch, planned, best, state["chance"]["chance_median_deg"])
+        log.warning(
+            "%s: after %d of %d epochs the best validation median error (%.1f deg) is still at chance level "
+            "(%.1f deg for random poses)",
+            label,
+            epoch,
+            planned,
+            best,
+            state["chance"]["chance_median_deg"],
+        )
 
 
-def _write_model(path: Path, state: dict, settings: TrainJobSettings, pixel_size: float, box: int, ps,
-                 name: str) -> None:
+def _write_model(
+    path: Path, state: dict, settings: TrainJobSettings, pixel_size: float, box: int, ps, name: str
+) -> None:
     weights = state["best_model"] if state.get("best_model") is not None else state["model"]
     best = state["history"][state["best_epoch"] - 1] if state.get("best_epoch", 0) > 0 else {}
-    write_model_file(path, state["config"], weights, asdict(settings.image), pixel_size, settings.train.symmetry,
-                     {"trained_on": str(ps.source_file) if ps.source_file else None, "half": name or None,
-                      "input_box": int(box), "input_pixel_size": float(np.median(ps.pixel_size)),
-                      "epochs": int(state["epoch"]), "best_epoch": int(state.get("best_epoch", -1)),
-                      "validation": {k: v for k, v in best.items() if k.startswith("val_")},
-                      "chance": state.get("chance"), "at_chance": state.get("at_chance")})
+    write_model_file(
+        path,
+        state["config"],
+        weights,
+        asdict(settings.image),
+        pixel_size,
+        settings.train.symmetry,
+        {
+            "trained_on": str(ps.source_file) if ps.source_file else None,
+            "half": name or None,
+            "input_box": int(box),
+            "input_pixel_size": float(np.median(ps.pixel_size)),
+            "epochs": int(state["epoch"]),
+            "best_epoch": int(state.get("best_epoch", -1)),
+            "validation": {k: v for k, v in best.items() if k.startswith("val_")},
+            "chance": state.get("chance"),
+            "at_chance": state.get("at_chance"),
+        },
+    )

@@ -27,15 +27,15 @@ from cryopose.align.projection_matching import Gallery, MatchSettings, build_gal
 from cryopose.errors import UserError
 from cryopose.geometry.symmetry import Symmetry
 from cryopose.imaging.projection import FourierVolume, fourier_volume
+from cryopose.io import read_particles
 from cryopose.io.atomic import write_json_atomic
 from cryopose.io.checkpoints import ChunkStore, discard, file_identity
 from cryopose.io.mrc import ParticleImages, read_map
 from cryopose.io.outputs import output_folder
-from cryopose.io import read_particles
 from cryopose.io.star import write_star
 from cryopose.io.validation_plots import soft_validation_figure
-from cryopose.jobs.inputs import check_map_fits_particles, particle_pixel_size
 from cryopose.jobs.chunks import ChunkWork, run_chunks
+from cryopose.jobs.inputs import check_map_fits_particles, particle_pixel_size
 from cryopose.particles import ParticleSet
 from cryopose.validate import scores as sc
 from cryopose.validate.pipeline import NoiseReferences, noise_references, score_chunk
@@ -87,8 +87,10 @@ class ValidationOptions:
             raise UserError(f"unknown convention {self.convention!r}; use paper or xmipp", option="convention")
         for name, low in (("noise_draws", 1), ("chunk_size", 1)):
             if int(getattr(self, name)) < low:
-                raise UserError(f"{name.replace('_', ' ')} must be at least {low}, got {getattr(self, name)}",
-                                option=name.replace("_", "-"))
+                raise UserError(
+                    f"{name.replace('_', ' ')} must be at least {low}, got {getattr(self, name)}",
+                    option=name.replace("_", "-"),
+                )
         for name in ("precision_threshold", "accuracy_threshold"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"the {name.replace('_', ' ')} must be a finite number", option=name.replace("_", "-"))
@@ -116,8 +118,9 @@ def _check_classes(particles: ParticleSet, n_maps: int) -> np.ndarray:
         raise UserError("validating by class needs rlnClassNumber in the particles' star file")
     bad = sorted(set(int(c) for c in np.unique(classes)) - set(range(1, n_maps + 1)))
     if bad:
-        raise UserError(f"particles have rlnClassNumber {bad} but only {n_maps} maps were given "
-                        "(class k uses the k-th map)")
+        raise UserError(
+            f"particles have rlnClassNumber {bad} but only {n_maps} maps were given (class k uses the k-th map)"
+        )
     return classes
 
 
@@ -144,8 +147,17 @@ def _score_part(shared: _ScoreShared, part: tuple) -> dict[str, np.ndarray]:
     ctf = None if rows.ctf is None else rows.ctf.to(device)
     ctf = None if ctf is None else ctf.to(dtype=torch.float32)
     shifts = rows.shifts_angstrom if rows.rotations is not None else None
-    out = score_chunk(shared.gallery, shared.clean_volume, imgs, ctf, rows.rotations, shifts, shared.apix, shared.noise,
-                      shared.convention)
+    out = score_chunk(
+        shared.gallery,
+        shared.clean_volume,
+        imgs,
+        ctf,
+        rows.rotations,
+        shifts,
+        shared.apix,
+        shared.noise,
+        shared.convention,
+    )
     return {k: v.numpy() for k, v in out.items()}
 
 
@@ -167,7 +179,8 @@ def _score_one_map(
     if gallery.n_directions < xi:
         raise UserError(
             f"an angular sampling of {settings.angular_sampling} deg gives {gallery.n_directions} directions, "
-            f"fewer than xi = {xi}; use a finer sampling", option="angular-sampling",
+            f"fewer than xi = {xi}; use a finer sampling",
+            option="angular-sampling",
         )
     clean_volume = fourier_volume(torch.as_tensor(volume, dtype=torch.float32, device=device))
     noise = noise_references(gallery, xi, settings.symmetry, opts.convention, opts.noise_draws, opts.seed)
@@ -269,8 +282,9 @@ def validate_particles(
         if len(maps) != 1:
             raise ValueError("validate_particles takes one map unless by_class is set")
         vol, _ = maps[0]
-        cols, summary = _score_one_map(particles, images, np.arange(n), vol, apix, opts, device, step, store("all"),
-                                       executor)
+        cols, summary = _score_one_map(
+            particles, images, np.arange(n), vol, apix, opts, device, step, store("all"), executor
+        )
     else:
         classes = _check_classes(particles, len(maps))
         cols = {}
@@ -302,8 +316,11 @@ def validate_particles(
         accuracy_threshold=opts.accuracy_threshold,
         convention=opts.convention,
         has_poses=particles.rotations is not None,
-        settings={**{k: v for k, v in asdict(opts).items() if k != "match"}, **asdict(opts.match),
-                  "xi": opts.resolved_xi()},
+        settings={
+            **{k: v for k, v in asdict(opts).items() if k != "match"},
+            **asdict(opts.match),
+            "xi": opts.resolved_xi(),
+        },
     )
     return cols, summary
 
@@ -312,10 +329,19 @@ def rank_maps(summaries: list[dict], names: list[str]) -> list[dict]:
     """Maps ordered best first: by Q when available, else by precision fraction."""
     rows = []
     for name, s in zip(names, summaries):
-        rows.append({"map": name, "precision_fraction": s["precision_fraction"],
-                     "accuracy_fraction": s.get("accuracy_fraction"), "Q": s.get("Q")})
-    key = ((lambda r: (r["Q"], r["precision_fraction"])) if all(r["Q"] is not None for r in rows)
-           else (lambda r: r["precision_fraction"]))
+        rows.append(
+            {
+                "map": name,
+                "precision_fraction": s["precision_fraction"],
+                "accuracy_fraction": s.get("accuracy_fraction"),
+                "Q": s.get("Q"),
+            }
+        )
+    key = (
+        (lambda r: (r["Q"], r["precision_fraction"]))
+        if all(r["Q"] is not None for r in rows)
+        else (lambda r: r["precision_fraction"])
+    )
     rows.sort(key=key, reverse=True)
     for i, r in enumerate(rows):
         r["rank"] = i + 1
@@ -329,10 +355,19 @@ def _write_outputs(out: Path, particles: ParticleSet, cols: dict, summary: dict,
     write_star(scored.subset(keep), out / "pruned.star")
     write_json_atomic(out / "summary.json", summary)
     acc = cols.get("cryoposeAccuracy") if summary.get("has_poses") else None
-    title = (f"Q = {summary['Q']:.3f}" if summary.get("Q") is not None
-             else f"precision = {summary['precision_fraction']:.3f}")
-    soft_validation_figure(cols["cryoposePrecision"], acc, opts.precision_threshold, opts.accuracy_threshold,
-                           out / "soft_validation.png", title)
+    title = (
+        f"Q = {summary['Q']:.3f}"
+        if summary.get("Q") is not None
+        else f"precision = {summary['precision_fraction']:.3f}"
+    )
+    soft_validation_figure(
+        cols["cryoposePrecision"],
+        acc,
+        opts.precision_threshold,
+        opts.accuracy_threshold,
+        out / "soft_validation.png",
+        title,
+    )
 
 
 def run_validate(
@@ -373,24 +408,43 @@ def run_validate(
         _check_classes(ps, len(maps))
     opts.check(box, apix_used)
     several = not by_class and len(maps) > 1
-    outputs = ([f"map{i}/{name}" for i in range(1, len(maps) + 1) for name in OUTPUTS] + ["summary.json"] if several
-               else OUTPUTS)
-    base: dict[str, Any] = {"particles": file_identity(particles), "maps": [file_identity(m) for m in maps],
-                            "apix": apix, "by_class": by_class, "options": asdict(opts)}
+    outputs = (
+        [f"map{i}/{name}" for i in range(1, len(maps) + 1) for name in OUTPUTS] + ["summary.json"]
+        if several
+        else OUTPUTS
+    )
+    base: dict[str, Any] = {
+        "particles": file_identity(particles),
+        "maps": [file_identity(m) for m in maps],
+        "apix": apix,
+        "by_class": by_class,
+        "options": asdict(opts),
+    }
     base["options"].pop("chunk_size")  # results do not depend on it
     store_root = out / STORE
     with output_folder(out, inputs=[particles, *maps, *images.paths], outputs=outputs, force=force):
         if not several:
-            cols, summary = validate_particles(ps, images, volumes, opts, by_class, device, progress, store_root, base,
-                                               executor=executor)
+            cols, summary = validate_particles(
+                ps, images, volumes, opts, by_class, device, progress, store_root, base, executor=executor
+            )
             summary["maps"] = [str(m) for m in maps]
             _write_outputs(out, ps, cols, summary, opts)
         else:
             summaries = []
             for i, (m, map_and_apix) in enumerate(zip(maps, volumes), start=1):
-                cols, s = validate_particles(ps, images, [map_and_apix], opts, False, device, progress,
-                                             store_root / f"map{i}", {**base, "map_index": i}, len(ps) * len(maps),
-                                             executor)
+                cols, s = validate_particles(
+                    ps,
+                    images,
+                    [map_and_apix],
+                    opts,
+                    False,
+                    device,
+                    progress,
+                    store_root / f"map{i}",
+                    {**base, "map_index": i},
+                    len(ps) * len(maps),
+                    executor,
+                )
                 s["map"] = str(m)
                 _write_outputs(out / f"map{i}", ps, cols, s, opts)
                 summaries.append(s)

@@ -26,8 +26,14 @@ from cryopose.geometry.rotations import rotation_about_z
 from cryopose.imaging.rotate import rotate_images
 from cryopose.imaging.shifts import shift_images
 
-__all__ = ["AugmentSettings", "AugmentDraw", "draw_augmentation", "apply_augmentation", "rotate_in_plane",
-           "augment_batch"]
+__all__ = [
+    "AugmentSettings",
+    "AugmentDraw",
+    "draw_augmentation",
+    "apply_augmentation",
+    "rotate_in_plane",
+    "augment_batch",
+]
 
 
 @dataclass
@@ -49,13 +55,16 @@ class AugmentSettings:
 
     def __post_init__(self) -> None:
         if not (float(self.max_shift_angstrom) >= 0.0):
-            raise UserError(f"maximum augmentation shift {self.max_shift_angstrom!r} Å is negative; give 0 or more",
-                            option="max-shift-augment")
+            raise UserError(
+                f"maximum augmentation shift {self.max_shift_angstrom!r} Å is negative; give 0 or more",
+                option="max-shift-augment",
+            )
         if not (float(self.noise_std) >= 0.0):
             raise UserError(f"augmentation noise {self.noise_std!r} is negative; give 0 or more", option="noise_std")
         if not (0.0 <= float(self.contrast) < 1.0):
-            raise UserError(f"augmentation contrast {self.contrast!r} is outside [0, 1); give a fraction below 1",
-                            option="contrast")
+            raise UserError(
+                f"augmentation contrast {self.contrast!r} is outside [0, 1); give a fraction below 1", option="contrast"
+            )
 
 
 @dataclass

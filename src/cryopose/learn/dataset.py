@@ -43,8 +43,15 @@ from cryopose.learn.preprocess import ImageSettings, prepare_images, prepared_pi
 
 __all__ = ["CTF_FIELDS", "ParticlesDataset"]
 
-CTF_FIELDS = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "spherical_aberration", "amplitude_contrast",
-              "phase_shift")
+CTF_FIELDS = (
+    "defocus_u",
+    "defocus_v",
+    "defocus_angle",
+    "voltage",
+    "spherical_aberration",
+    "amplitude_contrast",
+    "phase_shift",
+)
 """The CTFParameters fields of an item's "ctf" vector, in order."""
 
 
@@ -96,8 +103,11 @@ class ParticlesDataset(Dataset):
         shape = getattr(images, "image_shape", None)
         box = int(shape[-1]) if shape is not None else int(np.asarray(images.read([0])).shape[-1])
         if settings.ctf_correction != "none" and tensors.ctf is None:
-            raise UserError(f"CTF correction {settings.ctf_correction!r} needs CTF parameters but the particles have none; "
-                            "turn CTF correction off or give particles with CTF columns", option="ctf-correction")
+            raise UserError(
+                f"CTF correction {settings.ctf_correction!r} needs CTF parameters but the particles have none; "
+                "turn CTF correction off or give particles with CTF columns",
+                option="ctf-correction",
+            )
         self.images = images
         self.settings = settings
         self.augment = augment
@@ -117,7 +127,9 @@ class ParticlesDataset(Dataset):
         if tensors.ctf is None:
             self._ctf_vectors = torch.zeros(n, len(CTF_FIELDS), dtype=torch.float32)
         else:
-            self._ctf_vectors = torch.stack([getattr(tensors.ctf, f).to(torch.float32).reshape(n) for f in CTF_FIELDS], -1)
+            self._ctf_vectors = torch.stack(
+                [getattr(tensors.ctf, f).to(torch.float32).reshape(n) for f in CTF_FIELDS], -1
+            )
         halves = tensors.half_sets
         self._halves = torch.zeros(n, dtype=torch.int64) if halves is None else halves.to(torch.int64).reshape(n)
         self._cache: torch.Tensor | None = None
@@ -173,7 +185,9 @@ class ParticlesDataset(Dataset):
             draws.append(draw_augmentation(1, self._size, augment, generator))
         return AugmentDraw.cat(draws)
 
-    def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> dict:
+    def batch(
+        self, indices: Sequence[int] | np.ndarray | torch.Tensor, device: torch.device | str | None = None
+    ) -> dict:
         """The items at ``indices`` stacked (leading dimension k), images read in one call,
         on ``device`` (default CPU)."""
         idx = np.asarray(indices.cpu() if torch.is_tensor(indices) else indices, dtype=np.int64).reshape(-1)
@@ -186,8 +200,9 @@ class ParticlesDataset(Dataset):
         rotations = self._rotations[t].to(device)
         origins = self._origins[t].to(device)
         if self.augment is not None:
-            images, rotations, origins = apply_augmentation(images, rotations, origins, self._pixel_size,
-                                                           self._draw(idx, self.augment))
+            images, rotations, origins = apply_augmentation(
+                images, rotations, origins, self._pixel_size, self._draw(idx, self.augment)
+            )
         return {
             "image": images.to(torch.float32),
             "rotation": rotations.to(torch.float32),

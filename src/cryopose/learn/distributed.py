@@ -100,25 +100,41 @@ class DistributedContext:
         if global_batch_size % self.world_size:
             raise UserError(
                 f"a batch of {global_batch_size} cannot be shared evenly among {self.world_size} processes; "
-                "use a batch size that is a multiple of the number of processes", option="batch-size")
+                "use a batch size that is a multiple of the number of processes",
+                option="batch-size",
+            )
         return global_batch_size // self.world_size
 
-    def sampler(self, dataset: Dataset, shuffle: bool = True, seed: int = 0,
-                drop_last: bool = False) -> DistributedSampler:
+    def sampler(
+        self, dataset: Dataset, shuffle: bool = True, seed: int = 0, drop_last: bool = False
+    ) -> DistributedSampler:
         """This rank's share of ``dataset``: the same seeded permutation on every rank,
         dealt out in turn (rank r gets items r, r + W, ...)."""
-        return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=seed,
-                                  drop_last=drop_last)
+        return DistributedSampler(
+            dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
 
-    def loader(self, dataset: Dataset, global_batch_size: int, shuffle: bool = True, seed: int = 0,
-               drop_last: bool = False, **loader_kwargs: Any) -> DataLoader:
+    def loader(
+        self,
+        dataset: Dataset,
+        global_batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        **loader_kwargs: Any,
+    ) -> DataLoader:
         """A DataLoader over this rank's share, ``global_batch_size / world_size`` items a
         batch. Step k of every rank together covers the items of step k of a one-process
         run with the same global batch and seed, so the gradients (DDP averages them) and
         the loss curve are the same up to rounding."""
         sampler = self.sampler(dataset, shuffle, seed, drop_last)
-        return DataLoader(dataset, batch_size=self.per_rank_batch_size(global_batch_size), sampler=sampler,
-                          drop_last=drop_last, **loader_kwargs)
+        return DataLoader(
+            dataset,
+            batch_size=self.per_rank_batch_size(global_batch_size),
+            sampler=sampler,
+            drop_last=drop_last,
+            **loader_kwargs,
+        )
 
     @staticmethod
     def set_epoch(loader: DataLoader, epoch: int) -> None:
@@ -159,13 +175,15 @@ def _environment_int(name: str, default: int) -> int:
     try:
         return default if value is None else int(value)
     except ValueError:
-        raise UserError(f"environment variable {name}={value!r} is not an integer; start the run with "
-                        "torchrun") from None
+        raise UserError(
+            f"environment variable {name}={value!r} is not an integer; start the run with torchrun"
+        ) from None
 
 
 @contextmanager
-def distributed_context(device: torch.device | str | None = None,
-                        timeout_seconds: float = 1800.0) -> Iterator[DistributedContext]:
+def distributed_context(
+    device: torch.device | str | None = None, timeout_seconds: float = 1800.0
+) -> Iterator[DistributedContext]:
     """Join the run torchrun started (or run alone) and leave it cleanly on exit.
 
     ``device``: "cpu", "cuda" (each rank takes GPU LOCAL_RANK) or None (CUDA when present).
@@ -183,8 +201,10 @@ def distributed_context(device: torch.device | str | None = None,
             raise UserError("CUDA was asked for but no CUDA GPU is available; train on the CPU", option="device")
         if device.index is None:
             if local_rank >= torch.cuda.device_count():
-                raise UserError(f"process {local_rank} on this node has no GPU of its own ({torch.cuda.device_count()} "
-                                "GPUs); start at most one process per GPU")
+                raise UserError(
+                    f"process {local_rank} on this node has no GPU of its own ({torch.cuda.device_count()} "
+                    "GPUs); start at most one process per GPU"
+                )
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if world <= 1:
@@ -194,8 +214,9 @@ def distributed_context(device: torch.device | str | None = None,
         if name not in os.environ:
             raise UserError(f"WORLD_SIZE is set but {name} is not; start the run with torchrun")
     backend = backend_for(device)
-    init: dict[str, Any] = dict(backend=backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_seconds))
+    init: dict[str, Any] = dict(
+        backend=backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_seconds)
+    )
     if backend == "nccl":
         init["device_id"] = device
     dist.init_process_group(**init)

@@ -46,8 +46,9 @@ def pairwise_distances(q: torch.Tensor, i: torch.Tensor, j: torch.Tensor, sym: s
     return symmetric_quaternion_distance(q[i], mates)
 
 
-def pair_indices(true_quaternions: torch.Tensor, sym: str, scheme: str, generator: torch.Generator,
-                 bins: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_indices(
+    true_quaternions: torch.Tensor, sym: str, scheme: str, generator: torch.Generator, bins: int = 6
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs (i, j) within a batch of n: ``"random"`` pairs each particle with a random other
     one (n pairs); ``"stratified"`` draws 8n candidate pairs and keeps the same number from
     each of ``bins`` bins of true distance over [0, pi] (n / bins, or all a sparser bin
@@ -73,9 +74,14 @@ def pair_indices(true_quaternions: torch.Tensor, sym: str, scheme: str, generato
     return i[picked], j[picked]
 
 
-def forum_loss(predicted: torch.Tensor, true_rotations: torch.Tensor, sym: str, progress: float,
-               pairs: tuple[torch.Tensor, torch.Tensor],
-               weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def forum_loss(
+    predicted: torch.Tensor,
+    true_rotations: torch.Tensor,
+    sym: str,
+    progress: float,
+    pairs: tuple[torch.Tensor, torch.Tensor],
+    weights: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """cryo-forum's loss for predicted quaternions (n, 4) against true poses (n, 3, 3):
     {"loss", "geodesic" (mean, rad), "siamese" (mean, rad)}; ``weights`` (n,) weigh particles."""
     mates = matrix_to_quaternion(symmetry_mates(true_rotations, sym))
@@ -97,8 +103,9 @@ def grid_targets(true_rotations: torch.Tensor, grid_quaternions: torch.Tensor, s
     symmetry mates of each true pose (a point shared by two mates counts once)."""
     mates = matrix_to_quaternion(symmetry_mates(true_rotations, sym))  # (n, G, 4)
     nearest = (mates @ grid_quaternions.T).abs().argmax(dim=-1)  # (n, G): max |cos(angle/2)|
-    targets = torch.zeros(true_rotations.shape[0], grid_quaternions.shape[0], dtype=grid_quaternions.dtype,
-                          device=grid_quaternions.device)
+    targets = torch.zeros(
+        true_rotations.shape[0], grid_quaternions.shape[0], dtype=grid_quaternions.dtype, device=grid_quaternions.device
+    )
     targets.scatter_(1, nearest, 1.0)
     return targets / targets.sum(dim=1, keepdim=True)
 

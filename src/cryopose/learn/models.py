@@ -107,8 +107,12 @@ class GeneralisedMeanPool(nn.Module):
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -181,8 +185,9 @@ def _monomials(rotations: torch.Tensor, keys: tuple[tuple[int, ...], ...]) -> to
 
 
 @lru_cache(maxsize=4)
-def _harmonic_basis(degree: int, order: int, chosen: tuple[tuple[int, ...], ...] | None = None
-                    ) -> tuple[tuple[tuple[int, ...], ...], torch.Tensor]:
+def _harmonic_basis(
+    degree: int, order: int, chosen: tuple[tuple[int, ...], ...] | None = None
+) -> tuple[tuple[tuple[int, ...], ...], torch.Tensor]:
     """(monomials, W): monomials(g) @ W is an orthonormal basis (on the order's grid, mean of
     squares 1) of the functions of degree <= ``degree`` on SO(3), K = sum (2l+1)^2 of them.
 
@@ -222,8 +227,7 @@ class HarmonicGridHead(nn.Module):
     grid_quaternions: torch.Tensor
     grid_basis: torch.Tensor
 
-    def __init__(self, in_features: int, order: int = 2, degree: int = 6,
-                 monomials: list | None = None) -> None:
+    def __init__(self, in_features: int, order: int = 2, degree: int = 6, monomials: list | None = None) -> None:
         super().__init__()
         self.order, self.degree = order, degree
         given = None if monomials is None else tuple(tuple(int(i) for i in key) for key in monomials)
@@ -232,8 +236,9 @@ class HarmonicGridHead(nn.Module):
         grid = healpix_rotations(order)
         self.register_buffer("grid", grid, persistent=False)
         self.register_buffer("grid_quaternions", matrix_to_quaternion(grid), persistent=False)
-        self.register_buffer("grid_basis", (_monomials(grid.double(), self.monomials) @ projection).float(),
-                             persistent=False)
+        self.register_buffer(
+            "grid_basis", (_monomials(grid.double(), self.monomials) @ projection).float(), persistent=False
+        )
         self.coefficients = nn.Linear(in_features, projection.shape[1])
         with torch.no_grad():  # start near the uniform distribution
             self.coefficients.weight.mul_(0.01)
@@ -250,8 +255,9 @@ class HarmonicGridHead(nn.Module):
         radius = grid_spacing(self.order) / 2
         rows = torch.arange(len(best), device=best.device)
         for _ in range(levels):
-            steps = local_rotation_grid(radius, radius, shape="cube", as_matrices=False, dtype=best.dtype,
-                                        device=best.device)
+            steps = local_rotation_grid(
+                radius, radius, shape="cube", as_matrices=False, dtype=best.dtype, device=best.device
+            )
             candidates = best[:, None] @ axis_angle_to_matrix(steps)[None]
             values = (_monomials(candidates, self.monomials) * monomial_coefficients[:, None, :]).sum(-1)
             best = candidates[rows, values.argmax(dim=1)]
@@ -283,8 +289,9 @@ class _Estimator(nn.Module):
         super().__init__()
         self.config = dict(config)
         self.blur = BlurLayer(tuple(config.get("blur_sigmas", ())))
-        self.backbone = ConvBackbone(self.blur.channels, tuple(config.get("channels", DEFAULT_CHANNELS)),
-                                     float(config.get("dropout", 0.0)))
+        self.backbone = ConvBackbone(
+            self.blur.channels, tuple(config.get("channels", DEFAULT_CHANNELS)), float(config.get("dropout", 0.0))
+        )
         self.pool = GeneralisedMeanPool(float(config.get("gem_p", 3.0)))
         self.origin = OriginHead(self.backbone.first_channels)
 
@@ -315,7 +322,7 @@ class ForumEstimator(_Estimator):
             bias = torch.zeros(4, 4)
             bias[range(4), range(4)] = torch.tensor([1.0, 2.0, 3.0, 4.0])
             last.bias.copy_(bias[torch.triu_indices(4, 4)[0], torch.triu_indices(4, 4)[1]])
-        self.auxiliary = (_grid_head(self.config, c) if config.get("auxiliary_grid", True) else None)
+        self.auxiliary = _grid_head(self.config, c) if config.get("auxiliary_grid", True) else None
         self.qcqp = str(config.get("qcqp", "cholesky"))
         if self.qcqp not in ("cholesky", "symmetric"):
             raise ValueError(f"unknown QCQP parameterisation {self.qcqp!r}; use cholesky or symmetric")
@@ -336,8 +343,13 @@ class ForumEstimator(_Estimator):
         surer), lambda_max, lambda_trace."""
         out = self.forward(images)
         _, lam_max, lam_trace = bingham_dispersions(out["eigenvalues"])
-        return {"rotations": quaternion_to_matrix(out["quaternion"]), "origin_px": out["origin_px"],
-                "confidence": -lam_trace, "lambda_max": lam_max, "lambda_trace": lam_trace}
+        return {
+            "rotations": quaternion_to_matrix(out["quaternion"]),
+            "origin_px": out["origin_px"],
+            "confidence": -lam_trace,
+            "lambda_max": lam_max,
+            "lambda_trace": lam_trace,
+        }
 
 
 class GridEstimator(_Estimator):
@@ -361,9 +373,12 @@ class GridEstimator(_Estimator):
         out = self.forward(images)
         logits = out["grid_logits"]
         rotations = self.head.refine(out["features"], logits, self.refine_levels)
-        return {"rotations": rotations, "origin_px": out["origin_px"],
-                "confidence": self.head.mass_near(logits, rotations),
-                "grid_probability": torch.softmax(logits, dim=1).amax(dim=1)}
+        return {
+            "rotations": rotations,
+            "origin_px": out["origin_px"],
+            "confidence": self.head.mass_near(logits, rotations),
+            "grid_probability": torch.softmax(logits, dim=1).amax(dim=1),
+        }
 
 
 ESTIMATORS = {"forum": ForumEstimator, "grid": GridEstimator}
@@ -402,8 +417,12 @@ def _whole(value: Any, low: int, high: int) -> bool:
 
 
 def _real(value: Any, low: float, high: float) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and low <= value <= high)
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
 
 
 def estimator_config_problem(config: dict[str, Any]) -> str | None:
@@ -414,8 +433,11 @@ def estimator_config_problem(config: dict[str, Any]) -> str | None:
     if config.get("model") not in ESTIMATORS:
         return f"unknown estimator {config.get('model')!r} (cryopose has {', '.join(sorted(ESTIMATORS))})"
     channels = config.get("channels", DEFAULT_CHANNELS)
-    if (not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 8
-            or not all(_whole(c, 1, 8192) for c in channels)):
+    if (
+        not isinstance(channels, (list, tuple))
+        or not 1 <= len(channels) <= 8
+        or not all(_whole(c, 1, 8192) for c in channels)
+    ):
         return f"its channel widths {channels!r} are not 1 to 8 whole numbers of 1 to 8192"
     sigmas = config.get("blur_sigmas", ())
     if not isinstance(sigmas, (list, tuple)) or len(sigmas) > 8 or not all(_real(s, 0.0, 64.0) for s in sigmas):
@@ -443,9 +465,13 @@ def estimator_config_problem(config: dict[str, Any]) -> str | None:
         if 72 * 8**order * size > MAX_GRID_VALUES:
             return f"its grid head (order {order}, degree {degree}) would need {72 * 8**order * size:,} values"
         monomials = config.get("grid_monomials")
-        if monomials is not None and (not isinstance(monomials, (list, tuple)) or len(monomials) != size or not all(
-                isinstance(m, (list, tuple)) and len(m) <= degree and all(_whole(i, 0, 8) for i in m)
-                for m in monomials)):
+        if monomials is not None and (
+            not isinstance(monomials, (list, tuple))
+            or len(monomials) != size
+            or not all(
+                isinstance(m, (list, tuple)) and len(m) <= degree and all(_whole(i, 0, 8) for i in m) for m in monomials
+            )
+        ):
             return f"its grid monomials are not {size} lists of up to {degree} entry indices 0..8"
     return None
 
@@ -457,11 +483,15 @@ def weights_problem(model: nn.Module, weights: dict[str, torch.Tensor]) -> str |
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
     if missing or extra:
-        return (f"its weights do not fit the network its config describes ({len(missing)} missing, e.g. "
-                f"{missing[0] if missing else '-'}; {len(extra)} unexpected, e.g. {extra[0] if extra else '-'})")
+        return (
+            f"its weights do not fit the network its config describes ({len(missing)} missing, e.g. "
+            f"{missing[0] if missing else '-'}; {len(extra)} unexpected, e.g. {extra[0] if extra else '-'})"
+        )
     for name, value in expected.items():
         given = weights[name]
         if tuple(given.shape) != tuple(value.shape) or given.is_floating_point() != value.is_floating_point():
-            return (f"its weight {name} is {tuple(given.shape)} {given.dtype}, but the network its config describes "
-                    f"needs {tuple(value.shape)} {value.dtype}")
+            return (
+                f"its weight {name} is {tuple(given.shape)} {given.dtype}, but the network its config describes "
+                f"needs {tuple(value.shape)} {value.dtype}"
+            )
     return None

@@ -28,8 +28,15 @@ from cryopose.imaging.filters import normalise_background
 from cryopose.imaging.fourier import centered_irfft2, centered_rfft2
 from cryopose.imaging.resample import fourier_resize_images
 
-__all__ = ["CTF_CORRECTIONS", "DEFAULT_IMAGE_SIZE", "ImageSettings", "cropped_size", "prepared_size",
-           "prepared_pixel_size", "prepare_images"]
+__all__ = [
+    "CTF_CORRECTIONS",
+    "DEFAULT_IMAGE_SIZE",
+    "ImageSettings",
+    "cropped_size",
+    "prepared_size",
+    "prepared_pixel_size",
+    "prepare_images",
+]
 
 CTF_CORRECTIONS = ("none", "phase_flip", "wiener")
 
@@ -57,19 +64,28 @@ class ImageSettings:
     normalise: bool = True
 
     def __post_init__(self) -> None:
-        if self.image_size is not None and (isinstance(self.image_size, bool) or int(self.image_size) != self.image_size
-                                            or self.image_size < 2):
-            raise UserError(f"image size {self.image_size!r} is not a whole number of pixels >= 2; "
-                            "give a larger image size", option="image-size")
+        if self.image_size is not None and (
+            isinstance(self.image_size, bool) or int(self.image_size) != self.image_size or self.image_size < 2
+        ):
+            raise UserError(
+                f"image size {self.image_size!r} is not a whole number of pixels >= 2; give a larger image size",
+                option="image-size",
+            )
         if not (0.0 < float(self.crop_factor) <= 1.0):
-            raise UserError(f"crop factor {self.crop_factor!r} is outside (0, 1]; give the fraction of the box to keep",
-                            option="crop-factor")
+            raise UserError(
+                f"crop factor {self.crop_factor!r} is outside (0, 1]; give the fraction of the box to keep",
+                option="crop-factor",
+            )
         if self.ctf_correction not in CTF_CORRECTIONS:
-            raise UserError(f"unknown CTF correction {self.ctf_correction!r}; use one of {', '.join(CTF_CORRECTIONS)}",
-                            option="ctf-correction")
+            raise UserError(
+                f"unknown CTF correction {self.ctf_correction!r}; use one of {', '.join(CTF_CORRECTIONS)}",
+                option="ctf-correction",
+            )
         if not (float(self.wiener_snr) > 0.0):
-            raise UserError(f"Wiener SNR {self.wiener_snr!r} is not positive; give a positive signal-to-noise ratio",
-                            option="wiener_snr")
+            raise UserError(
+                f"Wiener SNR {self.wiener_snr!r} is not positive; give a positive signal-to-noise ratio",
+                option="wiener_snr",
+            )
         if self.image_size is not None:
             self.image_size = int(self.image_size)
 
@@ -125,8 +141,11 @@ def prepare_images(
     size = prepared_size(box, settings)
     if settings.ctf_correction != "none":
         if ctf is None:
-            raise UserError("CTF correction needs CTF parameters but the particles have none; "
-                            "turn CTF correction off or give particles with CTF columns", option="ctf-correction")
+            raise UserError(
+                "CTF correction needs CTF parameters but the particles have none; "
+                "turn CTF correction off or give particles with CTF columns",
+                option="ctf-correction",
+            )
         x = _correct_ctf(x, ctf, pixel_size, settings)
     if settings.normalise:
         x = normalise_background(x)

@@ -110,7 +110,7 @@ def _healpix_ring_angles(nside: int) -> tuple[np.ndarray, np.ndarray]:
     pp = p[belt] - ncap
     i = np.floor(pp / (4 * nside)) + nside
     j = pp % (4 * nside) + 1
-    s = ((i - nside + 1) % 2)
+    s = (i - nside + 1) % 2
     theta[belt] = np.arccos(4.0 / 3.0 - 2.0 * i / (3.0 * nside))
     phi[belt] = math.pi / (2 * nside) * (j - s / 2.0)
     # south polar cap
@@ -157,4 +157,3 @@ def grid_spacing(order: int) -> float:
     """Typical spacing (rad) of the order's SO(3) grid: the cube root of its cell volume,
     (8 pi^2 / N)^(1/3) with N = 72 * 8^order (SO(3)'s volume in this metric is 8 pi^2)."""
     return (8 * math.pi**2 / (72 * 8**order)) ** (1 / 3)
-

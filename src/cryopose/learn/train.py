@@ -40,8 +40,18 @@ from cryopose.learn.distributed import DistributedContext
 from cryopose.learn.losses import forum_loss, grid_cross_entropy, grid_targets, origin_loss, pair_indices
 from cryopose.learn.models import _Estimator, build_estimator
 
-__all__ = ["TrainSettings", "TrainingData", "train_estimator", "predict_poses", "angular_errors_deg", "planned_epochs",
-           "learning_rate_at", "chance_level", "at_chance", "DEFAULT_EPOCHS"]
+__all__ = [
+    "TrainSettings",
+    "TrainingData",
+    "train_estimator",
+    "predict_poses",
+    "angular_errors_deg",
+    "planned_epochs",
+    "learning_rate_at",
+    "chance_level",
+    "at_chance",
+    "DEFAULT_EPOCHS",
+]
 
 
 DEFAULT_EPOCHS = {"grid": 60, "forum": 100}
@@ -100,8 +110,9 @@ class TrainingData:
         return int(self.images.shape[0])
 
 
-Augment = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator],
-                   tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Augment = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+]
 
 
 def angular_errors_deg(predicted: torch.Tensor, true: torch.Tensor, sym: str) -> torch.Tensor:
@@ -171,10 +182,18 @@ def at_chance(best_validation_median_deg: float, chance: dict[str, float]) -> bo
     return not (best_validation_median_deg < chance["chance_threshold_deg"])
 
 
-def _batch_loss(model: torch.nn.Module, kind: str, images: torch.Tensor, rotations: torch.Tensor,
-                origins_px: torch.Tensor, weights: torch.Tensor, settings: TrainSettings, progress: float,
-                generator: torch.Generator,
-                grid_quaternions: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+def _batch_loss(
+    model: torch.nn.Module,
+    kind: str,
+    images: torch.Tensor,
+    rotations: torch.Tensor,
+    origins_px: torch.Tensor,
+    weights: torch.Tensor,
+    settings: TrainSettings,
+    progress: float,
+    generator: torch.Generator,
+    grid_quaternions: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     out = model(images)
     parts: dict[str, float] = {}
     if kind == "forum":
@@ -208,8 +227,13 @@ def _grid_quaternions(model: torch.nn.Module) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def predict_poses(model: _Estimator, images: torch.Tensor, pixel_size: float, batch_size: int = 256,
-                  device: torch.device | str | None = None) -> dict[str, np.ndarray]:
+def predict_poses(
+    model: _Estimator,
+    images: torch.Tensor,
+    pixel_size: float,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> dict[str, np.ndarray]:
     """Poses of prepared images (n, 1, s, s) from a trained estimator, in batches:
     {"rotations" (n, 3, 3), "origins_angstrom" (n, 2), "confidence" (n,), and the
     estimator's extras (lambda_max, lambda_trace, grid_probability)}, numpy float64."""
@@ -219,7 +243,7 @@ def predict_poses(model: _Estimator, images: torch.Tensor, pixel_size: float, ba
     parts: dict[str, list[np.ndarray]] = {}
     try:
         for start in range(0, images.shape[0], batch_size):
-            batch = images[start:start + batch_size].to(device=device, dtype=torch.float32)
+            batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
             out = model.predict(batch)
             out["origins_angstrom"] = out.pop("origin_px") * pixel_size
             for key, value in out.items():
@@ -233,8 +257,12 @@ def _validate(model: _Estimator, data: TrainingData, sym: str, device: torch.dev
     pred = predict_poses(model, data.images, data.pixel_size, device=device)
     errors = angular_errors_deg(torch.from_numpy(pred["rotations"]), data.rotations, sym).numpy()
     shift = np.linalg.norm(pred["origins_angstrom"] - data.origins_angstrom.double().numpy(), axis=1)
-    return {"val_median_deg": float(np.median(errors)), "val_mean_deg": float(np.mean(errors)),
-            "val_under_10_deg": float(np.mean(errors < 10)), "val_origin_median_angstrom": float(np.median(shift))}
+    return {
+        "val_median_deg": float(np.median(errors)),
+        "val_mean_deg": float(np.mean(errors)),
+        "val_under_10_deg": float(np.mean(errors < 10)),
+        "val_origin_median_angstrom": float(np.median(shift)),
+    }
 
 
 def train_estimator(
@@ -267,8 +295,10 @@ def train_estimator(
     ctx = context or DistributedContext()
     device = ctx.device
     if len(train) < settings.batch_size:
-        raise UserError(f"{len(train)} training particles are fewer than one batch of {settings.batch_size}; "
-                        "use a smaller batch or more particles")
+        raise UserError(
+            f"{len(train)} training particles are fewer than one batch of {settings.batch_size}; "
+            "use a smaller batch or more particles"
+        )
     config = dict(state["config"]) if state else dict(settings.network)
     torch.manual_seed(settings.seed)  # the same initial weights on every rank and rerun
     estimator = build_estimator(config)
@@ -311,7 +341,7 @@ def train_estimator(
             lr = learning_rate_at(settings.learning_rate, p, planned)
             for group in optimiser.param_groups:
                 group["lr"] = lr
-            chosen = order[step * settings.batch_size:(step + 1) * settings.batch_size]
+            chosen = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             # the whole global batch is augmented on every rank (same draws as one process)
             images, rotations = train.images[chosen], train.rotations[chosen].float()
             origins = train.origins_angstrom[chosen].float()
@@ -320,9 +350,18 @@ def train_estimator(
             mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
             images, rotations, origins = images[mine], rotations[mine], origins[mine]
             weights = train.confidence[chosen][mine].float()
-            loss, parts = _batch_loss(model, kind, images.to(device), rotations.to(device),
-                                      (origins / train.pixel_size).to(device), weights.to(device), settings,
-                                      curriculum_progress(p, planned), generator, grid_q)
+            loss, parts = _batch_loss(
+                model,
+                kind,
+                images.to(device),
+                rotations.to(device),
+                (origins / train.pixel_size).to(device),
+                weights.to(device),
+                settings,
+                curriculum_progress(p, planned),
+                generator,
+                grid_q,
+            )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -339,8 +378,12 @@ def train_estimator(
                     total = steps_per_epoch * planned
                 progress(1, max(total, epoch * steps_per_epoch + step + 1))
         epoch += 1
-        record = {"epoch": epoch, "steps": steps_per_epoch, "learning_rate": lr,
-                  **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()}}
+        record = {
+            "epoch": epoch,
+            "steps": steps_per_epoch,
+            "learning_rate": lr,
+            **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
+        }
         if val is not None and len(val) and ctx.is_main:
             record.update(_validate(plain, val, settings.symmetry, device))
         elapsed += clock() - start_clock
@@ -353,12 +396,23 @@ def train_estimator(
         if score <= best_score:
             best_score, best_epoch = score, epoch
             best_model = copy.deepcopy({k: v.detach().cpu() for k, v in plain.state_dict().items()})
-        state = {"config": config, "model": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
-                 "best_model": best_model, "best_epoch": best_epoch, "best_score": best_score, "history": history,
-                 "epoch": epoch, "planned_epochs": planned, "first_epoch_seconds": first_seconds, "elapsed": elapsed,
-                 "chance": chance, "at_chance": None if chance is None else at_chance(best_score, chance),
-                 "optimiser": optimiser.state_dict(), "generator": generator.get_state(),
-                 "finished": planned is not None and epoch >= planned}
+        state = {
+            "config": config,
+            "model": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
+            "best_model": best_model,
+            "best_epoch": best_epoch,
+            "best_score": best_score,
+            "history": history,
+            "epoch": epoch,
+            "planned_epochs": planned,
+            "first_epoch_seconds": first_seconds,
+            "elapsed": elapsed,
+            "chance": chance,
+            "at_chance": None if chance is None else at_chance(best_score, chance),
+            "optimiser": optimiser.state_dict(),
+            "generator": generator.get_state(),
+            "finished": planned is not None and epoch >= planned,
+        }
         if on_epoch is not None:
             ctx.on_main(on_epoch, state)
     assert state is not None  # the loop ran (a state already finished returned above)

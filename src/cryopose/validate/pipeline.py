@@ -35,9 +35,7 @@ class NoiseReferences:
     directions: torch.Tensor | None
 
 
-def noise_references(
-    gallery: Gallery, xi: int, sym: str, convention: str, draws: int, seed: int
-) -> NoiseReferences:
+def noise_references(gallery: Gallery, xi: int, sym: str, convention: str, draws: int, seed: int) -> NoiseReferences:
     """Draw the run's noise references from ``seed`` (same seed, same values)."""
     gen = torch.Generator().manual_seed(seed)
     if convention == "xmipp":

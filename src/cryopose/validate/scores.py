@@ -80,8 +80,11 @@ def alpha_score(
     (B, xi) (None: equal weights). Paper: pairs n != n'; xmipp: all ordered pairs."""
     _check(convention)
     b, xi, _ = directions.shape
-    w = (torch.ones(b, xi, dtype=directions.dtype, device=directions.device) if weights is None
-         else weights.to(directions.dtype))
+    w = (
+        torch.ones(b, xi, dtype=directions.dtype, device=directions.device)
+        if weights is None
+        else weights.to(directions.dtype)
+    )
     d = pair_distance(directions[:, :, None, :], directions[:, None, :, :], sym, convention)  # (B, xi, xi)
     ww = w[:, :, None] * w[:, None, :]
     if convention == "paper":
@@ -100,8 +103,11 @@ def chi_score(
     (B, 3) to its directions (B, xi, 3), weights (B, xi) or None (equal)."""
     _check(convention)
     b, xi, _ = directions.shape
-    w = (torch.ones(b, xi, dtype=directions.dtype, device=directions.device) if weights is None
-         else weights.to(directions.dtype))
+    w = (
+        torch.ones(b, xi, dtype=directions.dtype, device=directions.device)
+        if weights is None
+        else weights.to(directions.dtype)
+    )
     d = pair_distance(assigned[:, None, :].to(directions.dtype), directions, sym, convention)
     return (w * d).sum(1) / w.sum(1)
 

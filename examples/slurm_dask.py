@@ -31,14 +31,18 @@ import sys
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run a cryopose command on Dask workers started as SLURM jobs.")
     parser.add_argument("--jobs", type=int, default=4, help="SLURM jobs to start (fixed size)")
-    parser.add_argument("--adapt", type=int, default=None, metavar="MAX", help="grow and shrink between 1 and MAX jobs instead")
+    parser.add_argument(
+        "--adapt", type=int, default=None, metavar="MAX", help="grow and shrink between 1 and MAX jobs instead"
+    )
     parser.add_argument("--cores", type=int, default=16, help="cores per job")
     parser.add_argument("--processes", type=int, default=None, help="Dask worker processes per job [cores // 4]")
     parser.add_argument("--memory", default="64GB", help="memory per job")
     parser.add_argument("--walltime", default="04:00:00")
     parser.add_argument("--partition", default=None, help="SLURM partition (queue)")
     parser.add_argument("--account", default=None)
-    parser.add_argument("--gpus", type=int, default=0, help="GPUs per job (then use one process per GPU and --device cuda)")
+    parser.add_argument(
+        "--gpus", type=int, default=0, help="GPUs per job (then use one process per GPU and --device cuda)"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the cryopose command and its options")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -63,8 +67,10 @@ def main() -> int:
         worker_extra_args=["--nthreads", "1"],
         # cryopose's malloc settings from the start (cryopose.jobs.allocator; they also replace
         # the MALLOC_TRIM_THRESHOLD_ that Dask's nanny would set, which slows the kernels)
-        job_script_prologue=[f"export CRYOPOSE_TORCH_THREADS={max(1, args.cores // processes)}",
-                             *(f"export {name}={value}" for name, value in allocator_environment({}).items())],
+        job_script_prologue=[
+            f"export CRYOPOSE_TORCH_THREADS={max(1, args.cores // processes)}",
+            *(f"export {name}={value}" for name, value in allocator_environment({}).items()),
+        ],
     )
     try:
         if args.adapt:

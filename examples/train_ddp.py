@@ -45,8 +45,13 @@ class Blobs(Dataset):
 def model() -> torch.nn.Module:
     torch.manual_seed(0)  # the same initial weights on every rank (DDP would copy rank 0's anyway)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AvgPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2),
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 8 * 8, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 2),
     )
 
 
@@ -73,8 +78,11 @@ def main() -> None:
                 optimiser.step()
                 losses.append(float(ctx.mean(loss.detach())))
         state = {k: v.cpu().tolist() for k, v in ctx.unwrap(net).state_dict().items()}
-        ctx.on_main(lambda: args.out.write_text(json.dumps({"world_size": ctx.world_size, "losses": losses,
-                                                            "final_bias": state["6.bias"]})))
+        ctx.on_main(
+            lambda: args.out.write_text(
+                json.dumps({"world_size": ctx.world_size, "losses": losses, "final_bias": state["6.bias"]})
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,14 @@ def test_demo_small(tmp_path, monkeypatch, capsys):
     commands = [line for line in printed.splitlines() if line.startswith("$ cryopose")]
     resumed = [line.split()[2] for line in commands if line.endswith("# finished by an earlier run")]
     assert resumed == ["simulate", "reconstruct", "fsc", "validate", "reconstruct", "fsc", "reconstruct", "fsc"]
-    assert [line.split()[2] for line in commands[len(resumed):]] == [
-        "align-maps", "reconstruct", "fsc", "train", "predict", "refine"]
+    assert [line.split()[2] for line in commands[len(resumed) :]] == [
+        "align-maps",
+        "reconstruct",
+        "fsc",
+        "train",
+        "predict",
+        "refine",
+    ]
     assert "Simulated 600 particles" in printed and "wrote" in printed and "Demo finished in" in printed
     assert bars == [("reconstruct", "particle"), ("train", "step"), ("predict", "particle"), ("refine", "particle")]
     assert (out / "simulated" / "particles.mrcs").stat().st_mtime_ns == simulated
@@ -59,8 +65,14 @@ def test_demo_small(tmp_path, monkeypatch, capsys):
 
     summary = json.loads((out / "summary.json").read_text())
     report = (out / "report.md").read_text()
-    for figure in ("maps.png", "particles.png", "validation_fsc.png", "validation/soft_validation.png",
-                   "map_alignment/difference_moved.png", "reconstruction/fsc.png"):
+    for figure in (
+        "maps.png",
+        "particles.png",
+        "validation_fsc.png",
+        "validation/soft_validation.png",
+        "map_alignment/difference_moved.png",
+        "reconstruction/fsc.png",
+    ):
         assert (out / figure).stat().st_size > 0, figure
         assert figure in report
     assert summary["pcc_vs_truth"] > 0.5  # 600 particles at SNR 0.1; a broken pipeline gives ~0
@@ -92,9 +104,11 @@ def test_demo_settings_are_checked():
 
 
 def test_demo_refuses_few_particles_before_importing_torch(tmp_path):
-    code = ("import sys\nfrom cryopose.cli.main import main\n"
-            f"try:\n    main(['demo', '--n', '{MIN_PARTICLES - 1}', '--out', 'o'])\n"
-            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n")
+    code = (
+        "import sys\nfrom cryopose.cli.main import main\n"
+        f"try:\n    main(['demo', '--n', '{MIN_PARTICLES - 1}', '--out', 'o'])\n"
+        "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.stdout.split() == ["2", "False"], (result.stdout, result.stderr)
     assert result.stderr.count("\n") == 1

@@ -248,3 +248,22 @@ def test_the_python_api_refuses_a_damaged_model(ws):
         load_estimator(model)
     good = load_estimator(ws / "trained" / "model.pt")
     assert not good.training
+
+
+def test_a_planted_demo_record_is_discarded_unread(tmp_path, monkeypatch, capsys):
+    """The demo's record of finished steps (out/.cryopose_demo.pt) is a checkpoint like the
+    others: a planted one is discarded unread (the run is stopped at its first step)."""
+    import cryopose.cli.demo as cli_demo
+
+    marker = tmp_path / "ran"
+    out = tmp_path / "demo"
+    plant_torch_file(out / ".cryopose_demo.pt", marker)
+
+    def stop(step):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_demo, "_announce", stop)
+    code, _, err = run(["demo", "--out", out, "--n", "60", "--learn-minutes", "0"], capsys)
+    assert code == 130, err
+    assert not marker.exists(), "the planted file ran its command"
+    assert f"discarded checkpoint {out / '.cryopose_demo.pt'}" in err and "Traceback" not in err, err

@@ -36,8 +36,20 @@ if TYPE_CHECKING:
 
     from cryopose.io.checkpoints import Checkpoint
 
-__all__ = ["MIN_PARTICLES", "ATTRIBUTION", "OUTPUTS", "PROGRESS", "DemoSettings", "DemoStep", "run_demo",
-           "bundled_map_path", "make_mixed_set", "make_moved_map", "split_particles", "pose_error_summary"]
+__all__ = [
+    "MIN_PARTICLES",
+    "ATTRIBUTION",
+    "OUTPUTS",
+    "PROGRESS",
+    "DemoSettings",
+    "DemoStep",
+    "run_demo",
+    "bundled_map_path",
+    "make_mixed_set",
+    "make_moved_map",
+    "split_particles",
+    "pose_error_summary",
+]
 
 BUNDLED_MAP = "emd_1832.map"
 ATTRIBUTION = "EMD-1832 (EMDB, CC0), 64^3 at 5.7 A/px"
@@ -70,8 +82,11 @@ class DemoSettings:
         if not self.snr > 0:  # NaN too
             raise UserError(f"the signal-to-noise ratio must be positive (inf: no noise), not {self.snr}", option="snr")
         if not (math.isfinite(self.learn_minutes) and self.learn_minutes >= 0):
-            raise UserError(f"the training time must be a non-negative number of minutes (0 skips learning), not "
-                            f"{self.learn_minutes}", option="learn-minutes")
+            raise UserError(
+                f"the training time must be a non-negative number of minutes (0 skips learning), not "
+                f"{self.learn_minutes}",
+                option="learn-minutes",
+            )
 
 
 @dataclass(frozen=True)
@@ -160,8 +175,15 @@ class _Demo:
         self.checkpoint.save({"steps": self.done})
         return plain
 
-    def step(self, command: str, args: list[str], out: Path, work: Callable[[Progress | None], Any],
-             files: list[Path], unit: str | None = "particle") -> Any:
+    def step(
+        self,
+        command: str,
+        args: list[str],
+        out: Path,
+        work: Callable[[Progress | None], Any],
+        files: list[Path],
+        unit: str | None = "particle",
+    ) -> Any:
         """Run one command's job: announce it, run ``work(progress)`` (with a progress
         callback in ``unit`` when the caller gives one and ``unit`` is not None), record it
         with the identity of ``files`` (what later steps read) and report what it returned.
@@ -173,7 +195,8 @@ class _Demo:
             self.announce(step)
         if not resumed:
             bar: AbstractContextManager[Progress | None] = (
-                self.progress(command, unit) if self.progress is not None and unit is not None else nullcontext(None))
+                self.progress(command, unit) if self.progress is not None and unit is not None else nullcontext(None)
+            )
             with bar as update:
                 result = work(update)
             self._record(key, files, result)
@@ -229,8 +252,9 @@ def run_demo(
         done = list(state["steps"]) if state is not None else []
         if done:
             log.info("resuming: %d steps of the demo were finished by an earlier run in %s", len(done), out)
-        demo = _Demo(out, true_map, settings, torch.device(device), force, announce, report, progress, stage,
-                     checkpoint, done)
+        demo = _Demo(
+            out, true_map, settings, torch.device(device), force, announce, report, progress, stage, checkpoint, done
+        )
         sections, summary = _reconstruction_section(demo)
         for section in SECTIONS:
             lines, values = section(demo)
@@ -267,27 +291,56 @@ def _reconstruction_section(demo: _Demo) -> tuple[list[str], dict[str, Any]]:
     common = ["--device", str(dev), *(["--force"] if force else [])]
     sim_settings = SimulateSettings(n=s.n, snr=s.snr, defocus=(1.0, 2.5), max_shift=15.0, seed=s.seed)
     simulated = demo.step(
-        "simulate", ["--map", str(true_map), "--n", str(s.n), "--snr", str(s.snr), "--max-shift", "15",
-                     "--defocus", "1.0", "2.5", "--seed", str(s.seed), "--out", str(sim), *common], sim,
+        "simulate",
+        [
+            "--map",
+            str(true_map),
+            "--n",
+            str(s.n),
+            "--snr",
+            str(s.snr),
+            "--max-shift",
+            "15",
+            "--defocus",
+            "1.0",
+            "2.5",
+            "--seed",
+            str(s.seed),
+            "--out",
+            str(sim),
+            *common,
+        ],
+        sim,
         lambda p: run_simulate(true_map, sim, sim_settings, device=dev, progress=p, force=force),
-        files=[sim / "particles.star", sim / "particles.mrcs"])
+        files=[sim / "particles.star", sim / "particles.mrcs"],
+    )
     demo.n_simulated = int(simulated["n_particles"])
     rec_summary = demo.step(
-        "reconstruct", [str(sim / "particles.star"), "--out", str(rec), *common], rec,
-        lambda p: run_reconstruct(sim / "particles.star", rec, ReconstructSettings(), device=dev, progress=p,
-                                  force=force), files=[rec / "map.mrc", rec / "fsc.png"])
+        "reconstruct",
+        [str(sim / "particles.star"), "--out", str(rec), *common],
+        rec,
+        lambda p: run_reconstruct(
+            sim / "particles.star", rec, ReconstructSettings(), device=dev, progress=p, force=force
+        ),
+        files=[rec / "map.mrc", rec / "fsc.png"],
+    )
     truth_summary = demo.step(
-        "fsc", [str(rec / "map.mrc"), str(true_map), "--out", str(fsc_true), *common], fsc_true,
+        "fsc",
+        [str(rec / "map.mrc"), str(true_map), "--out", str(fsc_true), *common],
+        fsc_true,
         lambda _: run_fsc(rec / "map.mrc", true_map, out=fsc_true, device=dev, force=force)[1],
-        files=[fsc_true / "fsc.png"], unit=None)
+        files=[fsc_true / "fsc.png"],
+        unit=None,
+    )
 
     def figures() -> None:
         truth, _ = read_map(true_map)
         recon, _ = read_map(rec / "map.mrc")
         plot_central_slices([("true map", truth), ("reconstruction", recon)], out / "maps.png")
         with open_stack(sim / "particles.mrcs") as stack:
-            plot_image_row(stack[np.arange(min(8, len(stack)))], out / "particles.png",
-                           "simulated particles (CTF, shifts, noise)")
+            plot_image_row(
+                stack[np.arange(min(8, len(stack)))], out / "particles.png", "simulated particles (CTF, shifts, noise)"
+            )
 
     demo.figures.append(figures)
     summary = {
@@ -337,26 +390,44 @@ def _validation_section(demo: _Demo) -> tuple[list[str], dict[str, Any]]:
     n_bad = min(900, demo.n_simulated) // 6
     n_good = 4 * n_bad
     seed = demo.settings.seed
-    kinds = np.array(demo.data("mixed set", lambda: make_mixed_set(demo.sim, val, n_good, n_bad, n_bad, seed),
-                               files=[val / "mixed.star", val / "mixed.mrcs"]))
+    kinds = np.array(
+        demo.data(
+            "mixed set",
+            lambda: make_mixed_set(demo.sim, val, n_good, n_bad, n_bad, seed),
+            files=[val / "mixed.star", val / "mixed.mrcs"],
+        )
+    )
     common = ["--device", str(dev)]
     vsum = demo.step(
-        "validate", ["--map", str(true_map), "--particles", str(val / "mixed.star"), "--out", str(val), *common], val,
+        "validate",
+        ["--map", str(true_map), "--particles", str(val / "mixed.star"), "--out", str(val), *common],
+        val,
         lambda p: run_validate([true_map], val / "mixed.star", val, ValidationOptions(), device=dev, progress=p),
-        files=[val / "particles.star", val / "pruned.star", val / "soft_validation.png"])
+        files=[val / "particles.star", val / "pruned.star", val / "soft_validation.png"],
+    )
     curves, res = [], {}
     for name, star in (("all", val / "particles.star"), ("pruned", val / "pruned.star")):
         rec, fsc_out = val / f"reconstruct_{name}", val / f"fsc_{name}"
-        demo.step("reconstruct", [str(star), "--out", str(rec), *common], rec,
-                  lambda p: run_reconstruct(star, rec, ReconstructSettings(), device=dev, progress=p),
-                  files=[rec / "map.mrc"])
-        summary = demo.step("fsc", [str(rec / "map.mrc"), str(true_map), "--out", str(fsc_out), *common], fsc_out,
-                            lambda _: run_fsc(rec / "map.mrc", true_map, out=fsc_out, device=dev)[1],
-                            files=[fsc_out / "fsc.png"], unit=None)
+        demo.step(
+            "reconstruct",
+            [str(star), "--out", str(rec), *common],
+            rec,
+            lambda p: run_reconstruct(star, rec, ReconstructSettings(), device=dev, progress=p),
+            files=[rec / "map.mrc"],
+        )
+        summary = demo.step(
+            "fsc",
+            [str(rec / "map.mrc"), str(true_map), "--out", str(fsc_out), *common],
+            fsc_out,
+            lambda _: run_fsc(rec / "map.mrc", true_map, out=fsc_out, device=dev)[1],
+            files=[fsc_out / "fsc.png"],
+            unit=None,
+        )
         curves.append((f"{name} particles vs true map", np.array(summary["frequency"]), np.array(summary["fsc"])))
         res[name] = summary
-    demo.figures.append(lambda: plot_fsc_curves(curves, out / "validation_fsc.png",
-                                                title="Reconstruction from all vs pruned particles"))
+    demo.figures.append(
+        lambda: plot_fsc_curves(curves, out / "validation_fsc.png", title="Reconstruction from all vs pruned particles")
+    )
     scored = read_star(val / "particles.star").table
     aligned = scored["cryoposeAligned"].to_numpy().astype(int) == 1
     kept = {k: float(aligned[kinds == k].mean()) for k in ("good", "noise", "wrong_pose")}
@@ -377,10 +448,13 @@ def _validation_section(demo: _Demo) -> tuple[list[str], dict[str, Any]]:
         "![all vs pruned](validation_fsc.png)",
         "",
     ]
-    values = {"validation_Q": vsum["Q"], "validation_true_good_fraction": n_good / len(kinds),
-              "validation_kept": kept,
-              "validation_resolution_05_all": res["all"]["resolution_05"],
-              "validation_resolution_05_pruned": res["pruned"]["resolution_05"]}
+    values = {
+        "validation_Q": vsum["Q"],
+        "validation_true_good_fraction": n_good / len(kinds),
+        "validation_kept": kept,
+        "validation_resolution_05_all": res["all"]["resolution_05"],
+        "validation_resolution_05_pruned": res["pruned"]["resolution_05"],
+    }
     return lines, values
 
 
@@ -394,16 +468,35 @@ def _alignment_section(demo: _Demo) -> tuple[list[str], dict[str, Any]]:
 
     out, true_map, dev = demo.out, demo.true_map, demo.device
     ali = make_output_folder(out / "map_alignment")
-    rot, m_true, t_true = (np.array(a) for a in demo.data(
-        "moved map", lambda: make_moved_map(true_map, demo.sim, ali, demo.settings.seed),
-        files=[ali / "moved.mrc", ali / "moved_particles.star"]))
+    rot, m_true, t_true = (
+        np.array(a)
+        for a in demo.data(
+            "moved map",
+            lambda: make_moved_map(true_map, demo.sim, ali, demo.settings.seed),
+            files=[ali / "moved.mrc", ali / "moved_particles.star"],
+        )
+    )
     moved, moved_particles = ali / "moved.mrc", ali / "moved_particles.star"
     entries = demo.step(
-        "align-maps", ["--ref", str(true_map), str(moved), "--particles", str(moved_particles), "--out", str(ali),
-                       "--device", str(dev)], ali,
-        lambda _: run_align_maps(true_map, [moved], ali, MapAlignmentSettings(), particles=[moved_particles],
-                                 device=dev),
-        files=[ali / "particles_moved.star", ali / "difference_moved.png"], unit=None)
+        "align-maps",
+        [
+            "--ref",
+            str(true_map),
+            str(moved),
+            "--particles",
+            str(moved_particles),
+            "--out",
+            str(ali),
+            "--device",
+            str(dev),
+        ],
+        ali,
+        lambda _: run_align_maps(
+            true_map, [moved], ali, MapAlignmentSettings(), particles=[moved_particles], device=dev
+        ),
+        files=[ali / "particles_moved.star", ali / "difference_moved.png"],
+        unit=None,
+    )
     entry = entries[0]
     # the alignment undoes the move: moved(M y + t) = V(y) means M ~ m_true^-1
     m_found = np.array(entry["rotation"])
@@ -411,12 +504,21 @@ def _alignment_section(demo: _Demo) -> tuple[list[str], dict[str, Any]]:
     angle_error = transform_angle_deg(residual) if residual is not None else float("nan")
     rec, fsc_out = ali / "reconstruction", ali / "fsc_vs_truth"
     carried = ali / "particles_moved.star"
-    demo.step("reconstruct", [str(carried), "--out", str(rec), "--device", str(dev)], rec,
-              lambda p: run_reconstruct(carried, rec, ReconstructSettings(), device=dev, progress=p),
-              files=[rec / "map.mrc"])
-    fsc = demo.step("fsc", [str(rec / "map.mrc"), str(true_map), "--out", str(fsc_out), "--device", str(dev)], fsc_out,
-                    lambda _: run_fsc(rec / "map.mrc", true_map, out=fsc_out, device=dev)[1],
-                    files=[fsc_out / "fsc.png"], unit=None)
+    demo.step(
+        "reconstruct",
+        [str(carried), "--out", str(rec), "--device", str(dev)],
+        rec,
+        lambda p: run_reconstruct(carried, rec, ReconstructSettings(), device=dev, progress=p),
+        files=[rec / "map.mrc"],
+    )
+    fsc = demo.step(
+        "fsc",
+        [str(rec / "map.mrc"), str(true_map), "--out", str(fsc_out), "--device", str(dev)],
+        fsc_out,
+        lambda _: run_fsc(rec / "map.mrc", true_map, out=fsc_out, device=dev)[1],
+        files=[fsc_out / "fsc.png"],
+        unit=None,
+    )
     lines = [
         "## Map alignment and poses carried along",
         "",
@@ -430,8 +532,11 @@ def _alignment_section(demo: _Demo) -> tuple[list[str], dict[str, Any]]:
         "![difference](map_alignment/difference_moved.png)",
         "",
     ]
-    return lines, {"alignment_hand_right": bool(entry["hand_flipped"]), "alignment_rotation_error_deg": angle_error,
-                   "alignment_reconstruction_pcc_vs_truth": fsc["pcc"]}
+    return lines, {
+        "alignment_hand_right": bool(entry["hand_flipped"]),
+        "alignment_rotation_error_deg": angle_error,
+        "alignment_reconstruction_pcc_vs_truth": fsc["pcc"],
+    }
 
 
 def _learning_section(demo: _Demo) -> tuple[list[str], dict[str, Any]]:
@@ -453,32 +558,93 @@ def _learning_section(demo: _Demo) -> tuple[list[str], dict[str, Any]]:
     learn = make_output_folder(out / "learning")
     n_sim = demo.n_simulated
     n_train = int(0.8 * n_sim)
-    train_star, test_star = (Path(p) for p in demo.data(
-        "split", lambda: split_particles(demo.sim, learn, n_train), files=[learn / "train.star", learn / "test.star"]))
+    train_star, test_star = (
+        Path(p)
+        for p in demo.data(
+            "split",
+            lambda: split_particles(demo.sim, learn, n_train),
+            files=[learn / "train.star", learn / "test.star"],
+        )
+    )
     common = ["--device", str(dev)]
     model, predicted_dir, refined_dir = learn / "model", learn / "predicted", learn / "refined"
     # the settings of `cryopose train --model grid --image-size 32 --minutes M --seed S` (its defaults otherwise)
     network = {**default_network("grid"), "channels": (16, 32, 64, 128), "grid_order": 2, "auxiliary_grid": True}
     train_settings = TrainJobSettings(
-        train=TrainSettings(network=network, minutes=learn_minutes, batch_size=64, learning_rate=2e-3,
-                            pair_sampling="random", seed=seed),
+        train=TrainSettings(
+            network=network, minutes=learn_minutes, batch_size=64, learning_rate=2e-3, pair_sampling="random", seed=seed
+        ),
         image=ImageSettings(image_size=32, crop_factor=1.0, ctf_correction="phase_flip"),
-        augment=AugmentSettings(in_plane=True, max_shift_angstrom=0.0), val_fraction=0.1, halves=False)
-    demo.step("train", ["--particles", str(train_star), "--out", str(model), "--model", "grid", "--image-size", "32",
-                        "--minutes", f"{learn_minutes:g}", "--seed", str(seed), *common], model,
-              lambda p: run_train(train_star, model, train_settings, device=dev, progress=p, stage=demo.stage),
-              files=[model / "model.pt", model / "training.png"], unit="step")
+        augment=AugmentSettings(in_plane=True, max_shift_angstrom=0.0),
+        val_fraction=0.1,
+        halves=False,
+    )
+    demo.step(
+        "train",
+        [
+            "--particles",
+            str(train_star),
+            "--out",
+            str(model),
+            "--model",
+            "grid",
+            "--image-size",
+            "32",
+            "--minutes",
+            f"{learn_minutes:g}",
+            "--seed",
+            str(seed),
+            *common,
+        ],
+        model,
+        lambda p: run_train(train_star, model, train_settings, device=dev, progress=p, stage=demo.stage),
+        files=[model / "model.pt", model / "training.png"],
+        unit="step",
+    )
     predict_summary = demo.step(
-        "predict", ["--model", str(model / "model.pt"), "--particles", str(test_star), "--out", str(predicted_dir),
-                    "--keep-fraction", "0.75", *common], predicted_dir,
-        lambda p: run_predict(model / "model.pt", test_star, predicted_dir, PredictSettings(keep_fraction=0.75),
-                              device=dev, progress=p), files=[predicted_dir / "particles.star"])
+        "predict",
+        [
+            "--model",
+            str(model / "model.pt"),
+            "--particles",
+            str(test_star),
+            "--out",
+            str(predicted_dir),
+            "--keep-fraction",
+            "0.75",
+            *common,
+        ],
+        predicted_dir,
+        lambda p: run_predict(
+            model / "model.pt", test_star, predicted_dir, PredictSettings(keep_fraction=0.75), device=dev, progress=p
+        ),
+        files=[predicted_dir / "particles.star"],
+    )
     refine_summary = demo.step(
-        "refine", ["--particles", str(predicted_dir / "particles.star"), "--map", str(true_map), "--out",
-                   str(refined_dir), "--iterations", "3", *common], refined_dir,
-        lambda p: run_refine(predicted_dir / "particles.star", true_map, refined_dir, None,
-                             RefineSettings(iterations=3), device=dev, progress=p),
-        files=[refined_dir / "particles.star"])
+        "refine",
+        [
+            "--particles",
+            str(predicted_dir / "particles.star"),
+            "--map",
+            str(true_map),
+            "--out",
+            str(refined_dir),
+            "--iterations",
+            "3",
+            *common,
+        ],
+        refined_dir,
+        lambda p: run_refine(
+            predicted_dir / "particles.star",
+            true_map,
+            refined_dir,
+            None,
+            RefineSettings(iterations=3),
+            device=dev,
+            progress=p,
+        ),
+        files=[refined_dir / "particles.star"],
+    )
     predicted = pose_error_summary(predicted_dir / "particles.star", test_star)
     kept = predict_summary["against_input_poses"]
     refined = pose_error_summary(refined_dir / "particles.star", test_star)
@@ -498,19 +664,29 @@ def _learning_section(demo: _Demo) -> tuple[list[str], dict[str, Any]]:
         f"{predicted['origin_median_angstrom']:.1f} -> {refined['origin_median_angstrom']:.1f} Å. A few minutes of CPU "
         "training gives a start that local refinement finishes; longer training (see the README's benchmark) gives a "
         "better start."
-        + (f" Here the refinement said its result looks like chance ({'; '.join(chance)}): the start was too far off."
-           if chance else ""),
+        + (
+            f" Here the refinement said its result looks like chance ({'; '.join(chance)}): the start was too far off."
+            if chance
+            else ""
+        ),
         "",
         "![training curve](learning/model/training.png)",
         "",
     ]
-    values = {"learning_predicted": predicted, "learning_kept_median_deg": kept["kept_median_deg"],
-              "learning_refined": refined, "learning_refined_at_chance": bool(chance)}
+    values = {
+        "learning_predicted": predicted,
+        "learning_kept_median_deg": kept["kept_median_deg"],
+        "learning_refined": refined,
+        "learning_refined_at_chance": bool(chance),
+    }
     return lines, values
 
 
 SECTIONS: list[Callable[[_Demo], tuple[list[str], dict[str, Any]]]] = [
-    _validation_section, _alignment_section, _learning_section]
+    _validation_section,
+    _alignment_section,
+    _learning_section,
+]
 """The sections after the reconstruction, in order: each runs its steps and returns its
 markdown lines and summary values."""
 
@@ -596,5 +772,9 @@ def pose_error_summary(predicted_star: Path, truth_star: Path) -> dict[str, floa
         raise UserError(f"{predicted_star} and {truth_star} must both have poses to compare them")
     err = torch.rad2deg(rotation_distance(pred.rotations, truth.rotations))
     shift = (pred.shifts_angstrom - truth.shifts_angstrom).norm(dim=-1)
-    return {"median_deg": float(err.median()), "mean_deg": float(err.mean()),
-            "under_10_deg": float((err < 10).double().mean()), "origin_median_angstrom": float(shift.median())}
+    return {
+        "median_deg": float(err.median()),
+        "mean_deg": float(err.mean()),
+        "under_10_deg": float((err < 10).double().mean()),
+        "origin_median_angstrom": float(shift.median()),
+    }

@@ -17,6 +17,18 @@ def _existing(paths, what: str) -> None:
             raise UserError(f"{what} {p} does not exist; check the path")
 
 
+def result_lines(entries: list[dict], out: Path) -> list[str]:
+    """The lines ``cryopose align-maps`` prints after its work (the demo prints them too)."""
+    return [
+        *(
+            f"{e['map']}: angle {e['angle_deg']:.2f} deg, shift {sum(v * v for v in e['shift_A']) ** 0.5:.2f} A, "
+            f"hand flipped {e['hand_flipped']}, FSC0.143 vs reference {e['fsc_resolution_0143']:.1f} A"
+            for e in entries
+        ),
+        f"wrote {out}/transforms.json and the aligned maps",
+    ]
+
+
 @click.command("align-maps")
 @click.argument(
     "maps",
@@ -135,9 +147,5 @@ def command(
         apix=apix,
         force=force,
     )
-    for e in entries:
-        click.echo(
-            f"{e['map']}: angle {e['angle_deg']:.2f} deg, shift {sum(v * v for v in e['shift_A']) ** 0.5:.2f} A, "
-            f"hand flipped {e['hand_flipped']}, FSC0.143 vs reference {e['fsc_resolution_0143']:.1f} A"
-        )
-    click.echo(f"wrote {out_dir}/transforms.json and the aligned maps")
+    for line in result_lines(entries, out_dir):
+        click.echo(line)

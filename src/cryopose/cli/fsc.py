@@ -10,6 +10,15 @@ import click
 from cryopose.cli.common import POSITIVE, device_option, force_option, resolve_device
 
 
+def result_lines(s: dict, out: Path | None) -> list[str]:
+    """The lines ``cryopose fsc`` prints after its work (the demo prints them too)."""
+    lines = [
+        f"FSC resolution: {s['resolution_0143']:.2f} A at 0.143, {s['resolution_05']:.2f} A at 0.5 "
+        f"(pixel size {s['pixel_size']:.3f} A)"
+    ]
+    return lines if out is None else [*lines, f"Wrote {out}/fsc.csv, fsc.png, summary.json"]
+
+
 @click.command("fsc")
 @click.argument("map1", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("map2", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -45,9 +54,5 @@ def command(
     if as_json:
         click.echo(json.dumps(json_safe(summary)))
     else:
-        click.echo(
-            f"FSC resolution: {result.resolution_0143:.2f} A at 0.143, {result.resolution_05:.2f} A at 0.5 "
-            f"(pixel size {summary['pixel_size']:.3f} A)"
-        )
-        if out is not None:
-            click.echo(f"Wrote {out}/fsc.csv, fsc.png, summary.json")
+        for line in result_lines(summary, out):
+            click.echo(line)

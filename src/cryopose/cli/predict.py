@@ -20,6 +20,20 @@ from cryopose.cli.common import (
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
+def result_lines(s: dict, out: Path) -> list[str]:
+    """The lines ``cryopose predict`` prints after its work (the demo prints them too)."""
+    line = f"{s['n_particles']} particles predicted at {s['particles_per_second']:.0f}/s"
+    if "against_input_poses" in s:
+        a = s["against_input_poses"]
+        line += f"; against the input poses: median {a['median_deg']:.1f} deg, mean {a['mean_deg']:.1f} deg"
+    if s["models_at_chance"]:
+        line += " (the model is at chance level: see the warning)"
+    lines = [line]
+    if "kept" in s:
+        lines.append(f"kept {s['kept']} of {s['n_particles']} in {out}/kept.star")
+    return [*lines, f"wrote {out}/particles.star and {out}/summary.json"]
+
+
 @click.command("predict")
 @click.option(
     "--model",
@@ -82,13 +96,5 @@ def command(
         s = run_predict(
             model, particles, out, settings, apix=apix, device=dev, progress=update, force=force, executor=executor
         )
-    line = f"{s['n_particles']} particles predicted at {s['particles_per_second']:.0f}/s"
-    if "against_input_poses" in s:
-        a = s["against_input_poses"]
-        line += f"; against the input poses: median {a['median_deg']:.1f} deg, mean {a['mean_deg']:.1f} deg"
-    if s["models_at_chance"]:
-        line += " (the model is at chance level: see the warning)"
-    click.echo(line)
-    if "kept" in s:
-        click.echo(f"kept {s['kept']} of {s['n_particles']} in {out}/kept.star")
-    click.echo(f"wrote {out}/particles.star and {out}/summary.json")
+    for line in result_lines(s, out):
+        click.echo(line)

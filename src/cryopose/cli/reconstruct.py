@@ -17,6 +17,14 @@ from cryopose.cli.common import (
 )
 
 
+def result_lines(s: dict, out: Path) -> list[str]:
+    """The lines ``cryopose reconstruct`` prints after its work (the demo prints them too)."""
+    return [
+        f"Reconstructed {s['n_particles']} particles in {s['seconds']:.1f} s: half-map FSC "
+        f"{s['resolution_0143']:.2f} A at 0.143, {s['resolution_05']:.2f} A at 0.5 -> {out}/map.mrc"
+    ]
+
+
 @click.command("reconstruct")
 @click.argument("particles", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
@@ -59,8 +67,5 @@ def command(
         s = run_reconstruct(
             particles, out, settings, apix=apix, device=dev, progress=update, force=force, executor=executor
         )
-    click.echo(
-        f"Reconstructed {s['n_particles']} particles in {s['seconds']:.1f} s: "
-        f"half-map FSC {s['resolution_0143']:.2f} A "
-        f"at 0.143, {s['resolution_05']:.2f} A at 0.5 -> {out}/map.mrc"
-    )
+    for line in result_lines(s, out):
+        click.echo(line)

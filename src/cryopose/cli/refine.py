@@ -21,6 +21,18 @@ from cryopose.cli.common import (
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
+def result_lines(s: dict, out: Path) -> list[str]:
+    """The lines ``cryopose refine`` prints after its work (the demo prints them too)."""
+    change = s["pose_change_from_input_median_deg"]
+    return [
+        f"{s['n_particles']} particles ({s['search']}): {s['resolution_start_0143']:.2f} -> "
+        f"{s['resolution_0143']:.2f} A (FSC 0.143, iteration {s['best_iteration']})"
+        + ("" if change is None else f"; median pose change {change:.2f} deg")
+        + f"; {s['stop_reason']}",
+        f"wrote {out}/particles.star and {out}/summary.json",
+    ]
+
+
 @click.command("refine")
 @click.option(
     "--particles",
@@ -222,11 +234,5 @@ def command(
             force=force,
             executor=executor,
         )
-    change = summary["pose_change_from_input_median_deg"]
-    click.echo(
-        f"{summary['n_particles']} particles ({summary['search']}): {summary['resolution_start_0143']:.2f} -> "
-        f"{summary['resolution_0143']:.2f} A (FSC 0.143, iteration {summary['best_iteration']})"
-        + ("" if change is None else f"; median pose change {change:.2f} deg")
-        + f"; {summary['stop_reason']}"
-    )
-    click.echo(f"wrote {out}/particles.star and {out}/summary.json")
+    for line in result_lines(summary, out):
+        click.echo(line)

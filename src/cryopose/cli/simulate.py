@@ -19,6 +19,14 @@ from cryopose.cli.common import (
 )
 
 
+def result_lines(s: dict, out: Path) -> list[str]:
+    """The lines ``cryopose simulate`` prints after its work (the demo prints them too)."""
+    return [
+        f"Simulated {s['n_particles']} particles ({s['box']} px, {s['pixel_size']:.3f} A/px, SNR {s['snr']:g}, "
+        f"CTF {'on' if s['ctf'] else 'off'}) -> {s['star']}, {s['stack']}"
+    ]
+
+
 @click.command("simulate")
 @click.option(
     "--map",
@@ -127,7 +135,5 @@ def command(
     )
     with progress_bar("simulate") as update:
         s = run_simulate(map_path, out, settings, device=dev, progress=update, force=force, executor=executor)
-    click.echo(
-        f"Simulated {s['n_particles']} particles ({s['box']} px, {s['pixel_size']:.3f} A/px, SNR {s['snr']:g}, "
-        f"CTF {'on' if s['ctf'] else 'off'}) -> {s['star']}, {s['stack']}"
-    )
+    for line in result_lines(s, out):
+        click.echo(line)

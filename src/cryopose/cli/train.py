@@ -20,6 +20,31 @@ from cryopose.cli.common import (
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
+def result_lines(s: dict, out: Path) -> list[str]:
+    """The lines ``cryopose train`` prints after its work (the demo prints them too)."""
+    lines = []
+    for m in s["models"]:
+        best = m["best"]
+        where = f"{out}/{m['name']}" if s["halves"] else str(out)
+        if "val_median_deg" in best:
+            verdict = (
+                f", AT CHANCE LEVEL (random poses: {m['chance_median_deg']:.1f} deg; do not use this model)"
+                if m["at_chance"]
+                else f" (random poses: {m['chance_median_deg']:.1f} deg)"
+            )
+            lines.append(
+                f"{m['name']}: {m['epochs']} epochs in {m['training_seconds'] / 60:.1f} min; best epoch "
+                f"{m['best_epoch']}: validation median {best['val_median_deg']:.1f} deg, mean "
+                f"{best['val_mean_deg']:.1f} deg{verdict}, origin {best['val_origin_median_angstrom']:.1f} A "
+                f"-> {where}/model.pt"
+            )
+        else:
+            lines.append(
+                f"{m['name']}: {m['epochs']} epochs in {m['training_seconds'] / 60:.1f} min -> {where}/model.pt"
+            )
+    return lines
+
+
 @click.command("train")
 @click.option("--particles", required=True, type=_FILE, help="RELION STAR of aligned particles (poses are the labels).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
@@ -219,20 +244,5 @@ def command(
             stage=lambda text: click.echo(text, err=True),
             force=force,
         )
-    for m in summary["models"]:
-        best = m["best"]
-        where = f"{out}/{m['name']}" if summary["halves"] else str(out)
-        if "val_median_deg" in best:
-            verdict = (
-                f", AT CHANCE LEVEL (random poses: {m['chance_median_deg']:.1f} deg; do not use this model)"
-                if m["at_chance"]
-                else f" (random poses: {m['chance_median_deg']:.1f} deg)"
-            )
-            click.echo(
-                f"{m['name']}: {m['epochs']} epochs in {m['training_seconds'] / 60:.1f} min; "
-                f"best epoch {m['best_epoch']}: "
-                f"validation median {best['val_median_deg']:.1f} deg, mean {best['val_mean_deg']:.1f} deg{verdict}, "
-                f"origin {best['val_origin_median_angstrom']:.1f} A -> {where}/model.pt"
-            )
-        else:
-            click.echo(f"{m['name']}: {m['epochs']} epochs in {m['training_seconds'] / 60:.1f} min -> {where}/model.pt")
+    for line in result_lines(summary, out):
+        click.echo(line)

@@ -19,6 +19,27 @@ from cryopose.cli.common import (
 )
 
 
+def result_lines(s: dict, out: Path) -> list[str]:
+    """The lines ``cryopose validate`` prints after its work (the demo prints them too)."""
+    if "ranking" in s:
+        lines = [
+            f"#{r['rank']} {r['map']}: precision {r['precision_fraction']:.3f}"
+            + (f", Q {r['Q']:.3f}" if r["Q"] is not None else "")
+            for r in s["ranking"]
+        ]
+    else:
+        q = s.get("Q")
+        lines = [
+            f"{s['n_particles']} particles: precision {s['precision_fraction']:.3f}"
+            + (
+                f", accuracy {s['accuracy_fraction']:.3f}, Q {q:.3f}"
+                if q is not None
+                else " (no poses: precision only)"
+            )
+        ]
+    return [*lines, f"wrote {out}/summary.json"]
+
+
 @click.command("validate")
 @click.option(
     "--map",
@@ -158,20 +179,5 @@ def command(
             force=force,
             executor=executor,
         )
-    if "ranking" in summary:
-        for r in summary["ranking"]:
-            click.echo(
-                f"#{r['rank']} {r['map']}: precision {r['precision_fraction']:.3f}"
-                + (f", Q {r['Q']:.3f}" if r["Q"] is not None else "")
-            )
-    else:
-        q = summary.get("Q")
-        click.echo(
-            f"{summary['n_particles']} particles: precision {summary['precision_fraction']:.3f}"
-            + (
-                f", accuracy {summary['accuracy_fraction']:.3f}, Q {q:.3f}"
-                if q is not None
-                else " (no poses: precision only)"
-            )
-        )
-    click.echo(f"wrote {out}/summary.json")
+    for line in result_lines(summary, out):
+        click.echo(line)

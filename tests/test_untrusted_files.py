@@ -267,3 +267,20 @@ def test_a_planted_demo_record_is_discarded_unread(tmp_path, monkeypatch, capsys
     assert code == 130, err
     assert not marker.exists(), "the planted file ran its command"
     assert f"discarded checkpoint {out / '.cryopose_demo.pt'}" in err and "Traceback" not in err, err
+
+
+def test_a_checkpoint_holds_only_what_the_safe_loader_reads(tmp_path):
+    """Saving anything the weights-only load would refuse (here a str subclass, a numpy
+    scalar, a path) fails at once, naming it; plain values and tensors round-trip."""
+    from cryopose.geometry.symmetry import Symmetry
+
+    checkpoint = Checkpoint(tmp_path / "state.pt", {"run": 1})
+    for bad, name in ((Symmetry("c2"), "Symmetry"), (np.float64(1.0), "float64"), (tmp_path, "Path")):
+        with pytest.raises(TypeError, match=rf"state\['steps'\]\[1\]\['x'\] is a .*{name}"):
+            checkpoint.save({"steps": [{}, {"x": bad}]})
+        assert not checkpoint.path.exists()
+    state = {"steps": [{"x": "C2", "n": 3, "v": 0.5, "t": torch.arange(3)}], "done": (1, None)}
+    checkpoint.save(state)
+    loaded = checkpoint.load()
+    assert loaded["steps"][0]["x"] == "C2" and loaded["done"] == (1, None)
+    assert torch.equal(loaded["steps"][0]["t"], torch.arange(3))

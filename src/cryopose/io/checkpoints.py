@@ -189,6 +189,25 @@ class ChunkStore:
         discard(self.folder)
 
 
+_PLAIN = (str, int, float, bool, complex, bytes, type(None))
+
+
+def _check_loadable(value: Any, where: str) -> None:
+    """TypeError naming the first value in ``value`` that a weights-only load refuses."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_loadable(key, f"{where} key {key!r}")
+            _check_loadable(item, f"{where}[{key!r}]")
+    elif type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            _check_loadable(item, f"{where}[{i}]")
+    elif not (type(value) in _PLAIN or isinstance(value, (torch.Tensor, torch.Size, torch.dtype, torch.device))):
+        raise TypeError(
+            f"checkpoint {where} is a {type(value).__module__}.{type(value).__qualname__}; "
+            "store plain values (convert str subclasses, numpy values and paths first)"
+        )
+
+
 class Checkpoint:
     """One file of tensors and a state dict for ``signature``, replaced atomically."""
 
@@ -222,6 +241,10 @@ class Checkpoint:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` (tensors, plain numbers, strings, None, and dicts/lists/tuples of
+        them: what ``load`` reads back without unpickling objects); TypeError for anything
+        else, so that a run never writes a checkpoint it would then refuse."""
+        _check_loadable(state, "state")
         with atomic_path(self.path) as tmp:
             torch.save({**state, "signature": self.signature}, tmp)
 

@@ -118,8 +118,8 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, (Path, str)):
+        return str(value)  # a str subclass (Symmetry) as a plain str
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         return _plain(value.tolist())
     return value

@@ -298,3 +298,17 @@ def test_simulate_sym_draws_in_asymmetric_unit(tmp_path, capsys):
     )
     dirs_c1 = viewing_direction(torch.from_numpy(read_star(tmp_path / "c1" / "particles.star").rotations))
     assert asymmetric_unit_mask(dirs_c1, "D2").float().mean() < 0.5
+
+
+def test_ctrl_c_says_finished_work_is_kept(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (which click turns into Abort) ends with exit 130 and the line saying that a
+    rerun resumes, not click's bare "Aborted."."""
+    import cryopose.jobs.simulate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cryopose.jobs.simulate, "run_simulate", interrupted)
+    code, _, err = run(["simulate", "--map", BUNDLED, "--n", "10", "--out", tmp_path / "sim"], capsys)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == "Interrupted; finished work is kept and a rerun resumes.", err

@@ -107,6 +107,9 @@ def click_error_message(exc: click.ClickException, argv: list[str]) -> str:
     return message
 
 
+INTERRUPTED = "Interrupted; finished work is kept and a rerun resumes."
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit with status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -117,13 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         click.echo(f"Error: {user_error_message(exc, argv)}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C (KeyboardInterrupt) into Abort, keeping it as the cause
+        interrupted = isinstance(exc.__cause__, KeyboardInterrupt)
+        click.echo(INTERRUPTED if interrupted else "Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         click.echo(f"Error: {click_error_message(exc, argv)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("Interrupted; finished work is kept and a rerun resumes.", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     sys.exit(0)

@@ -431,3 +431,25 @@ def test_cs_errors(tmp_path: Path) -> None:
         np.save(fh, a)
     p = read_cryosparc(tmp_path / "nopath.cs", apix=2.0)
     assert len(p) == 2 and p.pixel_size.tolist() == [2.0, 2.0] and p.rotations is None
+
+
+def test_outputs_finished_before_an_interruption_are_cryoposes(tmp_path):
+    """A job stopped by Ctrl-C after writing one of its outputs: the rerun may replace that
+    file without --force (the manifest records it); a file of the user's still needs force."""
+    from cryopose.errors import UserError
+    from cryopose.io.atomic import write_text_atomic
+    from cryopose.io.outputs import output_folder
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with output_folder(out, outputs=["a.txt", "b.txt"]):
+            write_text_atomic(out / "a.txt", "finished\n")
+            raise KeyboardInterrupt
+    assert (out / "a.txt").read_text() == "finished\n"
+    (out / "b.txt").write_text("the user's\n")
+    with pytest.raises(UserError, match="b.txt exists and was not written by an earlier run"):
+        with output_folder(out, outputs=["a.txt", "b.txt"]):
+            pass
+    (out / "b.txt").unlink()
+    with output_folder(out, outputs=["a.txt", "b.txt"]):
+        write_text_atomic(out / "a.txt", "again\n")

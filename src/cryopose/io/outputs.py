@@ -11,7 +11,8 @@ cleaned up when it fails.
   of a process that no longer exists is taken over);
 - when the job fails (any exception but an interruption), the outputs it renamed into
   place are removed, and so is the folder if the job created it; an interrupted job keeps
-  its checkpoints so that a rerun resumes;
+  its checkpoints so that a rerun resumes, and the manifest records the outputs it had
+  finished (a rerun replaces them without ``force``);
 - when the job succeeds, the manifest records its outputs.
 
 Files written through ``cryopose.io.atomic`` while the context is active are recorded
@@ -207,6 +208,7 @@ def output_folder(
         folder.claim(outputs)
         yield folder
     except KeyboardInterrupt:
+        folder._record()  # what it finished writing is cryopose's: a rerun may replace it
         raise
     except BaseException:
         folder._clean()

@@ -30,7 +30,15 @@ import torch
 
 from cryopose.io.atomic import atomic_path, json_safe, write_json_atomic
 
-__all__ = ["file_identity", "ChunkStore", "Checkpoint", "discard", "load_tensor_file", "UnreadableFile"]
+__all__ = [
+    "file_identity",
+    "ChunkStore",
+    "Checkpoint",
+    "discard",
+    "load_tensor_file",
+    "save_tensor_file",
+    "UnreadableFile",
+]
 
 log = logging.getLogger("cryopose")
 
@@ -192,6 +200,16 @@ class ChunkStore:
 _PLAIN = (str, int, float, bool, complex, bytes, type(None))
 
 
+def save_tensor_file(path: str | os.PathLike, value: Any, name: str = "state") -> None:
+    """Write ``value`` (tensors, plain numbers, strings, None, and dicts/lists/tuples of them:
+    what :func:`load_tensor_file` reads back) with ``torch.save``, atomically; TypeError naming
+    anything else (``name`` starts its path), so that cryopose never writes a file it would
+    then refuse to read."""
+    _check_loadable(value, name)
+    with atomic_path(path) as tmp:
+        torch.save(value, tmp)
+
+
 def _check_loadable(value: Any, where: str) -> None:
     """TypeError naming the first value in ``value`` that a weights-only load refuses."""
     if isinstance(value, dict):
@@ -203,7 +221,7 @@ def _check_loadable(value: Any, where: str) -> None:
             _check_loadable(item, f"{where}[{i}]")
     elif not (type(value) in _PLAIN or isinstance(value, (torch.Tensor, torch.Size, torch.dtype, torch.device))):
         raise TypeError(
-            f"checkpoint {where} is a {type(value).__module__}.{type(value).__qualname__}; "
+            f"{where} is a {type(value).__module__}.{type(value).__qualname__}; "
             "store plain values (convert str subclasses, numpy values and paths first)"
         )
 
@@ -244,9 +262,7 @@ class Checkpoint:
         """Write ``state`` (tensors, plain numbers, strings, None, and dicts/lists/tuples of
         them: what ``load`` reads back without unpickling objects); TypeError for anything
         else, so that a run never writes a checkpoint it would then refuse."""
-        _check_loadable(state, "state")
-        with atomic_path(self.path) as tmp:
-            torch.save({**state, "signature": self.signature}, tmp)
+        save_tensor_file(self.path, {**state, "signature": self.signature})
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

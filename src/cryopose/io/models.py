@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from cryopose.errors import UserError
-from cryopose.io.atomic import atomic_path
-from cryopose.io.checkpoints import UnreadableFile, load_tensor_file
+from cryopose.io.checkpoints import UnreadableFile, load_tensor_file, save_tensor_file
 
 __all__ = ["write_model_file", "read_model_file", "MODEL_FORMAT"]
 
@@ -45,8 +44,7 @@ def write_model_file(
         "symmetry": str(symmetry),
         "metadata": dict(metadata or {}),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_tensor_file(path, payload, "model")
 
 
 def read_model_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -9,7 +9,6 @@ reconstruct and validate jobs are ``reconstruct_map`` and ``validate_alignment``
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 
 from cryopose.align.map_alignment import MapAlignmentSettings
 from cryopose.align.projection_matching import MatchSettings
-from cryopose.geometry.symmetry import Symmetry
+from cryopose.geometry.symmetry import symmetry_argument
 from cryopose.io import read_particles
 from cryopose.io.mrc import ParticleImages, read_map, write_map
 from cryopose.io.star import write_star
@@ -55,16 +54,6 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
-
-
-def _symmetry(symmetry: str, sym: str | None, function: str) -> Symmetry:
-    """``symmetry``, or the deprecated ``sym`` (a DeprecationWarning; kept for one release)."""
-    if sym is None:
-        return Symmetry(symmetry)
-    warnings.warn(f"{function}(sym=...) is deprecated; use symmetry=...", DeprecationWarning, stacklevel=3)
-    if symmetry != "C1" and Symmetry(symmetry) != Symmetry(sym):
-        raise TypeError(f"{function}() got symmetry={symmetry!r} and sym={sym!r}; give symmetry only")
-    return Symmetry(sym)
 
 
 def write_particles(particles: ParticleSet, path: PathLike, version: str = "3.1") -> None:
@@ -235,7 +224,11 @@ def train(
     net = {**default_network(model), **(network or {})}
     settings = TrainJobSettings(
         train=TrainSettings(
-            network=net, epochs=epochs, minutes=minutes, symmetry=_symmetry(symmetry, sym, "train"), **train_settings
+            network=net,
+            epochs=epochs,
+            minutes=minutes,
+            symmetry=symmetry_argument(symmetry, sym, "train"),
+            **train_settings,
         ),
         image=ImageSettings(image_size=image_size, ctf_correction=ctf_correction),
         val_fraction=val_fraction,
@@ -296,7 +289,7 @@ def particles_dataset(
     from cryopose.learn.augment import AugmentSettings
     from cryopose.learn.preprocess import ImageSettings
 
-    group = _symmetry(symmetry, sym, "particles_dataset")
+    group = symmetry_argument(symmetry, sym, "particles_dataset")
     ps = read_particles(Path(particles), apix)
     tensors = ps.to_tensors(ctf=ctf_correction != "none")
     return ParticlesDataset(

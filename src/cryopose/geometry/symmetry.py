@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from cryopose.errors import UserError
 
 __all__ = [
     "Symmetry",
+    "symmetry_argument",
     "symmetry_matrices",
     "proper_symmetry_matrices",
     "direction_symmetry_matrices",
@@ -184,6 +186,18 @@ def _canonical_name(name: str) -> str:
     if not isinstance(name, str):
         raise _bad(name)
     return _parse(name)
+
+
+def symmetry_argument(symmetry: str, sym: str | None, caller: str) -> Symmetry:
+    """``symmetry``, or the deprecated keyword ``sym`` of ``caller`` (a DeprecationWarning
+    pointing at the code that called ``caller``; kept for one release). TypeError when both
+    are given and differ."""
+    if sym is None:
+        return Symmetry(symmetry)
+    warnings.warn(f"{caller}(sym=...) is deprecated; use symmetry=...", DeprecationWarning, stacklevel=3)
+    if symmetry != "C1" and Symmetry(symmetry) != Symmetry(sym):
+        raise TypeError(f"{caller}() got symmetry={symmetry!r} and sym={sym!r}; give symmetry only")
+    return Symmetry(sym)
 
 
 class Symmetry(str):

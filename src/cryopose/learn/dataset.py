@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from cryopose.errors import UserError
 from cryopose.geometry.rotations import matrix_to_quaternion
-from cryopose.geometry.symmetry import Symmetry
+from cryopose.geometry.symmetry import Symmetry, symmetry_argument
 from cryopose.learn.augment import AugmentDraw, AugmentSettings, apply_augmentation, draw_augmentation
 from cryopose.learn.preprocess import ImageSettings, prepare_images, prepared_pixel_size, prepared_size
 
@@ -84,11 +84,7 @@ class ParticlesDataset(Dataset):
         *,
         sym: str | None = None,
     ) -> None:
-        if sym is not None:
-            warnings.warn("ParticlesDataset(sym=...) is deprecated; use symmetry=...", DeprecationWarning, stacklevel=2)
-            if symmetry != "C1" and Symmetry(symmetry) != Symmetry(sym):
-                raise TypeError(f"ParticlesDataset() got symmetry={symmetry!r} and sym={sym!r}; give symmetry only")
-            symmetry = sym
+        group = symmetry_argument(symmetry, sym, "ParticlesDataset")
         n = len(tensors)
         if len(images) != n:
             raise UserError(f"the image source has {len(images)} images for {n} particles; give one image per particle")
@@ -113,7 +109,7 @@ class ParticlesDataset(Dataset):
         self.augment = augment
         self.seed = int(seed)
         self.epoch = 0
-        self._symmetry = Symmetry(symmetry)
+        self._symmetry = group
         self._box = box
         self._input_pixel_size = float(apix[0])
         self._size = prepared_size(box, settings)  # raises UserError for an image size too large
